@@ -1,0 +1,209 @@
+"""Stripe webhooks: verify the ``Stripe-Signature`` header, then parse the event.
+
+Verification uses the official SDK's ``stripe.WebhookSignature.verify_header``
+(HMAC-SHA256 over ``"{t}.{payload}"``) and nothing more: building the SDK's
+``Event`` object (``construct_event``) costs about two thirds of the
+throughput and is not needed, because :func:`parse_stripe` reads the JSON with
+``json.loads``.
+
+Which event pays
+----------------
+``payment_intent.succeeded`` is the event that pays (``txn_id`` = the
+PaymentIntent id). ``charge.succeeded`` fires for the same card payment (every
+PaymentIntent confirms through a Charge), so it is ``"ignored"``: one card
+payment must not pay twice. ``checkout.session.completed`` also pays when the
+session's ``payment_status`` is ``"paid"`` (Checkout puts ``metadata.proforma``
+on the session, not on its PaymentIntent); its ``txn_id`` is the session's
+``payment_intent``, i.e. the same ``txn_id`` as the matching
+``payment_intent.succeeded``, so the matcher's ``(provider, txn_id)`` key
+keeps it to one payment. Sessions paid later by an asynchronous method pay on
+``checkout.session.async_payment_succeeded``.
+
+Reversals: ``charge.refunded`` (``amount`` = the charge's cumulative
+``amount_refunded``) and ``charge.dispute.created`` (``amount`` = disputed
+amount); ``reverses_txn`` is the charge's PaymentIntent id (the ``txn_id`` of
+the payment), falling back to the charge id for charges made without one.
+
+Amounts are in the currency's minor unit; :func:`minor_to_major` converts them
+with Stripe's list of zero- and three-decimal currencies and refuses the few
+currencies whose Stripe representation is a special case.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import stripe
+
+from provisioner.adapters.payments import IGNORED, PAYMENT, REVERSAL, PaymentNotice, currency_code
+from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature
+
+PROVIDER = "stripe"
+
+# https://docs.stripe.com/currencies#zero-decimal
+ZERO_DECIMAL: frozenset[str] = frozenset(
+    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF VND VUV XAF XOF XPF".split()
+)
+# https://docs.stripe.com/currencies#three-decimal
+THREE_DECIMAL: frozenset[str] = frozenset("BHD JOD KWD OMR TND".split())
+# Stripe's "special cases": the API amount's exponent differs from ISO 4217 or has
+# changed over time. We do not sell in them; refuse rather than guess by a factor 100.
+AMBIGUOUS: frozenset[str] = frozenset("HUF ISK TWD UGX".split())
+
+_PAYING_TYPES = {
+    "payment_intent.succeeded",
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+}
+_REVERSAL_TYPES = {"charge.refunded", "charge.dispute.created"}
+
+
+def verify_stripe(
+    payload: bytes, sig_header: str | None, secret: str, tolerance: int = 300
+) -> None:
+    """Check ``Stripe-Signature`` for ``payload``; return None or raise.
+
+    Raises ConfigurationError when ``secret`` is empty and InvalidSignature when
+    the header is missing, malformed, does not match, or is older than
+    ``tolerance`` seconds.
+    """
+    if not secret or not secret.strip():
+        raise ConfigurationError("the Stripe webhook secret is not configured")
+    if not sig_header:
+        raise InvalidSignature("missing Stripe-Signature header")
+    if tolerance <= 0:
+        raise ConfigurationError("the Stripe signature tolerance must be positive")
+    try:
+        stripe.WebhookSignature.verify_header(payload, sig_header, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidSignature(f"Stripe signature rejected: {exc.user_message or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidSignature("Stripe payload is not UTF-8") from exc
+
+
+def minor_to_major(amount: object, currency: str) -> Decimal:
+    """Stripe's integer minor-unit ``amount`` as a Decimal in major units."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        raise InvalidInput(f"Stripe amount must be a non-negative integer: {amount!r}")
+    if currency in AMBIGUOUS:
+        raise InvalidInput(f"Stripe amounts in {currency} are a special case; not supported")
+    exponent = 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
+    return Decimal(amount).scaleb(-exponent)
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"Stripe event field {what} is missing or not an object")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"Stripe event field {what} is missing or not a string")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _id_of(value: Any) -> str | None:
+    """An id field that may be expanded into an object."""
+    if isinstance(value, dict):
+        return _opt_str(value.get("id"))
+    return _opt_str(value)
+
+
+def _payer(obj: dict[str, Any]) -> str | None:
+    details = obj.get("customer_details")
+    if isinstance(details, dict) and _opt_str(details.get("email")):
+        return _opt_str(details.get("email"))
+    billing = obj.get("billing_details")
+    if isinstance(billing, dict) and _opt_str(billing.get("email")):
+        return _opt_str(billing.get("email"))
+    return _opt_str(obj.get("receipt_email")) or _id_of(obj.get("customer"))
+
+
+def parse_stripe(payload: bytes) -> PaymentNotice:
+    """Turn a (verified) Stripe event body into a PaymentNotice.
+
+    Raises InvalidInput for malformed JSON or a paying/reversing event that lacks
+    the fields we need. Unknown event types become ``kind="ignored"``.
+    """
+    try:
+        event = json.loads(payload)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidInput(f"Stripe payload is not JSON: {exc}") from exc
+    event = _obj(event, "event")
+    event_id = _str(event.get("id"), "id")
+    event_type = _str(event.get("type"), "type")
+    created = event.get("created")
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise InvalidInput("Stripe event field created is missing or not an integer")
+    occurred_at = datetime.fromtimestamp(created, UTC)
+    obj = _obj(_obj(event.get("data"), "data").get("object"), "data.object")
+    metadata = obj.get("metadata")
+    proforma = _opt_str(metadata.get("proforma")) if isinstance(metadata, dict) else None
+
+    def notice(kind: str, **fields: Any) -> PaymentNotice:
+        base: dict[str, Any] = {
+            "txn_id": None,
+            "amount": None,
+            "currency": None,
+            "proforma": proforma,
+            "reference": None,
+            "payer": None,
+            "occurred_at": occurred_at,
+        }
+        base.update(fields)
+        return PaymentNotice(
+            provider=PROVIDER, event_id=event_id, kind=kind, raw=bytes(payload), **base
+        )
+
+    if event_type in _PAYING_TYPES:
+        currency = currency_code(obj.get("currency"))
+        if event_type == "payment_intent.succeeded":
+            txn_id = _str(obj.get("id"), "data.object.id")
+            amount = minor_to_major(obj.get("amount_received"), currency)
+        else:
+            if obj.get("payment_status") != "paid":
+                return notice(IGNORED, txn_id=_id_of(obj.get("payment_intent")))
+            txn_id = _id_of(obj.get("payment_intent")) or _str(obj.get("id"), "data.object.id")
+            amount = minor_to_major(obj.get("amount_total"), currency)
+        return notice(
+            PAYMENT,
+            txn_id=txn_id,
+            amount=amount,
+            currency=currency,
+            payer=_payer(obj),
+            reference=_opt_str(obj.get("client_reference_id")),
+        )
+
+    if event_type in _REVERSAL_TYPES:
+        currency = currency_code(obj.get("currency"))
+        txn_id = _str(obj.get("id"), "data.object.id")
+        if event_type == "charge.refunded":
+            amount = minor_to_major(obj.get("amount_refunded"), currency)
+            reverses = _id_of(obj.get("payment_intent")) or txn_id
+        else:
+            amount = minor_to_major(obj.get("amount"), currency)
+            disputed = _id_of(obj.get("payment_intent")) or _id_of(obj.get("charge"))
+            if disputed is None:
+                raise InvalidInput("Stripe dispute names neither a payment_intent nor a charge")
+            reverses = disputed
+        return notice(
+            REVERSAL,
+            txn_id=txn_id,
+            amount=amount,
+            currency=currency,
+            payer=_payer(obj),
+            reverses_txn=reverses,
+        )
+
+    return notice(IGNORED, txn_id=_opt_str(obj.get("id")))
+
+
+__all__ = ["PROVIDER", "minor_to_major", "parse_stripe", "verify_stripe"]

@@ -1,0 +1,108 @@
+"""Settings: one place. Environment variables ``PROVISIONER_*`` win over a TOML file.
+
+The TOML file is named by ``PROVISIONER_CONFIG`` and holds the same keys in lower case
+(``database_url = "..."``). Every setting has an embedded default so that the demo
+runs with nothing configured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ConfigurationError
+
+_DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "provisioner"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _DEFAULT_DATA_DIR
+    database_url: str = ""  # default: sqlite file in data_dir
+    broker_url: str = ""  # default: kombu's filesystem transport in data_dir/broker
+    brand: str = "fcb"
+    api_token: str = ""  # ops API bearer token; empty means the ops API refuses everyone
+    stripe_webhook_secret: str = ""
+    stripe_tolerance_s: int = 300
+    braintree_environment: str = "sandbox"
+    braintree_merchant_id: str = ""
+    braintree_public_key: str = ""
+    braintree_private_key: str = ""
+    paypal_webhook_id: str = ""
+    paypal_cert_hosts: str = "api.paypal.com,api-m.paypal.com,api.sandbox.paypal.com,api-m.sandbox.paypal.com"
+    paypal_ca_file: str = ""  # extra CA bundle for fetching the signing certificate
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    mail_from: str = "Provisioner <billing@provider.example>"
+    ops_email: str = "ops@provider.example"
+    bank_iban: str = "SI56 0201 1001 2345 678"
+    bank_recipient: str = "Ponudnik gostovanja d.o.o., Ljubljana"
+    step_lease_s: int = 120
+    step_max_attempts: int = 5
+    step_backoff_s: float = 2.0
+    redrive_interval_s: float = 15.0
+    max_body_bytes: int = 5 * 1024 * 1024
+    public_base_url: str = "http://127.0.0.1:8000"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "provisioner.sqlite"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"filesystem://{self.data_dir / 'broker'}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        if kind in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if kind in ("Path", Path):
+            return Path(raw).expanduser()
+    except ValueError as exc:
+        raise ConfigurationError(f"setting {name}: cannot read {raw!r}: {exc}") from exc
+    return raw
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)} - {"extra"}
+    config_file = env.get("PROVISIONER_CONFIG")
+    if config_file:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
+        for key, raw in data.items():
+            if key not in known:
+                raise ConfigurationError(f"unknown setting {key!r} in {config_file}")
+            values[key] = _coerce(key, raw)
+    for name in known:
+        raw = env.get(f"PROVISIONER_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    return Settings(**values)

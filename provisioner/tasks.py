@@ -1,0 +1,81 @@
+"""Celery app and tasks: thin wrappers that call the pipeline (Weblate's tasks.py is
+the model). Tasks take step keys, never ORM objects; the journal decides what runs."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from provisioner.config import Settings, load_settings
+from provisioner.errors import TransientError
+from provisioner.pipeline import wiring
+
+log = logging.getLogger("provisioner.tasks")
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("provisioner")
+    broker = settings.effective_broker_url
+    options: dict[str, Any] = {}
+    if broker.startswith("filesystem://"):
+        # The embedded default: no server. Messages are files; a consumer takes one
+        # under an exclusive lock and deletes it, so a killed worker loses it: the
+        # journal's re-drive sends it again.
+        folder = Path(broker.removeprefix("filesystem://") or settings.data_dir / "broker")
+        folder.mkdir(parents=True, exist_ok=True)
+        broker = "filesystem://"
+        options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+                   "polling_interval": 0.1}
+    elif broker.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacknowledged message after the visibility timeout;
+        # the journal's claim makes the second delivery a no-op.
+        options = {"visibility_timeout": 3600}
+    celery.conf.update(
+        broker_url=broker,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_ignore_result=True,
+        task_default_queue="provisioner",
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_transport_options=options,
+        beat_schedule={
+            "redrive": {"task": "provisioner.redrive", "schedule": settings.redrive_interval_s},
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        timezone="UTC",
+    )
+    return celery
+
+
+@lru_cache(maxsize=1)
+def _settings() -> Settings:
+    return load_settings()
+
+
+app = make_celery(_settings())
+
+
+@app.task(
+    name="provisioner.run_step",
+    autoretry_for=(TransientError,),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=_settings().step_max_attempts,
+    acks_late=True,
+)
+def run_step(step_key: str) -> None:
+    wiring.runner(_settings(), enqueue_step).run_step(step_key)
+
+
+@app.task(name="provisioner.redrive", acks_late=True)
+def redrive() -> dict[str, Any]:
+    return wiring.redrive(_settings(), enqueue_step)
+
+
+def enqueue_step(step_key: str) -> None:
+    run_step.apply_async(args=(step_key,))

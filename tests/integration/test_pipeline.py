@@ -1,0 +1,263 @@
+"""The pipeline in one process, on SQLite and PostgreSQL: order -> proforma e-mail ->
+payment -> plan -> invoice and e-mails, each effect once. The queue is a list here;
+the Celery path is covered by tests/integration/test_live.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from provisioner.adapters.payments import PaymentNotice
+from provisioner.adapters.smtp_sink import SmtpSink
+from provisioner.errors import InvalidInput, TransientError
+from provisioner.pipeline import ops
+from provisioner.pipeline import steps as _steps  # noqa: F401 - registers handlers
+from provisioner.pipeline.payments import ingest
+from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, plan
+from provisioner.pipeline.runner import HANDLERS, Runner, StepResult
+from provisioner.store.db import session_factory, transaction
+from provisioner.store.models import AuditEntry, Invoice, OutboxMail, Payment, Step
+from tests.conftest import make_settings
+
+CUSTOMER = {
+    "name": "Ana Novak",
+    "address": "Slovenska cesta 1",
+    "postal_code": "1000",
+    "city": "Ljubljana",
+    "country": "SI",
+    "email": "ana@example.si",
+    "phone": "+386.41123456",
+    "lang": "sl",
+}
+
+
+@dataclass
+class Queue:
+    keys: list[str] = field(default_factory=list)
+
+    def __call__(self, key: str) -> None:
+        self.keys.append(key)
+
+
+@dataclass
+class World:
+    runner: Runner
+    queue: Queue
+    factory: Callable[..., object]
+    sink: SmtpSink
+
+    def drain(self, limit: int = 100) -> list[str]:
+        ran: list[str] = []
+        while self.queue.keys and limit:
+            limit -= 1
+            key = self.queue.keys.pop(0)
+            self.runner.run_step(key)
+            ran.append(key)
+        return ran
+
+
+@pytest.fixture
+def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> World:
+    settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3)
+    queue = Queue()
+    factory = session_factory(db_url)
+    return World(Runner(settings, factory, queue), queue, factory, smtp_sink)
+
+
+def _order(world: World, items: list[str] | None = None) -> dict:
+    customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
+    result = ops.create_order(world.runner.factory, customer["id"],
+                              items or ["hosting:giga5:example.si", "domain:example.si:1y"],
+                              None, "fcb", "test")
+    world.runner.dispatch(result["order"])
+    return result
+
+
+def _stripe_notice(event: str, txn: str, proforma: str, amount: str,
+                   currency: str = "EUR") -> PaymentNotice:
+    return PaymentNotice(
+        provider="stripe", event_id=event, kind="payment", txn_id=txn,
+        amount=Decimal(amount), currency=currency, proforma=proforma, reference=None,
+        payer="Ana Novak", occurred_at=datetime.now(UTC), raw=b"{}",
+    )
+
+
+def test_order_to_invoice_runs_every_effect_once(world: World) -> None:
+    result = _order(world)
+    number, gross = result["proforma"]["number"], result["proforma"]["gross"]
+    world.drain()
+    assert [m["Subject"] for m in world.sink.messages()][0].startswith("Predračun")
+
+    outcome = ingest(world.runner.factory, _stripe_notice("evt_1", "pi_1", number, gross), "t")
+    assert outcome.settled and outcome.status == "matched"
+    world.runner.dispatch(outcome.order_id)
+    world.drain()
+    # a second delivery of the same event, and a second event for the same money
+    assert ingest(world.runner.factory, _stripe_notice("evt_1", "pi_1", number, gross),
+                  "t").status == "duplicate"
+    assert ingest(world.runner.factory, _stripe_notice("evt_2", "pi_1", number, gross),
+                  "t").status == "duplicate_txn"
+    world.runner.dispatch(outcome.order_id)
+    assert world.drain() == []
+
+    with transaction(world.runner.factory) as s:
+        assert s.execute(select(func.count()).select_from(Invoice)).scalar_one() == 1
+        states = dict(s.execute(select(Step.kind, Step.state)).all())
+    assert set(states.values()) == {"done"}
+    subjects = sorted(m["Subject"] for m in world.sink.messages())
+    assert len(subjects) == 3, subjects
+    assert any("Račun" in s for s in subjects)
+    assert any("Potrdilo o plačilu" in s for s in subjects)
+    order = ops.show_order(world.runner.factory, str(result["order"]), "test")
+    assert order["status"] == "completed"
+    assert {sv["state"] for sv in order["services"]} == {"provisioning"}
+
+
+def test_rerunning_a_done_step_changes_nothing(world: World) -> None:
+    result = _order(world)
+    world.drain()
+    with transaction(world.runner.factory) as s:
+        step = s.execute(select(Step).where(Step.kind == "notify.proforma")).scalar_one()
+        step.state = "queued"  # as if the broker delivered the message again after a crash
+    world.runner.run_step(step.key)
+    assert len(world.sink.messages()) == 1
+    with transaction(world.runner.factory) as s:
+        row = s.execute(select(OutboxMail)).scalar_one()
+        assert row.state == "sent" and row.attempts == 1
+    del result
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "status", "settles"),
+    [
+        ("1.00", "EUR", "underpaid", False),
+        ("9999.00", "EUR", "overpaid", True),
+        (None, "USD", "wrong_currency", False),
+    ],
+)
+def test_mismatched_payments_are_recorded_and_listed(
+    world: World, amount: str | None, currency: str, status: str, settles: bool
+) -> None:
+    result = _order(world)
+    number = result["proforma"]["number"]
+    paid = amount or result["proforma"]["gross"]
+    outcome = ingest(world.runner.factory,
+                     _stripe_notice("evt_x", "pi_x", number, paid, currency), "t")
+    assert outcome.status == status
+    assert outcome.settled is settles
+    unmatched = ops.list_payments(world.runner.factory, unmatched=True)
+    assert [p["status"] for p in unmatched] == [status]
+
+
+def test_unknown_reference_is_recorded_not_provisioned(world: World) -> None:
+    _order(world)
+    notice = PaymentNotice(
+        provider="bank", event_id="SI56..:1", kind="payment", txn_id="e1",
+        amount=Decimal("10.00"), currency="EUR", proforma=None, reference="SI12 1234567",
+        payer="X", occurred_at=datetime.now(UTC), raw=b"<Ntry/>",
+    )
+    outcome = ingest(world.runner.factory, notice, "t")
+    assert outcome.status == "unknown_reference" and not outcome.settled
+    assert ops.list_payments(world.runner.factory, unmatched=True)[0]["status"] == (
+        "unknown_reference")
+
+
+def test_second_payment_for_a_paid_proforma_is_flagged(world: World) -> None:
+    result = _order(world)
+    number, gross = result["proforma"]["number"], result["proforma"]["gross"]
+    assert ingest(world.runner.factory, _stripe_notice("e1", "t1", number, gross), "t").settled
+    second = ingest(world.runner.factory, _stripe_notice("e2", "t2", number, gross), "t")
+    assert second.status == "already_paid" and not second.settled
+    with transaction(world.runner.factory) as s:
+        assert s.execute(select(func.count()).select_from(Payment)).scalar_one() == 2
+
+
+def test_transient_failures_retry_then_dead_letter(world: World, monkeypatch) -> None:
+    calls: list[str] = []
+    alerts: list[dict] = []
+
+    def flaky(ctx, step) -> StepResult:  # noqa: ANN001
+        calls.append(step.key)
+        raise TransientError("registry busy")
+
+    monkeypatch.setitem(HANDLERS, "test.flaky", flaky)
+    world.runner.adapters["alert"] = lambda **kw: alerts.append(kw)
+    result = _order(world)
+    order_id = result["order"]
+    with transaction(world.runner.factory) as s:
+        service_id = ops.show_order(world.runner.factory, str(order_id), "t")["services"][0]["id"]
+        from provisioner.pipeline.runner import record
+
+        record(s, order_id, [StepSpec(f"service:{service_id}/test.flaky", "test.flaky", (), {},
+                                      service_id)])
+    world.runner.dispatch(order_id)
+    key = f"service:{service_id}/test.flaky"
+    for _ in range(3):
+        if key not in world.queue.keys:
+            world.queue.keys.append(key)
+        world.queue.keys.remove(key)
+        try:
+            world.runner.run_step(key)
+        except TransientError:
+            pass
+    assert len(calls) == 3
+    order = ops.show_order(world.runner.factory, str(order_id), "t")
+    assert order["refund_flag"] is True
+    assert next(s for s in order["services"] if s["id"] == service_id)["state"] == "failed"
+    assert alerts and alerts[0]["step_key"] == key
+    with transaction(world.runner.factory) as s:
+        assert s.execute(select(Step.state).where(Step.key == key)).scalar_one() == "failed"
+
+
+def test_redrive_requeues_a_step_whose_worker_died(world: World) -> None:
+    result = _order(world)
+    key = world.queue.keys.pop(0)
+    with transaction(world.runner.factory) as s:
+        step = s.execute(select(Step).where(Step.key == key)).scalar_one()
+        step.state = "running"  # a worker claimed it and was killed
+        step.lease_until = datetime(2000, 1, 1, tzinfo=UTC)
+        step.attempts = 1
+    assert world.runner.redrive()["redriven"] == 1
+    assert world.queue.keys == [key]
+    world.drain()
+    assert len(world.sink.messages()) == 1
+    del result
+
+
+def test_plan_is_pure_and_orders_dependencies() -> None:
+    view = OrderView(1, 2, "PR-2026-000002", True,
+                     (ServiceView(5, "hosting", "giga5", "example.si", 12, "provisioning"),))
+    first, second = plan(view), plan(view)
+    assert first == second
+    keys = [s.key for s in first]
+    assert keys.index("proforma:PR-2026-000002/invoice.issue") < keys.index(
+        "proforma:PR-2026-000002/notify.invoice")
+    unpaid = plan(OrderView(1, 2, "PR-2026-000002", False))
+    assert [s.kind for s in unpaid] == ["notify.proforma"]
+
+
+def test_every_state_change_is_audited(world: World) -> None:
+    result = _order(world)
+    number, gross = result["proforma"]["number"], result["proforma"]["gross"]
+    ingest(world.runner.factory, _stripe_notice("e1", "t1", number, gross), "webhook:stripe")
+    world.runner.dispatch(result["order"])
+    world.drain()
+    ops.show_order(world.runner.factory, str(result["order"]), "cli:ops")
+    with transaction(world.runner.factory) as s:
+        actions = set(s.execute(select(AuditEntry.action)).scalars())
+    assert {"customer.created", "order.created", "payment.recorded", "proforma.paid",
+            "invoice.issued", "mail.sent", "step.done", "customer.read"} <= actions
+
+
+def test_hostile_order_items_are_refused(world: World) -> None:
+    customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
+    for spec in ["hosting:giga5:../etc", "hosting:giga5:a;rm -rf /", "domain:" + "a" * 300 + ".si:1y",
+                 "hosting:nope:example.si"]:
+        with pytest.raises(InvalidInput):
+            ops.create_order(world.runner.factory, customer["id"], [spec], None, "fcb", "t")
