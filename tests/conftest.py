@@ -194,14 +194,14 @@ class Stack:
                             headers={"Authorization": f"Bearer {API_TOKEN}"})
 
     def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "celery"), "-A", "provisioner.tasks", "worker", "-B",
-             "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner",
-             "--pool", "prefork", "-s", str(self.logs / f"{name}-beat"), "-n",
-             f"{name}@%h"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own fd
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "celery"), "-A", "provisioner.tasks", "worker", "-B",
+                 "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner",
+                 "--pool", "prefork", "-s", str(self.logs / f"{name}-beat"), "-n",
+                 f"{name}@%h"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         self.procs[name] = proc
         return proc
 
@@ -226,18 +226,19 @@ def stack_factory(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Callable[...,
     stacks: list[Stack] = []
 
     def start(db: str, worker: bool = True, **over: object) -> Stack:
-        s = make_settings(tmp_path, db, smtp_sink.port, **over)
+        port_for_mail = int(over.pop("smtp_port", smtp_sink.port))  # type: ignore[call-overload]
+        s = make_settings(tmp_path, db, port_for_mail, **over)
         upgrade(s.effective_database_url)
         logs = tmp_path / "logs"
         logs.mkdir(exist_ok=True)
         env = settings_env(s)
         port = free_port()
-        api_log = open(logs / "api.log", "ab")  # noqa: SIM115 - closed with the process
-        api = subprocess.Popen(
-            [str(VENV_BIN / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(logs / "api.log", "ab") as api_log:  # the child keeps its own fd
+            api = subprocess.Popen(
+                [str(VENV_BIN / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
+                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                env=env, stdout=api_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         stack = Stack(s, f"http://127.0.0.1:{port}", smtp_sink.maildir, logs, env, {"api": api})
         stacks.append(stack)
 

@@ -1,0 +1,248 @@
+"""`provisioner demo`: the main job on embedded defaults, end to end.
+
+Starts a local SMTP sink, the HTTP API and a Celery worker (with the re-drive beat)
+on a fresh data dir, creates a customer and an order, prints the proforma, delivers
+a correctly signed Stripe webhook to the running API, follows the plan to the end,
+shows the e-mails that arrived, and says where to look. Nothing to configure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from provisioner.adapters.smtp_sink import SmtpSink, read_maildir
+from provisioner.config import Settings, load_settings
+from provisioner.store.db import session_factory, upgrade
+
+DEMO_CUSTOMER = {
+    "name": "Ana Novak",
+    "company": "Novak d.o.o.",
+    "vat_id": "SI12345679",
+    "address": "Slovenska cesta 1",
+    "postal_code": "1000",
+    "city": "Ljubljana",
+    "country": "SI",
+    "email": "ana@novak.example",
+    "phone": "+386.41123456",
+    "lang": "sl",
+}
+DEMO_ITEMS = ["hosting:giga5:novak.example", "domain:novak.si:1y", "tls:novak.example"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stripe_payload(event_id: str, intent_id: str, proforma: str, amount: Decimal) -> bytes:
+    """A `payment_intent.succeeded` event as Stripe sends it (the fields we read)."""
+    cents = int((amount * 100).to_integral_value())
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {"object": {
+            "id": intent_id, "object": "payment_intent", "amount": cents,
+            "amount_received": cents, "currency": "eur", "status": "succeeded",
+            "metadata": {"proforma": proforma},
+        }},
+    }
+    return json.dumps(event).encode()
+
+
+def stripe_signature(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """Stripe's scheme: t=<unix time>,v1=HMAC-SHA256(secret, "<t>.<payload>")."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+@dataclass
+class DemoStack:
+    settings: Settings
+    root: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    sink: SmtpSink | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+        s = self.settings
+        env.update({
+            "PROVISIONER_DATA_DIR": str(s.data_dir),
+            "PROVISIONER_DATABASE_URL": s.effective_database_url,
+            "PROVISIONER_BROKER_URL": s.effective_broker_url,
+            "PROVISIONER_API_TOKEN": s.api_token,
+            "PROVISIONER_STRIPE_WEBHOOK_SECRET": s.stripe_webhook_secret,
+            "PROVISIONER_SMTP_PORT": str(s.smtp_port),
+            "PROVISIONER_REDRIVE_INTERVAL_S": "2",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def start(self, name: str, argv: list[str]) -> None:
+        with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own fd
+            self.procs[name] = subprocess.Popen(argv, env=self.env(), stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self.sink is not None:
+            self.sink.stop()
+
+
+def run_demo(out: Console) -> int:
+    base = load_settings()
+    root = base.data_dir / "demo"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    sink = SmtpSink(root / "mail")
+    sink.start()
+    settings = base.with_overrides(
+        data_dir=root,
+        database_url=f"sqlite:///{root / 'provisioner.sqlite'}",
+        broker_url=f"filesystem://{root / 'broker'}",
+        api_token=secrets.token_urlsafe(24),
+        stripe_webhook_secret="whsec_" + secrets.token_hex(16),
+        smtp_host="127.0.0.1",
+        smtp_port=sink.port,
+    )
+    stack = DemoStack(settings, root, sink=sink)
+    try:
+        return _run(out, stack)
+    finally:
+        stack.stop()
+
+
+def _run(out: Console, stack: DemoStack) -> int:
+    s = stack.settings
+    root = stack.root
+    out.rule("[bold]Provisioner demo[/] (embedded defaults)")
+    upgrade(s.effective_database_url)
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    stack.start("api", [str(bindir / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+    stack.start("worker", [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "worker",
+                           "-B", "-s", str(root / "celerybeat-schedule"), "--concurrency", "2",
+                           "--loglevel", "INFO", "-Q", "provisioner"])
+    out.print(f"data dir {root}\nSMTP sink on 127.0.0.1:{s.smtp_port}, API on {api}, "
+              "one Celery worker (filesystem broker, no server)")
+    client = httpx.Client(base_url=api, timeout=30,
+                          headers={"Authorization": f"Bearer {s.api_token}"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or stack.procs["api"].poll() is not None:
+            out.print(f"[red]the API did not start; see {root / 'api.log'}[/]")
+            return 1
+        time.sleep(0.2)
+
+    customer = _check(client.post("/customers", json=DEMO_CUSTOMER))
+    out.print(f"customer {customer['id']}: {customer['name']}, {customer['company']}")
+    created = _check(client.post("/orders", json={"customer_id": customer["id"],
+                                                  "items": DEMO_ITEMS}))
+    p = created["proforma"]
+    table = Table(title=f"Predračun / proforma {p['number']}")
+    for col in ("description", "net", "vat", "gross"):
+        table.add_column(col, justify="right" if col != "description" else "left")
+    for line in p["lines"]:
+        table.add_row(line["description"], line["net"], line["vat"], line["gross"])
+    table.add_row("[bold]total[/]", p["net"], p["vat"], f"[bold]{p['gross']}[/]")
+    out.print(table)
+    out.print(f"pay by {p['due_date']} with reference [bold]{p['reference']}[/]")
+
+    payload = stripe_payload("evt_demo_" + secrets.token_hex(6), "pi_demo_" + secrets.token_hex(6),
+                             p["number"], Decimal(p["gross"]))
+    answer = client.post("/webhooks/stripe", content=payload, headers={
+        "Stripe-Signature": stripe_signature(payload, s.stripe_webhook_secret),
+        "Content-Type": "application/json"})
+    out.print(f"signed Stripe webhook delivered: HTTP {answer.status_code} {answer.json()}")
+    forged = client.post("/webhooks/stripe", content=payload, headers={
+        "Stripe-Signature": stripe_signature(payload, "whsec_wrong"),
+        "Content-Type": "application/json"})
+    out.print(f"the same webhook with a forged signature: HTTP {forged.status_code} (refused)")
+
+    from provisioner.cli import follow
+
+    factory = session_factory(s.effective_database_url)
+    counts = follow(factory, created["order"], 120, console=out)
+    order = _check(client.get(f"/orders/{created['order']}"))
+    steps = Table(title=f"Plan of order {order['id']}: {order['status']}")
+    for col in ("key", "state", "attempts"):
+        steps.add_column(col)
+    for st in order["steps"]:
+        steps.add_row(st["key"], st["state"], str(st["attempts"]))
+    out.print(steps)
+    mails = read_maildir(root / "mail")
+    mt = Table(title=f"E-mails delivered to the local SMTP sink ({len(mails)})")
+    mt.add_column("to")
+    mt.add_column("subject")
+    for m in mails:
+        mt.add_row(str(m["To"]), str(m["Subject"]))
+    out.print(mt)
+    services = Table(title="Services")
+    for col in ("id", "kind", "name", "state", "detail"):
+        services.add_column(col)
+    for sv in order["services"]:
+        services.add_row(str(sv["id"]), sv["kind"], sv["name"], sv["state"], sv["detail"] or "")
+    out.print(services)
+    ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3
+    env = f"PROVISIONER_DATA_DIR={root} PROVISIONER_DATABASE_URL={s.effective_database_url}"
+    out.print(Panel.fit(
+        f"database     {s.effective_database_url}\n"
+        f"e-mails      {root / 'mail'} (Maildir; open with `mutt -f` or any mail reader)\n"
+        f"logs         {root / 'api.log'}, {root / 'worker.log'}\n"
+        f"try          {env} provisioner invoices list\n"
+        f"             {env} provisioner payments list --json\n"
+        f"             {env} provisioner jobs --order {order['id']}",
+        title="where to look"))
+    if not ok:
+        out.print(f"[red]the plan did not finish: {counts}; see {root / 'worker.log'}[/]")
+        return 1
+    out.print("[bold green]demo finished: paid proforma -> invoice and e-mails, each once[/]")
+    return 0
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.method} {response.request.url}: "
+                           f"HTTP {response.status_code} {response.text}")
+    return response.json()
