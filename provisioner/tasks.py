@@ -29,7 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         folder.mkdir(parents=True, exist_ok=True)
         broker = "filesystem://"
         options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                   "polling_interval": 0.1}
+                   "control_folder": str(folder / "control"), "polling_interval": 0.1}
     elif broker.startswith(("redis://", "rediss://")):
         # Redis redelivers an unacknowledged message after the visibility timeout;
         # the journal's claim makes the second delivery a no-op.
