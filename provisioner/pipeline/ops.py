@@ -16,7 +16,7 @@ from provisioner.adapters import bank
 from provisioner.domain.billing import DiscountCode
 from provisioner.domain.lifecycle import StepState
 from provisioner.errors import InvalidInput, NotFound
-from provisioner.pipeline import orders
+from provisioner.pipeline import capabilities, orders  # noqa: F401 - capabilities registers
 from provisioner.pipeline.payments import ingest
 from provisioner.pipeline.plan import plan, planned_kinds
 from provisioner.store.audit import audit

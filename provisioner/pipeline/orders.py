@@ -221,16 +221,20 @@ def order_view(session: Session, order_id: int) -> OrderView:
     if proforma is None:
         raise NotFound(f"order {order_id} has no proforma")
     services = session.execute(
-        select(Service).where(Service.order_id == order_id).order_by(Service.id)
-    ).scalars()
+        select(Service, OrderItemRow.action)
+        .join(OrderItemRow, OrderItemRow.id == Service.item_id)
+        .where(Service.order_id == order_id)
+        .order_by(Service.id)
+    ).all()
     return OrderView(
         order_id=order.id,
         proforma_id=proforma.id,
         proforma_number=proforma.number,
         paid=proforma.state == ProformaState.PAID.value,
         services=tuple(
-            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state)
-            for s in services
+            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, action,
+                        s.item_id)
+            for s, action in services
         ),
     )
 

@@ -22,6 +22,8 @@ class ServiceView:
     name: str
     period_months: int
     state: str
+    action: str = "new"  # new | register | transfer | renew (from the order item)
+    item_id: int | None = None
 
 
 @dataclass(frozen=True)

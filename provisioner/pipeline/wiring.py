@@ -8,7 +8,7 @@ from typing import Any
 from provisioner.adapters.mail import Mailer, make_message_id, render_mail
 from provisioner.clock import utcnow
 from provisioner.config import Settings
-from provisioner.pipeline import steps as _steps  # noqa: F401 - registers the handlers
+from provisioner.pipeline import capabilities  # noqa: F401 - registers planners and handlers
 from provisioner.pipeline.payments import reprocess_stored
 from provisioner.pipeline.runner import Enqueue, Runner
 from provisioner.store.db import session_factory
