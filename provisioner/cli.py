@@ -70,7 +70,10 @@ def settings() -> Settings:
 def factory(cfg: Settings | None = None) -> Any:
     from provisioner.store.db import is_sqlite, session_factory, upgrade
 
+    from provisioner.pipeline import capabilities
+
     cfg = cfg or settings()
+    capabilities.configure(cfg.line_kinds)
     url = cfg.effective_database_url
     if is_sqlite(url):  # the embedded default needs nothing configured: keep it migrated
         upgrade(url)

@@ -24,6 +24,7 @@ class Settings:
     database_url: str = ""  # default: sqlite file in data_dir
     broker_url: str = ""  # default: kombu's filesystem transport in data_dir/broker
     brand: str = "fcb"
+    line_kinds: str = "all"  # capabilities that plan steps: "all" or e.g. "hosting,tls"
     api_token: str = ""  # ops API bearer token; empty means the ops API refuses everyone
     stripe_webhook_secret: str = ""
     stripe_tolerance_s: int = 300
@@ -49,6 +50,44 @@ class Settings:
     redrive_interval_s: float = 15.0
     max_body_bytes: int = 5 * 1024 * 1024
     public_base_url: str = "http://127.0.0.1:8000"
+    # domain registry (EPP over TLS); the default is the sandbox registry on this machine
+    # (`provisioner registry-sandbox`), whose CA file lives in data_dir/registry/tls/ca.pem
+    registry_host: str = "127.0.0.1"
+    registry_port: int = 7700
+    registry_login: str = "provisioner"
+    registry_password: str = "sandbox-pw-1"  # noqa: S105 - the local sandbox's account
+    registry_ca_file: str = ""  # default: data_dir/registry/tls/ca.pem when it exists
+    registry_timeout_s: float = 30.0
+    nameservers: str = "ns1.provider.example,ns2.provider.example"
+    whois_privacy_default: bool = True  # WHOIS privacy for persons unless they opt out
+    domain_auth_key: str = ""  # Fernet key for stored transfer codes; default: a key file
+    # DNS (issue 5): our authoritative server, RFC 2136 with TSIG; knotc for new zones.
+    dns_server: str = ""  # empty: no DNS adapter (dns.zone steps fail with a clear error)
+    dns_port: int = 53
+    dns_knotc_socket: str = ""  # Knot's control socket; empty: zones must already exist
+    tsig_key_name: str = ""
+    tsig_secret: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    dns_nameservers: str = "ns1.provider.example,ns2.provider.example"
+    dns_hostmaster: str = "hostmaster@provider.example"
+    dns_site_ipv4: str = ""  # the hosting node's addresses (comma-separated)
+    dns_site_ipv6: str = ""
+    dns_mail_host: str = ""  # default: mail.<zone>
+    dns_timeout_s: float = 10.0
+    # TLS (issue 5): an ACME CA; the certificate keys are stored encrypted (Fernet).
+    acme_directory: str = ""
+    acme_ca_file: str = ""  # CA bundle for the ACME server's own TLS (Pebble's listener)
+    acme_eab_kid: str = ""
+    acme_eab_hmac: str = ""
+    acme_contact_email: str = ""
+    acme_deadline_s: float = 120.0
+    acme_key_type: str = "ec256"
+    tls_key_encryption_key: str = ""  # Fernet key; empty: generated into data_dir/tls-fernet.key
+    tls_renew_days: int = 30
+    tls_nginx_prefix: str = ""  # LocalNginxTarget (demo/tests): prefix of a loopback nginx
+    tls_nginx_host: str = "127.0.0.1"
+    tls_nginx_http_port: int = 80
+    tls_nginx_https_port: int = 443
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,7 @@ from celery import Celery
 
 from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
-from provisioner.pipeline import wiring
+from provisioner.pipeline import capabilities, wiring
 
 log = logging.getLogger("provisioner.tasks")
 
@@ -58,6 +58,7 @@ def _settings() -> Settings:
 
 
 app = make_celery(_settings())
+capabilities.configure(_settings().line_kinds)
 
 
 @app.task(

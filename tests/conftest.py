@@ -3,17 +3,10 @@ and a live API + Celery worker stack for the end-to-end pipeline tests."""
 
 from __future__ import annotations
 
-import glob
-import itertools
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,85 +16,21 @@ import pytest
 
 from provisioner.adapters.smtp_sink import SmtpSink, read_maildir
 from provisioner.config import Settings
+from provisioner.pipeline.plan import enable_line_kinds
 from provisioner.store.db import dispose_all, upgrade
+from tests.servers import PgServer, free_port, postgres_server, redis_server, wait_for
+
+__all__ = ["PgServer", "free_port", "wait_for"]  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 # -- PostgreSQL ----------------------------------------------------------------------
-@dataclass
-class PgServer:
-    port: int
-    datadir: Path
-    bindir: Path
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def url(self, db: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
-
-    def create_database(self) -> str:
-        import psycopg
-
-        name = f"t{os.getpid()}_{next(self.counter)}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
-def _pg_bindir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not found:
-        raise RuntimeError("PostgreSQL server binaries not found: run `make setup` "
-                           "(scripts/install-deps.sh installs Debian's postgresql)")
-    return Path(found[-1]).parent
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bindir = _pg_bindir()
-    base = Path(tempfile.mkdtemp(prefix="prov-pg-"))
-    datadir = base / "data"
-    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if user else []
-    if user:
-        os.chown(base, user.pw_uid, user.pw_gid)
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust",
-                    "-U", "postgres", "--no-sync", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    port = free_port()
-    opts = (f"-p {port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts,
-                    "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        yield PgServer(port, datadir, bindir)
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m",
-                        "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -125,19 +54,8 @@ def sqlite_url(tmp_path: Path) -> str:
 # -- Redis -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="prov-redis-"))
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _port_open(port), 10, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with redis_server() as server:
+        yield server.url
 
 
 # -- SMTP ----------------------------------------------------------------------------------
@@ -163,6 +81,7 @@ def make_settings(tmp_path: Path, db: str, smtp_port: int, **over: object) -> Se
         step_lease_s=30,
         step_backoff_s=0.2,
         redrive_interval_s=1.0,
+        line_kinds="",  # the core's tests: billing steps only; capabilities test themselves
     )
     values.update(over)
     return Settings().with_overrides(**values)
@@ -174,7 +93,7 @@ def settings_env(s: Settings) -> dict[str, str]:
                  "smtp_host", "smtp_port", "step_lease_s", "step_max_attempts", "step_backoff_s",
                  "redrive_interval_s", "max_body_bytes", "braintree_merchant_id",
                  "braintree_public_key", "braintree_private_key", "paypal_webhook_id",
-                 "paypal_cert_hosts", "paypal_ca_file", "ops_email"):
+                 "paypal_cert_hosts", "paypal_ca_file", "ops_email", "line_kinds"):
         env[f"PROVISIONER_{name.upper()}"] = str(getattr(s, name))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -264,3 +183,4 @@ def stack_factory(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Callable[...,
 def _dispose_engines() -> Iterator[None]:
     yield
     dispose_all()
+    enable_line_kinds(None)

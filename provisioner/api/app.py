@@ -2,8 +2,10 @@
 
 Webhook requests do the minimum in the request: verify the signature with the
 provider's SDK, store the notification, record and match the payment, write the
-plan into the journal, answer. Handing the ready steps to the broker happens after
-the answer is sent (a background task); the re-drive covers a lost hand-off.
+plan into the journal, answer. Marking the ready steps QUEUED happens after the
+answer is sent (a background task), and the broker publish is not done there either:
+the keys go to one publisher thread that sends them in batches over one producer. The
+journal is the truth; the re-drive covers a hand-off lost on the way.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,7 +25,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, Field
 
-from provisioner.adapters import bank
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.adapters.payments import braintree as bt
 from provisioner.adapters.payments import paypal as pp
@@ -41,7 +45,66 @@ from provisioner.pipeline.runner import Runner
 from provisioner.store.audit import audit
 from provisioner.store.db import session_factory, transaction
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger("provisioner.api")
+
+
+class StepPublisher:
+    """``enqueue`` for the API: puts the step key in a queue and returns at once. One
+    thread (started on first use) takes what has accumulated and publishes it with one
+    producer. The steps are already QUEUED in the journal, so a key lost here (broker
+    down, process killed) is sent again by the re-drive, as with a failed publish."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+        self._keys: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def __call__(self, key: str) -> None:
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="step-publisher",
+                                                    daemon=True)
+                    self._thread.start()
+        self._keys.put(key)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._keys.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._keys.get()]
+            while True:
+                try:
+                    batch.append(self._keys.get_nowait())
+                except queue.Empty:
+                    break
+            keys = [k for k in batch if k is not None]
+            stop = len(keys) != len(batch)
+            if keys:
+                self._publish(keys)
+
+    def _publish(self, keys: list[str]) -> None:
+        try:
+            with self._celery.producer_or_acquire() as producer:
+                for key in keys:
+                    try:
+                        self._celery.send_task("provisioner.run_step", args=(key,),
+                                               producer=producer)
+                    except Exception:  # noqa: BLE001 - a broker outage must not lose the step
+                        log.exception("could not enqueue %s; the re-drive will send it again",
+                                      key)
+        except Exception:  # noqa: BLE001 - no producer: the re-drive sends them again
+            log.exception("could not enqueue %d steps; the re-drive will send them again",
+                          len(keys))
 
 
 class BodyTooLarge(InvalidInput):
@@ -88,14 +151,21 @@ class CustomerIn(BaseModel):
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     settings = settings or load_settings()
+    from provisioner.pipeline import capabilities
+
+    capabilities.configure(settings.line_kinds)
     factory = session_factory(settings.effective_database_url)
+    publisher: StepPublisher | None = None
     if enqueue is None:
         from provisioner.tasks import make_celery
 
-        celery = make_celery(settings)
+        enqueue = publisher = StepPublisher(make_celery(settings))
 
-        def enqueue(key: str) -> None:
-            celery.send_task("provisioner.run_step", args=(key,))
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if publisher is not None:
+            await run_in_threadpool(publisher.close)
 
     runner = Runner(settings, factory, enqueue)
     registry = CollectorRegistry()
@@ -110,6 +180,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         title="Provisioner",
         version="0.1.0",
         description="Payment webhooks, bank statements and the ops API of the provisioner.",
+        lifespan=lifespan,
     )
 
     @app.exception_handler(ProvisionerError)

@@ -3,3 +3,11 @@ are registered. Import this (not the modules one by one) wherever plans are made
 or steps are run."""
 
 from provisioner.pipeline import steps  # noqa: F401 - invoice issuance, e-mails, activation
+
+
+def configure(line_kinds: str) -> None:
+    """Apply the `line_kinds` setting: "all", or a comma list ("" = none)."""
+    from provisioner.pipeline.plan import enable_line_kinds
+
+    value = line_kinds.strip()
+    enable_line_kinds(None if value == "all" else [k.strip() for k in value.split(",") if k.strip()])

@@ -118,7 +118,8 @@ def show_proforma(factory: Factory, number: str) -> dict[str, Any]:
 def service_dict(sv: Service) -> dict[str, Any]:
     note = sv.detail
     if sv.state == "provisioning" and sv.kind not in planned_kinds() and not note:
-        note = f"no provisioning steps for {sv.kind!r} services in this release"
+        note = (f"no provisioning steps for {sv.kind!r} services here "
+                "(capability not installed, or turned off in line_kinds)")
     return jsonable({
         "id": sv.id, "order": sv.order_id, "customer": sv.customer_id, "kind": sv.kind,
         "product": sv.product, "name": sv.name, "state": sv.state,

@@ -9,7 +9,7 @@ stays in `provisioning` with a note saying so (nothing pretends to provision it)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,16 @@ class StepSpec:
 
 LinePlanner = Callable[[OrderView, ServiceView], Sequence[StepSpec]]
 _LINE_PLANNERS: dict[str, LinePlanner] = {}
+_ENABLED: frozenset[str] | None = None  # None: every registered kind
+
+
+def enable_line_kinds(kinds: Iterable[str] | None) -> None:
+    """Which registered capabilities plan steps in this process (from the setting
+    `line_kinds`; None = all). An installation that does not run one of the outside
+    systems yet (say, no registry contract) turns that kind off: its services are
+    then kept in `provisioning` with a note for ops, never silently dropped."""
+    global _ENABLED
+    _ENABLED = None if kinds is None else frozenset(kinds)
 
 
 def register_line_planner(kind: str, planner: LinePlanner) -> None:
@@ -54,7 +64,8 @@ def register_line_planner(kind: str, planner: LinePlanner) -> None:
 
 
 def planned_kinds() -> frozenset[str]:
-    return frozenset(_LINE_PLANNERS)
+    registered = frozenset(_LINE_PLANNERS)
+    return registered if _ENABLED is None else registered & _ENABLED
 
 
 def proforma_prefix(view: OrderView) -> str:
@@ -79,7 +90,7 @@ def plan(view: OrderView) -> list[StepSpec]:
     ]
     for service in view.services:
         planner = _LINE_PLANNERS.get(service.kind)
-        if planner is None:
+        if planner is None or (_ENABLED is not None and service.kind not in _ENABLED):
             continue
         line_steps = list(planner(view, service))
         steps += line_steps

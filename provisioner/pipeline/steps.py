@@ -243,7 +243,10 @@ def step_service_activate(ctx: StepContext, step: Step) -> StepResult:
             return StepResult(False, {"expires_on": str(service.expires_on)})
         today = ctx.now().date()
         service.state = ServiceState.ACTIVE.value
-        service.expires_on = add_period(today, service.period_months)
+        # A capability step may have set the expiry from the outside system's answer
+        # (a domain's expiry is the registry's); keep it.
+        if service.expires_on is None:
+            service.expires_on = add_period(today, service.period_months)
         service.updated_at = ctx.now()
         audit(s, SYSTEM, "service.activated", "service", service.id)
         return StepResult(True, {"expires_on": str(service.expires_on)})

@@ -22,6 +22,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_sink) -> CliRunner
         monkeypatch.delenv(key)
     monkeypatch.setenv("PROVISIONER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PROVISIONER_SMTP_PORT", str(smtp_sink.port))
+    monkeypatch.setenv("PROVISIONER_LINE_KINDS", "")  # billing only; capabilities test themselves
     return CliRunner()
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.adapters.smtp_sink import SmtpSink
 from provisioner.errors import InvalidInput, TransientError
-from provisioner.pipeline import ops
+from provisioner.pipeline import capabilities, ops
 from provisioner.pipeline import steps as _steps  # noqa: F401 - registers handlers
 from provisioner.pipeline.payments import ingest
 from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, plan
@@ -65,6 +65,7 @@ class World:
 @pytest.fixture
 def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> World:
     settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3)
+    capabilities.configure(settings.line_kinds)
     queue = Queue()
     factory = session_factory(db_url)
     return World(Runner(settings, factory, queue), queue, factory, smtp_sink)

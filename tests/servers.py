@@ -1,0 +1,141 @@
+"""Throwaway PostgreSQL and Redis servers, for the tests and the benchmarks.
+
+Plain context managers (no pytest), so ``bench/`` can use them too::
+
+    with postgres_server() as pg:
+        url = pg.create_database()      # postgresql+psycopg://postgres@127.0.0.1:<port>/<db>
+    with redis_server() as redis:
+        url = redis.url                 # redis://127.0.0.1:<port>/0
+
+PostgreSQL is Debian's (``/usr/lib/postgresql/*/bin``), initialised with trust
+auth and run as the ``postgres`` user when we are root, on 127.0.0.1 with a free
+port and durability switched off (these are throwaway servers).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "PgServer",
+    "RedisServer",
+    "free_port",
+    "port_open",
+    "postgres_server",
+    "redis_server",
+    "wait_for",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+@dataclass
+class PgServer:
+    port: int
+    datadir: Path
+    bindir: Path
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def url(self, db: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(self.counter)}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries not found: run `make setup` "
+                           "(scripts/install-deps.sh installs Debian's postgresql)")
+    return Path(found[-1]).parent
+
+
+@contextmanager
+def postgres_server() -> Iterator[PgServer]:
+    bindir = pg_bindir()
+    base = Path(tempfile.mkdtemp(prefix="prov-pg-"))
+    datadir = base / "data"
+    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if user else []
+    if user:
+        os.chown(base, user.pw_uid, user.pw_gid)
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust",
+                    "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    port = free_port()
+    opts = (f"-p {port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts,
+                    "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield PgServer(port, datadir, bindir)
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m",
+                        "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- Redis -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RedisServer:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="prov-redis-"))
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open(port), 10, "redis-server")
+        yield RedisServer(port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
