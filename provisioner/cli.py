@@ -46,12 +46,11 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-try:  # throwaway hosts (their own module; absent until that capability is installed)
-    from provisioner.cli_hosts import app as hosts_app
+from provisioner.cli_hosts import app as hosts_app  # noqa: E402 - after the app exists
+from provisioner.cli_registry import app as registry_app  # noqa: E402
 
-    app.add_typer(hosts_app, name="hosts")
-except ImportError:  # pragma: no cover
-    pass
+app.add_typer(hosts_app, name="hosts")
+app.add_typer(registry_app, name="registry-sandbox")
 
 out = Console()
 err = Console(stderr=True)
@@ -68,9 +67,8 @@ def settings() -> Settings:
 
 
 def factory(cfg: Settings | None = None) -> Any:
-    from provisioner.store.db import is_sqlite, session_factory, upgrade
-
     from provisioner.pipeline import capabilities
+    from provisioner.store.db import is_sqlite, session_factory, upgrade
 
     cfg = cfg or settings()
     capabilities.configure(cfg.line_kinds)

@@ -46,6 +46,7 @@ DEMO_CUSTOMER = {
     "lang": "sl",
 }
 DEMO_ITEMS = ["hosting:giga5:novak.example", "domain:novak.si:1y", "tls:novak.example"]
+DEMO_LINE_KINDS = "domain"  # registered at the sandbox registry (EPP over TLS on loopback)
 
 
 def _free_port() -> int:
@@ -97,6 +98,12 @@ class DemoStack:
             "PROVISIONER_STRIPE_WEBHOOK_SECRET": s.stripe_webhook_secret,
             "PROVISIONER_SMTP_PORT": str(s.smtp_port),
             "PROVISIONER_REDRIVE_INTERVAL_S": "2",
+            "PROVISIONER_LINE_KINDS": s.line_kinds,
+            "PROVISIONER_REGISTRY_HOST": s.registry_host,
+            "PROVISIONER_REGISTRY_PORT": str(s.registry_port),
+            "PROVISIONER_REGISTRY_LOGIN": s.registry_login,
+            "PROVISIONER_REGISTRY_PASSWORD": s.registry_password,
+            "PROVISIONER_REGISTRY_CA_FILE": s.registry_ca_file,
             "PYTHONUNBUFFERED": "1",
         })
         return env
@@ -130,7 +137,14 @@ def run_demo(out: Console) -> int:
     root.mkdir(parents=True)
     sink = SmtpSink(root / "mail")
     sink.start()
+    from provisioner.registry_sandbox import run_sandbox
+
+    sandbox_cm = run_sandbox(root / "registry")
+    sandbox = sandbox_cm.__enter__()
     settings = base.with_overrides(
+        **sandbox.settings_overrides(),
+        # The capabilities whose outside systems the demo runs on this machine.
+        line_kinds=DEMO_LINE_KINDS,
         data_dir=root,
         database_url=f"sqlite:///{root / 'provisioner.sqlite'}",
         broker_url=f"filesystem://{root / 'broker'}",
@@ -144,6 +158,7 @@ def run_demo(out: Console) -> int:
         return _run(out, stack)
     finally:
         stack.stop()
+        sandbox_cm.__exit__(None, None, None)
 
 
 def _run(out: Console, stack: DemoStack) -> int:
@@ -160,7 +175,8 @@ def _run(out: Console, stack: DemoStack) -> int:
                            "-B", "-s", str(root / "celerybeat-schedule"), "--concurrency", "2",
                            "--loglevel", "INFO", "-Q", "provisioner"])
     out.print(f"data dir {root}\nSMTP sink on 127.0.0.1:{s.smtp_port}, API on {api}, "
-              "one Celery worker (filesystem broker, no server)")
+              "one Celery worker (filesystem broker, no server), sandbox EPP registry on "
+              f"{s.registry_host}:{s.registry_port}")
     client = httpx.Client(base_url=api, timeout=30,
                           headers={"Authorization": f"Bearer {s.api_token}"})
     deadline = time.monotonic() + 60
@@ -224,21 +240,44 @@ def _run(out: Console, stack: DemoStack) -> int:
     for sv in order["services"]:
         services.add_row(str(sv["id"]), sv["kind"], sv["name"], sv["state"], sv["detail"] or "")
     out.print(services)
+    at_registry = _sandbox_domains(root / "registry")
+    if at_registry:
+        reg = Table(title="At the sandbox registry (EPP)")
+        for col in ("name", "registrar", "expires", "nameservers"):
+            reg.add_column(col)
+        for d in at_registry:
+            ns = d.get("ns")
+            reg.add_row(str(d["name"]), str(d["cl_id"]), str(d["ex_date"]),
+                        ", ".join(ns) if isinstance(ns, list) else str(ns or ""))
+        out.print(reg)
     ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3
-    env = f"PROVISIONER_DATA_DIR={root} PROVISIONER_DATABASE_URL={s.effective_database_url}"
+    env = f"PROVISIONER_DATA_DIR={root}"
     out.print(Panel.fit(
-        f"database     {s.effective_database_url}\n"
-        f"e-mails      {root / 'mail'} (Maildir; open with `mutt -f` or any mail reader)\n"
-        f"logs         {root / 'api.log'}, {root / 'worker.log'}\n"
-        f"try          {env} provisioner invoices list\n"
-        f"             {env} provisioner payments list --json\n"
-        f"             {env} provisioner jobs --order {order['id']}",
+        f"database   {s.effective_database_url}\n"
+        f"e-mails    {root / 'mail'} (a Maildir: `mutt -f {root / 'mail'}`)\n"
+        f"logs       {root / 'api.log'}  {root / 'worker.log'}\n"
+        f"registry   {root / 'registry'}\n"
+        f"try        {env} provisioner invoices list\n"
+        f"           {env} provisioner payments list --json\n"
+        f"           {env} provisioner jobs --order {order['id']}\n"
+        f"           {env} provisioner registry-sandbox domains --data-dir {root / 'registry'}",
         title="where to look"))
     if not ok:
         out.print(f"[red]the plan did not finish: {counts}; see {root / 'worker.log'}[/]")
         return 1
     out.print("[bold green]demo finished: paid proforma -> invoice and e-mails, each once[/]")
     return 0
+
+
+def _sandbox_domains(data_dir: Path) -> list[dict[str, Any]]:
+    """What the sandbox registry holds (its own state file)."""
+    from provisioner.registry_sandbox.store import Store
+
+    store = Store(data_dir / "registry.sqlite")
+    try:
+        return store.all("SELECT name, cl_id, ex_date, ns FROM domains ORDER BY name")
+    finally:
+        store.close()
 
 
 def _check(response: httpx.Response) -> Any:

@@ -19,6 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [ -x "$here/install-deps-hosts.sh" ]; then
-  "$here/install-deps-hosts.sh"
-fi
+# Each capability lists its own Debian packages in scripts/install-deps-<capability>.sh.
+for extra in "$here"/install-deps-*.sh; do
+  [ -e "$extra" ] || continue
+  sh "$extra"
+done

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.mail import Mailer, make_message_id, render_mail
 from provisioner.clock import utcnow
 from provisioner.config import Settings
 from provisioner.pipeline import capabilities  # noqa: F401 - registers planners and handlers
+from provisioner.pipeline.domains import registry_client
 from provisioner.pipeline.payments import reprocess_stored
 from provisioner.pipeline.runner import Enqueue, Runner
-from provisioner.store.db import session_factory
+from provisioner.store.db import session_factory, transaction
 
 log = logging.getLogger("provisioner.alerts")
 
@@ -33,9 +37,56 @@ def ops_alert(settings: Settings) -> Any:
     return alert
 
 
+def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict[str, object]:
+    """Factories for the DNS, ACME and certificate-target adapters (built on first use)."""
+    from provisioner.adapters.acme_client import AcmeClient, generate_key_pem
+    from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+    from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
+    from provisioner.errors import ConfigurationError
+    from provisioner.store.tls import account_key, fernet_for
+
+    built: dict[str, Any] = {}
+
+    def dns() -> DnsServer:
+        if "dns" not in built:
+            if not settings.dns_server:
+                raise ConfigurationError("dns_server is not set: no DNS server to manage zones on")
+            creator = KnotcZoneCreator(settings.dns_knotc_socket) if settings.dns_knotc_socket else None
+            built["dns"] = DnsServer(settings.dns_server, settings.dns_port, settings.tsig_key_name,
+                                     settings.tsig_secret, settings.tsig_algorithm, creator,
+                                     timeout_s=settings.dns_timeout_s)
+        return built["dns"]
+
+    def acme() -> AcmeClient:
+        if "acme" not in built:
+            if not settings.acme_directory:
+                raise ConfigurationError("acme_directory is not set: no CA to order certificates from")
+            with transaction(factory) as s:
+                key = account_key(s, fernet_for(settings), settings.acme_directory, generate_key_pem)
+            built["acme"] = AcmeClient(
+                settings.acme_directory, key, ca_file=settings.acme_ca_file,
+                contact_email=settings.acme_contact_email, eab_kid=settings.acme_eab_kid,
+                eab_hmac=settings.acme_eab_hmac, deadline_s=settings.acme_deadline_s,
+                key_type=settings.acme_key_type)
+        return built["acme"]
+
+    def cert_target(service_id: int | None) -> LocalNginxTarget:
+        # The hosting node's vhost over SSH comes with the hosting capability; until then
+        # (and in the demo) certificates go to a loopback nginx with its own prefix.
+        if not settings.tls_nginx_prefix:
+            raise ConfigurationError("no certificate target: set tls_nginx_prefix (loopback nginx)")
+        nginx = LocalNginx(Path(settings.tls_nginx_prefix), settings.tls_nginx_host,
+                           settings.tls_nginx_http_port, settings.tls_nginx_https_port)
+        return LocalNginxTarget(nginx)
+
+    return {"dns": dns, "acme": acme, "cert_target": cert_target}
+
+
 def runner(settings: Settings, enqueue: Enqueue) -> Runner:
     factory = session_factory(settings.effective_database_url)
-    return Runner(settings, factory, enqueue, adapters={"alert": ops_alert(settings)})
+    return Runner(settings, factory, enqueue,
+                  adapters={"alert": ops_alert(settings), **dns_tls_adapters(settings, factory),
+                            "registry": lambda: registry_client(settings)})
 
 
 def redrive(settings: Settings, enqueue: Enqueue) -> dict[str, Any]:

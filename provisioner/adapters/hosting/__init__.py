@@ -1,0 +1,5 @@
+"""Hosting nodes and accounts through Ansible (ansible-runner)."""
+
+from provisioner.adapters.hosting.runner import RunResult, Target, run_playbook
+
+__all__ = ["RunResult", "Target", "run_playbook"]

@@ -1,0 +1,206 @@
+"""Run a playbook through ansible-runner: a failed run is a result, not an exception.
+
+Each run gets its own temporary ``private_data_dir``; the SSH key is passed by path;
+host-key checking is off only when the caller says the hosts are throwaway; a dead
+or unreachable host ends the run within ``timeout_s`` (ansible's connection
+``timeout`` + SSH keep-alives + runner's own ``timeout``), never a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import ConfigurationError, StepFailed
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PLAYBOOKS_DIR = REPO_ROOT / "playbooks"
+ROLES_DIR = REPO_ROOT / "roles"
+
+STAT_KEYS = ("ok", "changed", "failures", "unreachable", "skipped", "rescued", "ignored")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One inventory host: its name in the inventory, address and SSH settings."""
+
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # successful | failed | timeout | canceled
+    rc: int
+    stats: dict[str, dict[str, int]]
+    errors: dict[str, str] = field(default_factory=dict)  # host -> first error message
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0
+
+    @property
+    def changed(self) -> int:
+        return sum(s.get("changed", 0) for s in self.stats.values())
+
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.stats.items()
+                      if s.get("failures", 0) or s.get("unreachable", 0))
+
+    def raise_for_status(self, step_key: str = "ansible") -> None:
+        """Turn a failed run into StepFailed naming the hosts (for callers that want that)."""
+        if self.ok:
+            return
+        hosts = self.failed_hosts() or sorted(self.stats) or ["<no host>"]
+        detail = "; ".join(f"{h}: {self.errors.get(h, 'failed')}" for h in hosts)
+        raise StepFailed(step_key, f"{self.status} rc={self.rc}: {detail}",
+                         {"stats": self.stats, "status": self.status})
+
+
+def build_inventory(targets: list[Target], ssh_key: Path | None) -> dict[str, Any]:
+    hosts: dict[str, Any] = {}
+    for t in targets:
+        hv: dict[str, Any] = {"ansible_host": t.address, "ansible_user": t.user,
+                              "ansible_port": t.port,
+                              "ansible_python_interpreter": "/usr/bin/python3"}
+        if ssh_key is not None:
+            hv["ansible_ssh_private_key_file"] = str(ssh_key)
+        hv.update(t.vars)
+        hosts[t.name] = hv
+    return {"all": {"hosts": hosts}}
+
+
+def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
+                 extravars: Mapping[str, Any] | None = None, *, timeout_s: float = 900,
+                 ssh_key: Path | None = None, throwaway: bool = False,
+                 connect_timeout_s: int = 10, limit: str | None = None) -> RunResult:
+    """Run ``playbook`` (a name in ``playbooks/`` or a path) against ``hosts``.
+
+    ``hosts`` is a list of :class:`Target` or a ready Ansible inventory dict.
+    ``throwaway=True`` switches host-key checking off (throwaway hosts only).
+    """
+    import ansible_runner  # local import: only the adapter needs ansible
+
+    path = Path(playbook)
+    if not path.is_absolute():
+        path = PLAYBOOKS_DIR / (playbook if playbook.endswith(".yml") else f"{playbook}.yml")
+    if not path.is_file():
+        raise ConfigurationError(f"playbook {path} does not exist")
+    inventory = (build_inventory(hosts, ssh_key) if isinstance(hosts, list) else dict(hosts))
+    ssh_args = (f"-o ConnectTimeout={connect_timeout_s} -o ServerAliveInterval=2 "
+                "-o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist=60s "
+                "-o BatchMode=yes -o PasswordAuthentication=no")
+    if throwaway:
+        ssh_args += " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    bindir = str(Path(sys.executable).parent)
+    envvars = {
+        "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+        "ANSIBLE_HOST_KEY_CHECKING": "False" if throwaway else "True",
+        "ANSIBLE_TIMEOUT": str(connect_timeout_s),
+        "ANSIBLE_SSH_ARGS": ssh_args,
+        "ANSIBLE_SSH_RETRIES": "0",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_FORCE_COLOR": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_TASK_TIMEOUT": str(int(timeout_s)),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="prov-ansible-"))
+    envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(tmp / "cp")
+    envvars["ANSIBLE_LOCAL_TEMP"] = str(tmp / "tmp")
+    errors: dict[str, str] = {}
+
+    def on_event(event: dict[str, Any]) -> bool:
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            data = event.get("event_data", {})
+            host = data.get("host", "?")
+            if data.get("ignore_errors"):
+                return True
+            errors.setdefault(host, f"{data.get('task', '')}: {_error_text(data.get('res'))}")
+        return True
+
+    started = time.monotonic()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = ansible_runner.run(
+                private_data_dir=str(tmp), playbook=str(path), inventory=inventory,
+                extravars=dict(extravars or {}), envvars=envvars, limit=limit,
+                quiet=True, timeout=int(timeout_s), event_handler=on_event,
+                suppress_env_files=True)
+        stats: dict[str, dict[str, int]] = {}
+        raw = r.stats or {}
+        for key in STAT_KEYS:
+            source = "dark" if key == "unreachable" else key  # runner's name for it
+            for host, n in (raw.get(source) or {}).items():
+                stats.setdefault(host, {k: 0 for k in STAT_KEYS})[key] = int(n)
+        for host in _inventory_hosts(inventory):
+            stats.setdefault(host, {k: 0 for k in STAT_KEYS})
+        if r.status == "timeout":
+            for host, s in stats.items():
+                if not s["failures"] and not s["unreachable"]:
+                    errors.setdefault(host, f"run timed out after {timeout_s:.0f}s")
+        if r.status != "successful" and not errors:
+            try:
+                tail = (r.stdout.read() if r.stdout else "")[-800:]
+            except (OSError, ValueError):
+                tail = ""
+            for host in stats:
+                errors[host] = f"ansible-playbook rc={r.rc}: {tail.strip() or r.status}"
+        elapsed = round(time.monotonic() - started, 2)
+        return RunResult(status=str(r.status), rc=int(r.rc if r.rc is not None else -1),
+                         stats=stats, errors=errors, duration_s=elapsed)
+    finally:
+        _close_masters(tmp / "cp")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _close_masters(control_dir: Path) -> None:
+    """Stop this run's SSH ControlMaster processes instead of letting them linger."""
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "unused"],
+                       capture_output=True, timeout=10, check=False)
+
+
+def _error_text(res: Any) -> str:
+    """The useful part of a failed task's result: its message and the command's stderr."""
+    if not isinstance(res, Mapping):
+        return "failed"
+    items = [r for r in res.get("results") or [] if isinstance(r, Mapping) and r.get("failed")]
+    if items:  # a loop: the first failed item says more than "One or more items failed"
+        res = items[0]
+    msg = str(res.get("msg") or res.get("reason") or "failed").strip()
+    stderr = str(res.get("stderr") or "").strip()
+    if stderr and stderr not in msg:
+        msg = f"{msg}: {stderr[-400:]}"
+    return msg[:800]
+
+
+def _inventory_hosts(inventory: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for group in inventory.values():
+        if isinstance(group, Mapping):
+            out.extend((group.get("hosts") or {}).keys())
+            for child in (group.get("children") or {}).values():
+                if isinstance(child, Mapping):
+                    out.extend((child.get("hosts") or {}).keys())
+    return out

@@ -1,0 +1,104 @@
+"""Fixtures for tests against throwaway hosts (systemd-nspawn) and testinfra.
+
+- ``hosts``: the throwaway-host adapter on the shared cache
+  (``PROVISIONER_HOSTS_DIR``; images are built once and reused).
+- ``node``: a session-scoped shared-hosting node booted from the converged-node
+  image and converged once more through the product's Ansible adapter.
+- ``node_host``: testinfra over SSH (paramiko) to that node.
+- ``fresh_host``: a function-scoped bare host for destructive tests.
+Every host is thrown away in a finalizer, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+E2E_PREFIX = "t-"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # paramiko still touches TripleDES/Blowfish, which cryptography deprecates.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore::cryptography.utils.CryptographyDeprecationWarning")
+
+
+def _unavailable() -> str:
+    if os.geteuid() != 0:
+        return "throwaway hosts need root"
+    missing = [t for t in ("systemd-nspawn", "debootstrap", "nsenter")
+               if shutil.which(t) is None]
+    if missing:
+        return f"missing {missing}: run scripts/install-deps-hosts.sh"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def hosts() -> Any:
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from provisioner.adapters.hosts import NspawnHosts
+
+    return NspawnHosts(ssh_timeout_s=30.0)
+
+
+@dataclass
+class Node:
+    info: Any
+    first_converge: Any
+
+
+@pytest.fixture(scope="session")
+def node(hosts: Any) -> Iterator[Node]:
+    """A converged shared-hosting node (from the cached converged-node image)."""
+    from provisioner.adapters.hosts.node import converge, up_node
+
+    name = f"{E2E_PREFIX}node-{os.getpid()}"  # sessions of several people may overlap
+    try:
+        info = up_node(hosts, name)
+        result = converge(info)
+        result.raise_for_status("e2e.node")
+        yield Node(info=info, first_converge=result)
+    finally:
+        hosts.down(name)
+
+
+@pytest.fixture(scope="session")
+def node_host(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import testinfra
+
+    # Throwaway hosts get a new host key each time: do not check it (tests only).
+    ssh_config = tmp_path_factory.mktemp("ssh") / "config"
+    ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n"
+                          "  UserKnownHostsFile /dev/null\n")
+    return testinfra.get_host(f"paramiko://root@{node.info.address}",
+                              ssh_identity_file=node.info.ssh_key,
+                              ssh_config=str(ssh_config))
+
+
+@pytest.fixture
+def fresh_host(hosts: Any) -> Iterator[Any]:
+    """A bare throwaway host of its own, for tests that damage it."""
+    name = f"{E2E_PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        yield hosts.up(name)
+    finally:
+        hosts.down(name)
+
+
+@pytest.fixture
+def host_name(hosts: Any) -> Iterator[str]:
+    """A unique host name that is thrown away after the test (if it was used)."""
+    name = f"{E2E_PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        hosts.down(name)

@@ -1,0 +1,118 @@
+"""A `tls` line item through the whole pipeline: order, payment, plan, runner, Pebble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.adapters.acme_client import AcmeClient
+from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
+from provisioner.adapters.dns_tls_local import PebbleServer
+from provisioner.config import Settings
+from provisioner.pipeline import capabilities as _capabilities  # noqa: F401 - registers planners
+from provisioner.pipeline import ops
+from provisioner.pipeline.payments import record_manual_payment
+from provisioner.pipeline.runner import Runner
+from provisioner.store.db import session_factory
+from tests.integration.dns_tls.conftest import https_get, new_zone
+
+CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000", "city": "Ljubljana",
+            "country": "SI", "email": "ana@example.si", "phone": "+386.41123456", "lang": "sl"}
+
+
+@dataclass
+class Queue:
+    keys: list[str] = field(default_factory=list)
+
+    def __call__(self, key: str) -> None:
+        self.keys.append(key)
+
+
+def _runner(tmp_path: Path, url: str, dns: DnsServer, acme: AcmeClient, target: LocalNginxTarget,
+            alerts: list[dict[str, Any]]) -> tuple[Runner, Queue]:
+    settings = Settings().with_overrides(data_dir=tmp_path / "data", database_url=url, step_max_attempts=2,
+                                         step_backoff_s=0.0, smtp_port=1)
+    queue = Queue()
+    adapters: dict[str, object] = {"dns": lambda: dns, "acme": lambda: acme,
+                                   "cert_target": lambda service_id: target,
+                                   "alert": lambda **kw: alerts.append(kw)}
+    return Runner(settings, session_factory(url), queue, adapters), queue
+
+
+def _order_and_pay(runner: Runner, queue: Queue, item: str) -> dict[str, Any]:
+    customer = ops.add_customer(runner.factory, CUSTOMER, "test")
+    order = ops.create_order(runner.factory, customer["id"], [item], None, "fcb", "test")
+    number = order["proforma"]["number"]
+    gross = ops.show_proforma(runner.factory, number)["gross"]
+    record_manual_payment(runner.factory, proforma_number=number, reference=None, amount=Decimal(str(gross)),
+                          currency="EUR", method="cash", txn=f"cash-{number}", actor="test")
+    runner.dispatch(order["order"])
+    return order
+
+
+def _drain(runner: Runner, queue: Queue, only: str = "tls.issue") -> list[str]:
+    """Run the queued TLS steps (mail steps are not the subject here and are dropped)."""
+    outcomes = []
+    for _ in range(50):
+        if not queue.keys:
+            break
+        key = queue.keys.pop(0)
+        if only not in key and "activate" not in key:
+            continue
+        try:
+            outcomes.append(f"{key}:{runner.run_step(key).status}")
+        except Exception as exc:  # noqa: BLE001 - a TransientError is the runner's "retry"
+            outcomes.append(f"{key}:raised {type(exc).__name__}")
+    return outcomes
+
+
+@pytest.mark.parametrize("product", ["dv", "dv-wildcard"])
+def test_tls_item_issues_and_serves(tmp_path: Path, sqlite_url: str, dns_server: DnsServer, acme: AcmeClient,
+                                    cert_target: LocalNginxTarget, nginx_server: LocalNginx,
+                                    pebble_server: PebbleServer, product: str) -> None:
+    zone = new_zone(dns_server)
+    site = f"*.{zone}" if product == "dv-wildcard" else zone
+    cert_target.add_site(site, [zone if product == "dv-wildcard" else f"www.{zone}"], content="ordered\n")
+    alerts: list[dict[str, Any]] = []
+    runner, queue = _runner(tmp_path, sqlite_url, dns_server, acme, cert_target, alerts)
+    order = _order_and_pay(runner, queue, f"tls:{product}:{site}")
+    outcomes = _drain(runner, queue)
+    assert any(o.endswith("tls.issue:done") for o in outcomes), outcomes
+    jobs = {j["kind"]: j for j in ops.list_jobs(runner.factory, str(order["order"]), False)}
+    assert jobs["tls.issue"]["state"] == "done"
+    host = f"x.{zone}" if product == "dv-wildcard" else f"www.{zone}"
+    assert https_get(nginx_server, host, pebble_server.root_file)[:2] == (200, "ordered\n")
+    assert alerts == []
+
+
+def test_refused_challenge_fails_the_step_alerts_and_keeps_the_old_certificate(
+        tmp_path: Path, sqlite_url: str, dns_server: DnsServer, acme: AcmeClient, knot_server: Any,
+        cert_target: LocalNginxTarget, nginx_server: LocalNginx, pebble_server: PebbleServer) -> None:
+    zone = new_zone(dns_server)
+    cert_target.add_site(zone, [f"www.{zone}"])
+    alerts: list[dict[str, Any]] = []
+    runner, queue = _runner(tmp_path, sqlite_url, dns_server, acme, cert_target, alerts)
+    _order_and_pay(runner, queue, f"tls:{zone}")
+    _drain(runner, queue)
+    served = cert_target.current_certificate(zone)
+    assert served is not None
+    # 20 days before expiry the renewal runs, but the customer moved the domain's DNS away
+    # from us: HTTP-01 it is, and the CA cannot resolve the name.
+    KnotcZoneCreator(knot_server.socket).delete_zone(zone)
+    runner.now = lambda: served.not_after - timedelta(days=20)
+    second = _order_and_pay(runner, queue, f"tls:{zone}:1y:renew")
+    outcomes = _drain(runner, queue)
+    assert any(o.endswith("tls.issue:failed") for o in outcomes), outcomes
+    failed = ops.list_jobs(runner.factory, str(second["order"]), True)
+    job = next(j for j in failed if j["kind"] == "tls.issue")
+    assert "refused the challenge" in job["last_error"]
+    assert f"{zone} (http-01)" in job["last_error"]
+    assert len(alerts) == 1 and zone in alerts[0]["detail"]
+    # nginx still serves the previous certificate.
+    assert cert_target.served_certificate(zone).serial == served.serial
