@@ -47,9 +47,11 @@ for sub, name in [
     app.add_typer(sub, name=name)
 
 from provisioner.cli_hosts import app as hosts_app  # noqa: E402 - after the app exists
+from provisioner.cli_nodes import app as nodes_app  # noqa: E402
 from provisioner.cli_registry import app as registry_app  # noqa: E402
 
 app.add_typer(hosts_app, name="hosts")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(registry_app, name="registry-sandbox")
 
 out = Console()

@@ -46,7 +46,25 @@ DEMO_CUSTOMER = {
     "lang": "sl",
 }
 DEMO_ITEMS = ["hosting:giga5:novak.example", "domain:novak.si:1y", "tls:novak.example"]
-DEMO_LINE_KINDS = "domain"  # registered at the sandbox registry (EPP over TLS on loopback)
+# The capabilities whose outside systems the demo runs on this machine: the domain is
+# registered at the sandbox registry (EPP over TLS on loopback); the hosting account is
+# created on a throwaway hosting node (systemd-nspawn, needs root). TLS waits for the
+# certificate deployment to hosting nodes.
+DEMO_NODE = "demo-node"
+
+
+def _hosts_dir() -> Path:
+    from provisioner.adapters.hosts.nspawn import default_hosts_dir
+
+    return default_hosts_dir()
+
+
+HOSTS_DIR = _hosts_dir()
+
+
+def demo_line_kinds() -> str:
+    return "domain,hosting" if os.geteuid() == 0 and shutil.which("systemd-nspawn") else "domain"
+
 
 
 def _free_port() -> int:
@@ -99,6 +117,8 @@ class DemoStack:
             "PROVISIONER_SMTP_PORT": str(s.smtp_port),
             "PROVISIONER_REDRIVE_INTERVAL_S": "2",
             "PROVISIONER_LINE_KINDS": s.line_kinds,
+            # the throwaway hosts' image cache and SSH key: machine-wide, not the demo's
+            "PROVISIONER_HOSTS_DIR": str(HOSTS_DIR),
             "PROVISIONER_REGISTRY_HOST": s.registry_host,
             "PROVISIONER_REGISTRY_PORT": str(s.registry_port),
             "PROVISIONER_REGISTRY_LOGIN": s.registry_login,
@@ -144,7 +164,7 @@ def run_demo(out: Console) -> int:
     settings = base.with_overrides(
         **sandbox.settings_overrides(),
         # The capabilities whose outside systems the demo runs on this machine.
-        line_kinds=DEMO_LINE_KINDS,
+        line_kinds=demo_line_kinds(),
         data_dir=root,
         database_url=f"sqlite:///{root / 'provisioner.sqlite'}",
         broker_url=f"filesystem://{root / 'broker'}",
@@ -191,6 +211,17 @@ def _run(out: Console, stack: DemoStack) -> int:
             return 1
         time.sleep(0.2)
 
+    node: dict[str, str] | None = None
+    if "hosting" in s.line_kinds:
+        from provisioner.adapters.hosts import NspawnHosts
+        from provisioner.pipeline.hosting import ensure_demo_node
+
+        NspawnHosts(HOSTS_DIR).down(DEMO_NODE)  # a clean node for a clean demo
+
+        out.print("booting a throwaway hosting node (the first run builds its image: "
+                  "a few minutes; later runs: seconds)")
+        node = ensure_demo_node(session_factory(s.effective_database_url), DEMO_NODE)
+        out.print(f"hosting node {node['name']} at {node['address']} registered for placement")
     customer = _check(client.post("/customers", json=DEMO_CUSTOMER))
     out.print(f"customer {customer['id']}: {customer['name']}, {customer['company']}")
     created = _check(client.post("/orders", json={"customer_id": customer["id"],
@@ -250,7 +281,25 @@ def _run(out: Console, stack: DemoStack) -> int:
             reg.add_row(str(d["name"]), str(d["cl_id"]), str(d["ex_date"]),
                         ", ".join(ns) if isinstance(ns, list) else str(ns or ""))
         out.print(reg)
-    ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3
+    site_ok = True
+    if node is not None:
+        from provisioner.pipeline.hosting import live_site
+
+        site = live_site(node["address"], DEMO_ITEMS[0].split(":")[2])
+        try:
+            answer = httpx.get(f"http://{node['address']}/", timeout=10,
+                               headers={"Host": DEMO_ITEMS[0].split(":")[2]})
+            site_ok = answer.status_code == 200
+            first = answer.text.strip().splitlines()[:1]
+            seen = f"HTTP {answer.status_code} {first[0][:60] if first else ''}"
+        except httpx.HTTPError as exc:
+            site_ok, seen = False, f"no answer: {exc}"
+        out.print(Panel.fit(
+            f"{site['url']} is live on {node['name']} ({node['address']}): {seen}\n"
+            f"prove it:  {site['curl']}\n"
+            f"throw the node away:  provisioner hosts down {node['name']}",
+            title="the customer's site"))
+    ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3 and site_ok
     env = f"PROVISIONER_DATA_DIR={root}"
     out.print(Panel.fit(
         f"database   {s.effective_database_url}\n"

@@ -45,6 +45,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=options,
         beat_schedule={
             "redrive": {"task": "provisioner.redrive", "schedule": settings.redrive_interval_s},
+            # A backstop: the API nudges this task right after it stores a notification.
+            "payments": {"task": "provisioner.process_notifications",
+                         "schedule": max(settings.redrive_interval_s, 5.0)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -76,6 +79,11 @@ def run_step(step_key: str) -> None:
 @app.task(name="provisioner.redrive", acks_late=True)
 def redrive() -> dict[str, Any]:
     return wiring.redrive(_settings(), enqueue_step)
+
+
+@app.task(name="provisioner.process_notifications", acks_late=True)
+def process_notifications() -> dict[str, Any]:
+    return wiring.process_notifications(_settings(), enqueue_step)
 
 
 def enqueue_step(step_key: str) -> None:

@@ -13,7 +13,7 @@ from provisioner.clock import utcnow
 from provisioner.config import Settings
 from provisioner.pipeline import capabilities  # noqa: F401 - registers planners and handlers
 from provisioner.pipeline.domains import registry_client
-from provisioner.pipeline.payments import reprocess_stored
+from provisioner.pipeline.payments import process_pending, reprocess_stored
 from provisioner.pipeline.runner import Enqueue, Runner
 from provisioner.store.db import session_factory, transaction
 
@@ -82,11 +82,34 @@ def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict
     return {"dns": dns, "acme": acme, "cert_target": cert_target}
 
 
+def hosting_adapter(settings: Settings) -> Any:
+    """The shared-hosting account adapter (ansible-runner against the placed node)."""
+    from provisioner.pipeline.hosting import make_adapter
+
+    return make_adapter(settings)
+
+
 def runner(settings: Settings, enqueue: Enqueue) -> Runner:
     factory = session_factory(settings.effective_database_url)
     return Runner(settings, factory, enqueue,
                   adapters={"alert": ops_alert(settings), **dns_tls_adapters(settings, factory),
-                            "registry": lambda: registry_client(settings)})
+                            "registry": lambda: registry_client(settings),
+                            "hosting": lambda: hosting_adapter(settings)})
+
+
+def process_notifications(settings: Settings, enqueue: Enqueue) -> dict[str, Any]:
+    """Match and settle the payment notifications the webhooks stored, then queue the
+    plans of the proformas they paid."""
+    factory = session_factory(settings.effective_database_url)
+    results = process_pending(factory)
+    run = runner(settings, enqueue)
+    settled = {r.order_id for r in results if r.settled and r.order_id is not None}
+    for order_id in sorted(settled):
+        run.dispatch(order_id)
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[r.status] = outcomes.get(r.status, 0) + 1
+    return {"processed": len(results), "settled": len(settled), "outcomes": outcomes}
 
 
 def redrive(settings: Settings, enqueue: Enqueue) -> dict[str, Any]:

@@ -3,10 +3,10 @@ concurrent writers queue instead of failing; PostgreSQL uses row locks.
 
 With BEGIN IMMEDIATE every SQLite transaction holds the database's write lock, so they
 run one at a time anyway. Inside one process they also queue on a lock of ours
-(`transaction()`): a thread waiting there is woken the moment the previous transaction
-ends, while one waiting in SQLite's busy handler sleeps in steps of up to 100 ms, which
-under a few dozen concurrent requests (the API's thread pool) cost 95 % of the
-throughput. Other processes (more uvicorn workers, Celery) still queue in SQLite."""
+(`transaction()`): a thread waiting there is woken when the previous transaction ends,
+instead of polling in SQLite's busy handler, which sleeps in steps of up to 100 ms while
+the API's thread pool has dozens of requests waiting. Other processes (more uvicorn
+workers, Celery) still queue in SQLite."""
 
 from __future__ import annotations
 

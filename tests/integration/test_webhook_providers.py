@@ -45,7 +45,7 @@ def test_braintree_settlement_pays_and_forgery_is_refused(stack_factory, sqlite_
                        content=urlencode({"bt_signature": signature, "bt_payload": payload}))
         forged = c.post("/webhooks/braintree", headers=form, content=urlencode(
             {"bt_signature": "pubkey1|" + "0" * 40, "bt_payload": payload}))
-    assert good.status_code == 200 and good.json()["status"] == "matched", good.text
+    assert good.status_code == 200 and good.json()["status"] == "accepted", good.text
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert forged.status_code == 400
     wait_done(stack, order["order"])
@@ -108,7 +108,7 @@ def test_paypal_capture_pays_and_unpinned_or_forged_is_refused(
                         headers=paypal_headers(body, WEBHOOK_ID, other_key, cert_url))
         unpinned = c.post("/webhooks/paypal", content=body, headers=paypal_headers(
             body, WEBHOOK_ID, key, "https://evil.example/v1/notifications/certs/CERT-test"))
-    assert good.status_code == 200 and good.json()["status"] == "matched", good.text
+    assert good.status_code == 200 and good.json()["status"] == "accepted", good.text
     assert forged.status_code == 400
     assert unpinned.status_code == 400
     wait_done(stack, order["order"])

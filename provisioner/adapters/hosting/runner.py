@@ -8,6 +8,7 @@ or unreachable host ends the run within ``timeout_s`` (ansible's connection
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,13 +137,21 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
             errors.setdefault(host, f"{data.get('task', '')}: {_error_text(data.get('res'))}")
         return True
 
+    # Extra variables go into the run's private env/extravars file (mode 0600), which
+    # ansible-runner hands over as `-e @file`; a dict given to ansible_runner.run would
+    # land on ansible-playbook's command line, readable by anyone with `ps`.
+    (tmp / "env").mkdir(mode=0o700)
+    extravars_file = tmp / "env" / "extravars"
+    fd = os.open(extravars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dict(extravars or {}), handle)
     started = time.monotonic()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = ansible_runner.run(
                 private_data_dir=str(tmp), playbook=str(path), inventory=inventory,
-                extravars=dict(extravars or {}), envvars=envvars, limit=limit,
+                envvars=envvars, limit=limit,
                 quiet=True, timeout=int(timeout_s), event_handler=on_event,
                 suppress_env_files=True)
         stats: dict[str, dict[str, int]] = {}

@@ -1,0 +1,266 @@
+"""A paid hosting order through the pipeline to a live site on a throwaway node:
+placement (``provisioner nodes``), ``hosting.account`` (observe, then converge; safe to
+run twice) and ``notify.credentials`` (a one-time, expiring link; no plaintext
+password in our database)."""
+
+from __future__ import annotations
+
+import ftplib
+import json
+import os
+import re
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from provisioner.adapters.hosting.accounts import HostingAccounts
+from provisioner.adapters.payments import PaymentNotice
+from provisioner.config import Settings
+from provisioner.errors import InvalidInput
+from provisioner.pipeline import (
+    capabilities,  # noqa: F401 - planners and handlers
+    ops,
+)
+from provisioner.pipeline.hosting import open_link
+from provisioner.pipeline.payments import ingest
+from provisioner.pipeline.runner import Runner
+from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
+from provisioner.store.hosting import CredentialLink, HostingAccount
+from provisioner.store.models import Step
+
+NODE_NAME = "t-acctpipe"
+CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
+            "city": "Ljubljana", "country": "SI", "email": "ana@example.si", "phone": "+386.41123456",
+            "lang": "en"}
+
+
+@dataclass
+class Outbox:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
+        self.sent.append({"to": to, "subject": rendered.subject, "text": rendered.text,
+                          "html": rendered.html, "message_id": message_id})
+
+
+@pytest.fixture(scope="module")
+def pipe_node(hosts: Any) -> Iterator[Any]:
+    from provisioner.adapters.hosts.node import converge, up_node
+
+    reuse = os.environ.get("PROVISIONER_E2E_REUSE_NODE")
+    if reuse:
+        info = hosts.get(reuse)
+        if info is None or info.state != "running":
+            pytest.fail(f"PROVISIONER_E2E_REUSE_NODE={reuse}: no such running host")
+        yield info
+        return
+    try:
+        info = up_node(hosts, NODE_NAME)
+        converge(info).raise_for_status("e2e.pipe_node")
+        yield info
+    finally:
+        hosts.down(NODE_NAME)
+
+
+@dataclass
+class World:
+    url: str
+    db_file: Path
+    runner: Runner
+    queue: list[str]
+    outbox: Outbox
+    node: Any
+
+    def drain(self) -> None:
+        while self.queue:
+            outcome = self.runner.run_step(self.queue.pop(0))
+            assert outcome.status in ("done", "skipped"), outcome
+
+
+@pytest.fixture(scope="module")
+def world(pipe_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("pipe")
+    db_file = work / "p.sqlite"
+    url = f"sqlite:///{db_file}"
+    upgrade(url)
+    settings = Settings(data_dir=work, database_url=url, public_base_url="https://panel.provider.example")
+    factory = session_factory(url)
+    queue: list[str] = []
+    outbox = Outbox()
+    adapter = HostingAccounts(ssh_key=Path(pipe_node.ssh_key), throwaway=True)
+    runner = Runner(settings, factory, queue.append, adapters={"hosting": adapter, "mailer": outbox})
+    # Register the node through the CLI, as ops would.
+    env = {"PROVISIONER_DATABASE_URL": url, "PROVISIONER_DATA_DIR": str(work)}
+    from provisioner.cli_nodes import app
+
+    cli = CliRunner()
+    res = cli.invoke(app, ["add", "full-node", "--address", "192.0.2.10", "--capacity-accounts", "1",
+                           "--capacity-disk-mb", "100000", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["add", pipe_node.name, "--address", pipe_node.address, "--capacity-accounts",
+                           "50", "--capacity-disk-mb", "500000", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    # The first node is full: one account already placed there (a fake, not on a real host).
+    with transaction(factory) as s:
+        from provisioner.store.hosting import HostingNode
+
+        full = s.execute(select(HostingNode).where(HostingNode.name == "full-node")).scalar_one()
+        full.capacity_accounts = 0
+    yield World(url, db_file, runner, queue, outbox, pipe_node)
+    dispose_all()
+
+
+def _pay(world: World, domain: str) -> int:
+    customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
+    order = ops.create_order(world.runner.factory, customer["id"], [f"hosting:giga5:{domain}"], None, "fcb",
+                             "test")
+    world.runner.dispatch(order["order"])
+    world.drain()
+    proforma = order["proforma"]
+    notice = PaymentNotice(provider="stripe", event_id=f"evt_{domain}", kind="payment",
+                           txn_id=f"pi_{domain}", amount=Decimal(str(proforma["gross"])), currency="EUR",
+                           proforma=proforma["number"], reference=None, payer="Ana Novak",
+                           occurred_at=datetime.now(UTC), raw=b"{}")
+    result = ingest(world.runner.factory, notice, "test")
+    assert result.settled
+    assert result.order_id is not None
+    world.runner.dispatch(result.order_id)
+    world.drain()
+    return int(order["order"])
+
+
+@pytest.fixture(scope="module")
+def paid(world: World) -> dict[str, Any]:
+    order_id = _pay(world, "pipeline-shop.si")
+    return {"order_id": order_id, "domain": "pipeline-shop.si"}
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_after_payment_the_site_answers_on_the_least_full_node(world: World, paid: dict[str, Any]) -> None:
+    r = httpx.get(f"http://{world.node.address}/", headers={"Host": paid["domain"]}, timeout=20)
+    assert r.status_code == 200
+    assert paid["domain"] in r.text
+    with transaction(world.runner.factory) as s:
+        account = s.execute(select(HostingAccount)).scalars().one()
+        steps = {st.kind: st.state for st in s.execute(select(Step).where(Step.order_id == paid["order_id"]))
+                 .scalars()}
+        from provisioner.store.hosting import HostingNode
+
+        node = s.get(HostingNode, account.node_id)
+        assert node is not None and node.name == world.node.name  # not the full one
+    assert account.state == "active" and account.username == "pipelineshopsi"
+    assert steps["hosting.account"] == "done" and steps["notify.credentials"] == "done"
+    assert steps["service.activate"] == "done"
+
+
+def test_nodes_list_shows_the_placed_account(world: World, paid: dict[str, Any]) -> None:
+    from provisioner.cli_nodes import app
+
+    res = CliRunner().invoke(app, ["list", "--json"], env={"PROVISIONER_DATABASE_URL": world.url})
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows[world.node.name]["accounts"] == 1
+    assert rows[world.node.name]["disk_mb"] == 5000
+    assert rows["full-node"]["accounts"] == 0
+
+
+def test_credentials_arrive_as_a_one_time_link_and_work(world: World, paid: dict[str, Any]) -> None:
+    mails = [m for m in world.outbox.sent if "access data" in m["subject"]]
+    assert len(mails) == 1
+    text = mails[0]["text"]
+    match = re.search(r"https://panel\.provider\.example/credentials/([A-Za-z0-9_-]{20,})", text)
+    assert match, text
+    token = match.group(1)
+    data = open_link(world.runner.factory, token, datetime.now(UTC))
+    # The passwords in the link are the ones the node accepts.
+    ftp = ftplib.FTP_TLS(world.node.address, timeout=20, context=_tls())  # noqa: S321
+    try:
+        ftp.login(data["ftp"]["user"], data["ftp"]["password"])
+        ftp.prot_p()
+        assert "public_html" in ftp.nlst()
+    finally:
+        ftp.close()
+    # No password in the mail, none in our database file.
+    raw = world.db_file.read_bytes()
+    for secret in (data["ftp"]["password"], data["database"]["password"], data["mail"]["password"]):
+        assert secret not in text and secret not in (mails[0]["html"] or "")
+        assert secret.encode() not in raw
+    with pytest.raises(InvalidInput, match="already used"):
+        open_link(world.runner.factory, token, datetime.now(UTC))
+
+
+def test_an_expired_link_shows_nothing(world: World, paid: dict[str, Any]) -> None:
+    from provisioner.pipeline.hosting import seal, token_hash
+
+    token = "t" * 43
+    with transaction(world.runner.factory) as s:
+        service_id = s.execute(select(HostingAccount.service_id)).scalar_one()
+        s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
+                             sealed=seal(token, {"x": 1}), created_at=datetime.now(UTC),
+                             expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    with pytest.raises(InvalidInput, match="expired"):
+        open_link(world.runner.factory, token, datetime.now(UTC))
+    with pytest.raises(InvalidInput):
+        open_link(world.runner.factory, "u" * 43, datetime.now(UTC))
+
+
+def test_running_the_account_step_again_creates_nothing(world: World, paid: dict[str, Any]) -> None:
+    with transaction(world.runner.factory) as s:
+        step = s.execute(select(Step).where(Step.kind == "hosting.account")).scalar_one()
+        step.state = "queued"  # as if the broker delivered it again after a crash
+        key = step.key
+    outcome = world.runner.run_step(key)
+    assert outcome.status == "done" and outcome.detail == "unchanged"
+    with transaction(world.runner.factory) as s:
+        assert len(s.execute(select(HostingAccount)).scalars().all()) == 1
+
+
+def test_the_link_endpoint_shows_the_data_once(world: World, paid: dict[str, Any]) -> None:
+    import anyio
+    from fastapi import FastAPI
+
+    from provisioner.api.credentials import router
+    from provisioner.pipeline.hosting import seal, token_hash
+
+    token = "k" * 43
+    with transaction(world.runner.factory) as s:
+        service_id = s.execute(select(HostingAccount.service_id)).scalar_one()
+        s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
+                             sealed=seal(token, {"ftp": {"user": "u1", "password": "Secret<b>Pw123"}}),
+                             created_at=datetime.now(UTC), expires_at=datetime.now(UTC) + timedelta(hours=1)))
+    app = FastAPI()
+    app.include_router(router(world.runner.factory))
+
+    async def visit() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://panel") as client:
+            page = await client.get(f"/credentials/{token}")  # a link preview must not use it up
+            shown = await client.post(f"/credentials/{token}")
+            again = await client.post(f"/credentials/{token}")
+            return [page, shown, again]
+
+    page, shown, again = anyio.run(visit)
+    assert page.status_code == 200 and "Secret" not in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert shown.status_code == 200
+    assert "Secret&lt;b&gt;Pw123" in shown.text  # escaped
+    assert again.status_code == 410 and "Secret" not in again.text
+    with transaction(world.runner.factory) as s:
+        link = s.execute(select(CredentialLink).where(CredentialLink.token_sha256 == token_hash(token))
+                         ).scalar_one()
+        assert link.used_at is not None and link.sealed == b"-"
