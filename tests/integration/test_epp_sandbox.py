@@ -4,6 +4,7 @@ against the RFC 5730-5733 schemas, per-TLD rules, transfers, poll, the clock, fa
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -263,7 +264,13 @@ def test_keep_alive_tests_an_idle_session_with_hello(sandbox: Sandbox) -> None:
     with EppClient(sandbox.config(idle_check_s=0.0)) as client:
         client.check_domains(["c.si"])
         for conn in list(sandbox.server.connections):  # the registry drops idle sessions
-            conn.close()
+            # shutdown, not close: closing a socket another thread is reading frees its fd
+            # number, which the next accepted connection may get while that thread still
+            # uses it. The handler sees EOF and closes the socket itself.
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         assert client.check_domains(["c.si"])["c.si"].available
         assert client.stats["connects"] == 2
 

@@ -85,9 +85,12 @@ def pids(name: str) -> set[int]:
     for d in machine_dirs(name):
         if not d.is_dir():
             continue
-        for procs in d.rglob("cgroup.procs"):
+        # os.walk ignores directories that vanish while it walks (scopes end all the time)
+        for root, _dirs, files in os.walk(d):
+            if "cgroup.procs" not in files:
+                continue
             try:
-                found.update(int(p) for p in procs.read_text().split())
+                found.update(int(p) for p in Path(root, "cgroup.procs").read_text().split())
             except OSError:
                 continue
     return found
