@@ -26,7 +26,6 @@ from provisioner.store.models import (
     DiscountCodeRow,
     Invoice,
     Notification,
-    Order,
     Payment,
     Proforma,
     Service,
@@ -300,8 +299,3 @@ def update_gauges(factory: Factory, registry: CollectorRegistry) -> None:
     for state in StepState:
         gauge.labels(state.value).set(rows.get(state.value, 0))
     gauge.labels("notifications_unprocessed").set(pending_notes)
-
-
-def order_ids_pending(factory: Factory) -> list[int]:
-    with transaction(factory) as s:
-        return list(s.execute(select(Order.id).where(Order.status.in_(["open", "paid"]))).scalars())

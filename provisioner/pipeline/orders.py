@@ -7,7 +7,6 @@ rules need, calls them, and stores the result in one transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import date
 
 from sqlalchemy import select
@@ -253,7 +252,3 @@ def find_order(session: Session, ref: str) -> Order:
     if order is None:
         raise NotFound(f"no order {ref!r}")
     return order
-
-
-def quote_dict(quote: billing.Quote) -> dict[str, object]:
-    return asdict(quote)

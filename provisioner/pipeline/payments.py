@@ -1,21 +1,21 @@
 """Payments in: store the raw notification first, then record and match the payment.
 
-1. The notification is stored raw under UNIQUE(provider, event_id). A duplicate
-   delivery stops here and changes nothing.
-2. Inside a SAVEPOINT of the same transaction the payment is recorded under
-   UNIQUE(provider, txn_id, kind) (one money movement reported by two events
-   counts once), matched to its proforma, and if it settles the proforma, the
-   proforma moves OPEN -> PAID with one conditional UPDATE, the services move to
-   provisioning, and the plan is written into the journal. One commit for both.
-   Nothing here talks to the broker: the caller dispatches after the commit, and the
-   re-drive does it if the caller cannot.
-3. If step 2 fails, only the savepoint is rolled back: the notification is still
-   committed as `stored`, the error goes to the caller, and `reprocess_stored()`
-   (run by the re-drive) finishes it.
+Webhooks (`NotificationWriter`, `store_batch`): the notification is stored raw under
+UNIQUE(provider, event_id) and the request is answered; concurrent deliveries share
+one commit. A duplicate delivery stops there and changes nothing. `process_pending`
+(a worker task, nudged by the API; the beat runs it as a backstop) then does step 2
+for every stored notification.
 
-The statements of the hot path are built once (module level, with bind parameters)
-and run as Core statements, so a webhook does not pay for building and hashing
-SQLAlchemy constructs or for the ORM's bulk-DML machinery on every request.
+Bank statements and manual payments (`ingest`): store, then step 2 inside a SAVEPOINT
+of the same transaction, one commit; if step 2 fails only the savepoint rolls back,
+the notification stays committed as `stored` and `process_pending` finishes it.
+
+Step 2: the payment is recorded under UNIQUE(provider, txn_id, kind) (one money
+movement reported by two events counts once), matched to its proforma (row-locked),
+and if it settles the proforma, the proforma moves OPEN -> PAID with one conditional
+UPDATE, the services move to provisioning, and the plan is written into the journal.
+Nothing here talks to the broker: the caller dispatches after the commit, and the
+re-drive does it if the caller cannot.
 """
 
 from __future__ import annotations
@@ -146,23 +146,6 @@ def _store(s: Session, notice: PaymentNotice) -> int | None:
     return None if row is None else int(row[0])
 
 
-def store_notification(factory: sessionmaker[Session], notice: PaymentNotice) -> int | None:
-    """Store the raw notification. Returns its id, or None if it was seen before."""
-    with transaction(factory) as s:
-        return _store(s, notice)
-
-
-def accept(factory: sessionmaker[Session], notice: PaymentNotice) -> IngestResult:
-    """The webhook path: store the notification (one insert, one commit) and answer.
-    Matching and provisioning run right after in a worker (`process_pending`), so the
-    provider's request never waits for them and a burst of deliveries costs one
-    insert each."""
-    notification_id = store_notification(factory, notice)
-    if notification_id is None:
-        return IngestResult("duplicate", None)
-    return IngestResult("accepted", notification_id)
-
-
 _STORE_SQL = {
     "sqlite": "INSERT INTO notifications (provider, event_id, received_at, raw, notice, status) "
               "VALUES (?, ?, ?, ?, ?, 'stored') ON CONFLICT (provider, event_id) DO NOTHING "
@@ -212,39 +195,6 @@ def store_batch(factory: sessionmaker[Session], notices: list[PaymentNotice]) ->
         conn.close()
 
 
-class _NoWaitSqlite:
-    """For SQLite, a batch is first tried on the event loop itself with a connection
-    that never waits for the database lock (busy_timeout 0): a batch takes about a
-    millisecond, and no thread hop is paid. If another process holds the write lock,
-    the batch goes to a worker thread that waits for it like every other writer."""
-
-    def __init__(self, factory: sessionmaker[Session]) -> None:
-        engine = factory.kw["bind"]
-        self.enabled = engine.dialect.name == "sqlite"
-        self._conn: Any = None
-        if self.enabled:
-            import sqlite3
-
-            path = engine.url.database
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout=0")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-
-    def try_store(self, notices: list[PaymentNotice]) -> list[IngestResult] | None:
-        import sqlite3
-
-        try:
-            return _store_rows(self._conn, "sqlite", notices)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return None
-            raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 class NotificationWriter:
     """Group commit for the webhook path. Each request appends its notification and
     awaits; one flusher task stores everything that arrived meanwhile in ONE
@@ -261,7 +211,6 @@ class NotificationWriter:
         self._on_accepted = on_accepted
         self._pending: list[tuple[PaymentNotice, asyncio.Future[IngestResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._fast = _NoWaitSqlite(factory)
 
     async def submit(self, notice: PaymentNotice) -> IngestResult:
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
@@ -273,7 +222,6 @@ class NotificationWriter:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
-        self._fast.close()
 
     async def _flush(self) -> None:
         while self._pending:
@@ -281,9 +229,7 @@ class NotificationWriter:
             del self._pending[:self._max_batch]
             notices = [notice for notice, _ in batch]
             try:
-                results = self._fast.try_store(notices) if self._fast.enabled else None
-                if results is None:
-                    results = await asyncio.to_thread(store_batch, self._factory, notices)
+                results = await asyncio.to_thread(store_batch, self._factory, notices)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 log.exception("could not store %d notification(s)", len(batch))
                 for _, future in batch:
