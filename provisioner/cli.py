@@ -471,6 +471,98 @@ def services_show(service_id: int, as_json: JsonOpt = False) -> None:
                                               "expires_on", "detail"]))
 
 
+@services_app.command("hold")
+def services_hold(service_id: int,
+                  reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+                  as_json: JsonOpt = False) -> None:
+    """Stop a service's clock: no shutdown and no deletion until it is released."""
+    from provisioner.pipeline import clock
+
+    data = guarded(lambda: clock.hold(factory(), service_id, reason, actor()))
+    emit(data, as_json, lambda d: out.print(f"service {service_id} is on hold ({d['reason']}); "
+                                            f"{d['withdrawn']} pending clock step(s) withdrawn"))
+
+
+@services_app.command("release")
+def services_release(service_id: int, as_json: JsonOpt = False) -> None:
+    """Start a held service's clock again; the next sweep catches up."""
+    from provisioner.pipeline import clock
+
+    data = guarded(lambda: clock.release(factory(), service_id, actor()))
+    emit(data, as_json, lambda d: out.print(f"service {service_id}: clock running"))
+
+
+@services_app.command("stages")
+def services_stages(service_id: int, as_json: JsonOpt = False) -> None:
+    """What the shutdown and deletion stages of a service did (paths, backups, sizes)."""
+    from provisioner.pipeline import clock
+
+    data = guarded(lambda: clock.stage_records(factory(), service_id))
+    emit(data, as_json, lambda d: table(
+        [{**r, "manifest": json.dumps(r["manifest"], default=str)[:200]} for r in d],
+        ["stage", "term_expiry", "due_on", "done_on", "manifest"]))
+
+
+# -- the clock -----------------------------------------------------------------
+@app.command("sweep")
+def sweep_cmd(
+    now: Annotated[str | None, typer.Option("--now", help="The day to sweep (YYYY-MM-DD); "
+                                            "default today.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what is due; touch "
+                                          "nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Renewal proformas, reminders, shutdowns and staged deletion that are due.
+
+    The steps it writes are run here, with the clock at --now (the beat's daily sweep
+    hands them to the workers instead)."""
+    from rich.progress import Progress
+
+    from provisioner.pipeline import clock, wiring
+
+    cfg = settings()
+    f = factory(cfg)
+    day = guarded(lambda: clock.parse_day(now))
+    with Progress(console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task(f"sweep {day}", total=None)
+        if dry_run:
+            report = guarded(lambda: clock.sweep(f, day, dry_run=True,
+                                                 progress=lambda n: progress.advance(task, n)))
+        else:
+            runner = wiring.runner(cfg, lambda key: None)
+            runner.now = clock.now_at(day)
+            report = guarded(lambda: clock.run_day(f, runner, day))
+    data = report.as_dict()
+
+    def render(d: dict[str, Any]) -> None:
+        table([{**a, "service": a["service_id"]} for a in d["actions"]],
+              ["service", "event", "due_on", "detail"],
+              title=f"sweep {d['today']}{' (dry run)' if d['dry_run'] else ''}")
+        out.print(f"looked at {d['looked_at']} service(s); {d['counts'] or 'nothing due'}")
+
+    emit(data, as_json, render)
+
+
+# -- customers' data (GDPR) ------------------------------------------------------
+@customer_app.command("export")
+def customer_export(customer_id: int) -> None:
+    """Everything we hold about a customer, as JSON (RULES: export on request)."""
+    from provisioner.pipeline import gdpr
+
+    data = guarded(lambda: gdpr.export_customer(factory(), customer_id, actor()))
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@customer_app.command("erase")
+def customer_erase(customer_id: int, as_json: JsonOpt = False) -> None:
+    """Erase a customer's personal data; refused while a service is active. Invoices are
+    kept (10 years); backups age out on their own."""
+    from provisioner.pipeline import gdpr
+
+    data = guarded(lambda: gdpr.erase_customer(factory(), customer_id, actor()))
+    emit(data, as_json, lambda d: out.print(d["note"]))
+
+
 # -- processes -----------------------------------------------------------------
 @app.command("serve")
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 
 from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
-from provisioner.pipeline import capabilities, wiring
+from provisioner.pipeline import capabilities, clock, wiring
 
 log = logging.getLogger("provisioner.tasks")
 
@@ -48,6 +49,9 @@ def make_celery(settings: Settings) -> Celery:
             # A backstop: the API nudges this task right after it stores a notification.
             "payments": {"task": "provisioner.process_notifications",
                          "schedule": max(settings.redrive_interval_s, 5.0)},
+            # The lifecycle clock, daily at 00:15 UTC (inside the 23:00-05:00 maintenance
+            # window of RULES): renewals, reminders, shutdowns, staged deletion.
+            "sweep": {"task": "provisioner.sweep", "schedule": crontab(minute=15, hour=0)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -84,6 +88,11 @@ def redrive() -> dict[str, Any]:
 @app.task(name="provisioner.process_notifications", acks_late=True)
 def process_notifications() -> dict[str, Any]:
     return wiring.process_notifications(_settings(), enqueue_step)
+
+
+@app.task(name="provisioner.sweep", acks_late=True)
+def sweep() -> dict[str, Any]:
+    return clock.scheduled_sweep(_settings(), enqueue_step)
 
 
 def enqueue_step(step_key: str) -> None:

@@ -45,7 +45,8 @@ from provisioner.config import Settings
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
 LANGUAGES = ("sl", "en")
-CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice")
+CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice", "renewal_reminder",
+                      "service_shutdown")
 OPS_TEMPLATES = ("ops_alert",)  # English, subject and text only
 TEMPLATES = CUSTOMER_TEMPLATES + OPS_TEMPLATES
 
@@ -56,7 +57,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII without ':' (RFC 5322 ftext)
 _MESSAGE_ID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
-_URL_KEYS = ("pay_url", "invoice_url")  # rendered as links in the HTML mails
+_URL_KEYS = ("pay_url", "invoice_url", "website_url")  # rendered as links in the HTML mails
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _ADDRESS_FORBIDDEN = re.compile(r"[\s<>(),;:\"\\\[\]\x00-\x1f\x7f]")
 # Headers the Mailer sets itself; callers may not override them through ``headers``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -190,3 +191,90 @@ def domain_renew_by(expiry: date, tld: str, policy: BrandPolicy) -> date:
 def support_stopped(due: date, today: date, policy: BrandPolicy) -> bool:
     """RULES "Support stops when a payment is > 7 days late"."""
     return (today - due).days > policy.support_stop_days_late
+
+
+# -- the clock: what is due for a service, and when --------------------------------------
+class ClockEvent(StrEnum):
+    RENEWAL = "renewal"  # issue the renewal proforma and e-mail it
+    REMINDER = "reminder"  # remind of the unpaid renewal proforma
+    SHUTDOWN = "shutdown"  # not renewed: the service stops the day after expiry
+    DELETE_DATA = "delete_data"  # stage 1: removed from the servers (after a last backup)
+    PURGE_BACKUPS = "purge_backups"  # stage 2: gone from the backups too
+
+
+@dataclass(frozen=True)
+class Due:
+    event: ClockEvent
+    on: date
+    tag: str  # unique within a term: "renewal", "reminder-14", "shutdown", ...
+
+
+#: The states whose service has a term running: the clock bills and shuts it down.
+RUNNING_STATES = frozenset({ServiceState.ACTIVE, ServiceState.SUSPENDED})
+#: Which events apply in which state; other states have no clock.
+_EVENTS_BY_STATE: Mapping[ServiceState, frozenset[ClockEvent]] = MappingProxyType({
+    ServiceState.ACTIVE: frozenset({ClockEvent.RENEWAL, ClockEvent.REMINDER, ClockEvent.SHUTDOWN}),
+    ServiceState.SUSPENDED: frozenset({ClockEvent.RENEWAL, ClockEvent.REMINDER,
+                                       ClockEvent.SHUTDOWN}),
+    ServiceState.EXPIRED: frozenset({ClockEvent.DELETE_DATA}),
+    ServiceState.DELETED: frozenset({ClockEvent.PURGE_BACKUPS}),
+})
+
+
+def renew_by(expiry: date, kind: str, name: str, policy: BrandPolicy) -> date:
+    """The last day a renewal can be carried out: the expiry, or for a domain of a TLD
+    that must be renewed early (.eu, .at) that many days before it."""
+    if kind == "domain" and "." in name:
+        return domain_renew_by(expiry, name.rsplit(".", 1)[1], policy)
+    return expiry
+
+
+def term_schedule(expiry: date, kind: str, name: str, policy: BrandPolicy) -> tuple[Due, ...]:
+    """Every clock event of the term ending at ``expiry``, in date order.
+
+    The renewal proforma goes out ``renewal_notice_days`` (>= 30) before the last day the
+    renewal can be done; reminders follow on the policy's days; shutdown the day after
+    expiry; then the two deletion stages of the brand's retention.
+    """
+    last = renew_by(expiry, kind, name, policy)
+    events = [Due(ClockEvent.RENEWAL, last - timedelta(days=policy.renewal_notice_days), "renewal")]
+    for days in sorted(set(policy.renewal_reminder_days), reverse=True):
+        if days < policy.renewal_notice_days:
+            events.append(Due(ClockEvent.REMINDER, last - timedelta(days=days), f"reminder-{days}"))
+    events += [
+        Due(ClockEvent.SHUTDOWN, shutdown_date(expiry, policy), "shutdown"),
+        Due(ClockEvent.DELETE_DATA, data_deletion_date(expiry, policy), "delete_data"),
+        Due(ClockEvent.PURGE_BACKUPS, backup_purge_date(expiry, policy), "purge_backups"),
+    ]
+    return tuple(sorted(events, key=lambda d: d.on))
+
+
+def due_events(state: ServiceState | str, expiry: date | None, kind: str, name: str,
+               policy: BrandPolicy, today: date) -> tuple[Due, ...]:
+    """The events of the current term that are due on ``today`` (or overdue) and apply to
+    a service in ``state``. Nothing is ever due before its date."""
+    st = _coerce(ServiceState, state, "service state")
+    if expiry is None or st not in _EVENTS_BY_STATE:
+        return ()
+    kinds = _EVENTS_BY_STATE[st]
+    return tuple(d for d in term_schedule(expiry, kind, name, policy)
+                 if d.event in kinds and d.on <= today)
+
+
+def next_clock_on(state: ServiceState | str, expiry: date | None, kind: str, name: str,
+                  policy: BrandPolicy, today: date) -> date | None:
+    """The next day after ``today`` the sweep must look at the service (None: never)."""
+    st = _coerce(ServiceState, state, "service state")
+    if expiry is None or st not in _EVENTS_BY_STATE:
+        return None
+    later = [d.on for d in term_schedule(expiry, kind, name, policy) if d.on > today]
+    return min(later) if later else None
+
+
+def earliest_event(expiry: date) -> date:
+    """A day no brand has an event of the term before (for a first look by the sweep)."""
+    from provisioner.domain.policy import BRANDS
+
+    lead = max(p.renewal_notice_days + max(p.domain_early_renew_days.values(), default=0)
+               for p in BRANDS.values())
+    return expiry - timedelta(days=lead)

@@ -48,7 +48,7 @@ from provisioner.adapters.registry import (
 from provisioner.clock import utcnow
 from provisioner.config import Settings
 from provisioner.domain import customers as dc
-from provisioner.domain.lifecycle import add_period
+from provisioner.domain.lifecycle import add_period, earliest_event
 from provisioner.domain.names import normalize_domain
 from provisioner.domain.policy import get_brand
 from provisioner.errors import (
@@ -75,8 +75,9 @@ def plan_domain(view: OrderView, service: ServiceView) -> list[StepSpec]:
     base = f"service:{service.id}"
     params: dict[str, Any] = {"service_id": service.id, "name": service.name,
                               "years": max(service.period_months // 12, 1)}
-    if service.action == "renew":
-        return [StepSpec(f"{base}/domain.renew", "domain.renew", (), params, service.id)]
+    if service.action == "renew":  # one key per term: next year's renewal is a new step
+        term = f"@{service.term_expiry}" if service.term_expiry else ""
+        return [StepSpec(f"{base}/domain.renew{term}", "domain.renew", (), params, service.id)]
     first = "domain.transfer" if service.action == "transfer" else "domain.register"
     return [
         StepSpec(f"{base}/{first}", first, (), params, service.id),
@@ -319,7 +320,9 @@ class _Job:
                 setattr(record, key, value)
             service = s.get(Service, self.service_id)
             if service is not None and info.expires is not None:
-                service.expires_on = info.expires
+                if service.expires_on != info.expires:
+                    service.expires_on = info.expires
+                    service.clock_on = earliest_event(info.expires)  # the sweep's next look
                 service.updated_at = _now()
             audit(s, SYSTEM, f"domain.{status}", "service", self.service_id,
                   {"name": self.name, "expires_on": str(info.expires)})

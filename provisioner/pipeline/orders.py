@@ -219,22 +219,38 @@ def order_view(session: Session, order_id: int) -> OrderView:
     ).scalars().first()
     if proforma is None:
         raise NotFound(f"order {order_id} has no proforma")
-    services = session.execute(
-        select(Service, OrderItemRow.action)
-        .join(OrderItemRow, OrderItemRow.id == Service.item_id)
-        .where(Service.order_id == order_id)
-        .order_by(Service.id)
-    ).all()
+    if order.renewal:  # the services it renews belong to their first order
+        from provisioner.store.clock import Renewal
+
+        renewed = session.execute(
+            select(Service, Renewal)
+            .join(Renewal, Renewal.service_id == Service.id)
+            .where(Renewal.order_id == order_id)
+            .order_by(Service.id)
+        ).all()
+        views = tuple(
+            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, "renew",
+                        r.item_id, r.term_expiry.isoformat(), r.months)
+            for s, r in renewed
+        )
+    else:
+        services = session.execute(
+            select(Service, OrderItemRow.action)
+            .join(OrderItemRow, OrderItemRow.id == Service.item_id)
+            .where(Service.order_id == order_id)
+            .order_by(Service.id)
+        ).all()
+        views = tuple(
+            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, action,
+                        s.item_id)
+            for s, action in services
+        )
     return OrderView(
         order_id=order.id,
         proforma_id=proforma.id,
         proforma_number=proforma.number,
         paid=proforma.state == ProformaState.PAID.value,
-        services=tuple(
-            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, action,
-                        s.item_id)
-            for s, action in services
-        ),
+        services=views,
     )
 
 

@@ -24,6 +24,9 @@ class ServiceView:
     state: str
     action: str = "new"  # new | register | transfer | renew (from the order item)
     item_id: int | None = None
+    # a renewal: the expiry of the term it renews from (ISO date), and its months
+    term_expiry: str | None = None
+    renew_months: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,13 @@ def plan(view: OrderView) -> list[StepSpec]:
         ),
     ]
     for service in view.services:
+        if _ENABLED is not None and service.kind not in _ENABLED:
+            continue
         planner = _LINE_PLANNERS.get(service.kind)
-        if planner is None or (_ENABLED is not None and service.kind not in _ENABLED):
+        if service.action == "renew" and service.term_expiry is not None:
+            steps += _renewal_steps(view, service, planner)
+            continue
+        if planner is None:
             continue
         line_steps = list(planner(view, service))
         steps += line_steps
@@ -106,6 +114,24 @@ def plan(view: OrderView) -> list[StepSpec]:
             )
     _check(steps)
     return steps
+
+
+def _renewal_steps(view: OrderView, service: ServiceView,
+                   planner: LinePlanner | None) -> list[StepSpec]:
+    """A paid renewal proforma: the capability's own renewal steps (a domain renews at
+    the registry), then ``service.renew`` extends the term from the ORIGINAL expiry and
+    reactivates a service that was shut down. One key per term: paid twice, renewed once."""
+    line_steps = list(planner(view, service)) if planner is not None else []
+    renew = StepSpec(
+        f"service:{service.id}/renew@{service.term_expiry}",
+        "service.renew",
+        tuple(s.key for s in line_steps),
+        {"service_id": service.id, "term_expiry": service.term_expiry,
+         "months": service.renew_months or service.period_months,
+         "proforma_id": view.proforma_id},
+        service.id,
+    )
+    return [*line_steps, renew]
 
 
 def _check(steps: Sequence[StepSpec]) -> None:

@@ -292,7 +292,12 @@ class Runner:
             )
             audit(s, SYSTEM, "step.failed", "step", step.key, {"detail": detail})
             order = s.get(Order, step.order_id)
-            if step.service_id is not None:
+            if step.kind.startswith("clock."):
+                # A lifecycle step (reminder, shutdown, deletion stage) of a running or
+                # ended service: nothing was bought that failed, so no refund and the
+                # service keeps its state; ops get the alert below and re-run it.
+                order = None
+            elif step.service_id is not None:
                 service = s.get(Service, step.service_id)
                 if service is not None:
                     service.state = ServiceState.FAILED.value

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from provisioner.adapters.mail import Mailer, make_message_id, render_mail
 from provisioner.domain import billing
-from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period
+from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period, earliest_event
 from provisioner.errors import Conflict, StepFailed
 from provisioner.pipeline.runner import StepContext, StepResult, handler
 from provisioner.store.audit import audit
@@ -181,7 +181,8 @@ def _mail_context(ctx: StepContext, s: Session, template: str, p: Proforma) -> d
     return data
 
 
-def send_once(ctx: StepContext, template: str, proforma_id: int) -> StepResult:
+def send_once(ctx: StepContext, template: str, proforma_id: int,
+              extra: dict[str, Any] | None = None) -> StepResult:
     """Send one e-mail exactly once per step key, as far as SMTP allows.
 
     The outbox row is written before the SMTP transaction and marked `sent` after
@@ -203,7 +204,8 @@ def send_once(ctx: StepContext, template: str, proforma_id: int) -> StepResult:
                              template=template, state="sending", attempts=0)
             s.add(row)
         row.attempts += 1
-        rendered = render_mail(template, customer.lang, _mail_context(ctx, s, template, p))
+        rendered = render_mail(template, customer.lang,
+                               {**_mail_context(ctx, s, template, p), **(extra or {})})
         recipient = customer.email
     mailer = ctx.adapters.get("mailer") or Mailer(ctx.settings)
     assert isinstance(mailer, Mailer) or hasattr(mailer, "send")
@@ -247,6 +249,7 @@ def step_service_activate(ctx: StepContext, step: Step) -> StepResult:
         # (a domain's expiry is the registry's); keep it.
         if service.expires_on is None:
             service.expires_on = add_period(today, service.period_months)
+        service.clock_on = earliest_event(service.expires_on)  # the sweep takes it from here
         service.updated_at = ctx.now()
         audit(s, SYSTEM, "service.activated", "service", service.id)
         return StepResult(True, {"expires_on": str(service.expires_on)})

@@ -244,6 +244,12 @@ class Service(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The lifecycle clock (pipeline/clock.py): the next day the sweep must look at this
+    # service; never later than its next due event. NULL: nothing to do (or on hold).
+    clock_on: Mapped[date | None] = mapped_column(Date, index=True)
+    # Ops hold: the clock stops for this service (no shutdown, no deletion) until released.
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Step(Base):
