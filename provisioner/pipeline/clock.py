@@ -63,8 +63,8 @@ from provisioner.domain.lifecycle import (
 from provisioner.domain.money import split_gross
 from provisioner.domain.policy import BrandPolicy, get_brand
 from provisioner.errors import Conflict, NotFound, StepFailed
-from provisioner.pipeline.plan import StepSpec, plan
-from provisioner.pipeline.runner import StepContext, StepResult, handler, record
+from provisioner.pipeline.plan import OrderView, StepSpec, plan
+from provisioner.pipeline.runner import StepContext, StepResult, handler
 from provisioner.store.audit import audit
 from provisioner.store.clock import Renewal, StageRecord
 from provisioner.store.counters import next_number
@@ -132,8 +132,14 @@ def sweep(factory: sessionmaker[Session], today: date, *, dry_run: bool = False,
                 # two sweeps at once take disjoint services; each waits for nothing
                 q = q.with_for_update(of=Service, skip_locked=True)
             rows = s.execute(q).all()
-            for service, brand in rows:
-                report.actions += _advance(s, service, get_brand(brand), today, dry_run)
+            b = _Batch(s, today, dry_run, [service for service, _ in rows])
+            with s.no_autoflush:  # everything it reads was loaded above: one flush at the end
+                for service, brand in rows:
+                    report.actions += _advance(b, service, get_brand(brand))
+            if b.new_proformas:
+                s.flush()
+                for proforma in b.new_proformas:
+                    record_proforma_plan(s, proforma)
             report.looked_at += len(rows)
             if dry_run:
                 s.rollback()
@@ -144,8 +150,63 @@ def sweep(factory: sessionmaker[Session], today: date, *, dry_run: bool = False,
         after_id = rows[-1][0].id
 
 
-def _advance(s: Session, service: Service, policy: BrandPolicy, today: date,
-             dry_run: bool) -> list[Action]:
+class _Batch:
+    """One batch of the sweep: what its services need, loaded in a few queries."""
+
+    def __init__(self, s: Session, today: date, dry_run: bool, services: list[Service]) -> None:
+        self.s, self.today, self.dry_run = s, today, dry_run
+        ids = [sv.id for sv in services]
+        self.renewals: dict[tuple[int, date], Renewal] = {}
+        self.proformas: dict[int, Proforma] = {}
+        self.keys: set[str] = set()
+        self.items: dict[int, OrderItemRow] = {}
+        self.new_proformas: list[Proforma] = []
+        self._counter: Any = None
+        if not ids:
+            return
+        for r, p in s.execute(select(Renewal, Proforma).join(Proforma, Proforma.id == Renewal.proforma_id)
+                              .where(Renewal.service_id.in_(ids))).all():
+            self.renewals[(r.service_id, r.term_expiry)] = r
+            self.proformas[p.id] = p
+        self.items = {row.id: row for row in s.execute(select(OrderItemRow).where(
+            OrderItemRow.id.in_([sv.item_id for sv in services]))).scalars()}
+        self.keys = set(s.execute(select(Step.key).where(Step.service_id.in_(ids),
+                                                         Step.kind.like("clock.%"))).scalars())
+
+    def renewal(self, service_id: int, term: date) -> Renewal | None:
+        return self.renewals.get((service_id, term))
+
+    def record(self, service: Service, spec: StepSpec) -> bool:
+        """A clock step into the journal unless its key is there: True if it is new."""
+        if spec.key in self.keys:
+            return False
+        self.keys.add(spec.key)
+        self.s.add(_step_row(service.order_id, spec))
+        return True
+
+    def next_proforma_number(self, year: int) -> int:
+        """Gapless: the counter row is read (and locked) once per batch and bumped in
+        memory; it is written with the batch, in the same transaction."""
+        from provisioner.store.models import Counter
+
+        if self._counter is None or self._counter.year != year:
+            next_number(self.s, "proforma", year)  # creates and locks the row, bumps it once
+            self._counter = self.s.execute(select(Counter).where(
+                Counter.kind == "proforma", Counter.year == year)).scalar_one()
+            return int(self._counter.last)
+        self._counter.last += 1
+        return int(self._counter.last)
+
+
+def _step_row(order_id: int, spec: StepSpec) -> Step:
+    now = utcnow()
+    return Step(key=spec.key, order_id=order_id, service_id=spec.service_id, kind=spec.kind,
+                params=spec.params, deps=list(spec.deps), state="pending", attempts=0,
+                created_at=now, updated_at=now)
+
+
+def _advance(b: _Batch, service: Service, policy: BrandPolicy) -> list[Action]:
+    today = b.today
     expiry = service.expires_on
     due = due_events(service.state, expiry, service.kind, service.name, policy, today)
     actions: list[Action] = []
@@ -156,7 +217,7 @@ def _advance(s: Session, service: Service, policy: BrandPolicy, today: date,
         for d in due:
             if d.event is ClockEvent.REMINDER and d is not latest_reminder:
                 continue
-            action, blocked = _do(s, service, policy, d, expiry, today, dry_run)
+            action, blocked = _do(b, service, policy, d, expiry)
             if action is not None:
                 actions.append(action)
             wait = wait or blocked
@@ -167,32 +228,34 @@ def _advance(s: Session, service: Service, policy: BrandPolicy, today: date,
     return actions
 
 
-def _do(s: Session, service: Service, policy: BrandPolicy, d: Due, expiry: date, today: date,
-        dry_run: bool) -> tuple[Action | None, bool]:
+def _do(b: _Batch, service: Service, policy: BrandPolicy, d: Due,
+        expiry: date) -> tuple[Action | None, bool]:
     """One due event. Returns (what was done, whether the service must be looked at again)."""
+    s, today, dry_run = b.s, b.today, b.dry_run
     act = Action(service.id, d.tag, d.on)
     if d.event is ClockEvent.RENEWAL:
-        if _renewal(s, service.id, expiry) is not None:
+        if b.renewal(service.id, expiry) is not None:
             return None, False
         if not dry_run:
-            ensure_renewal(s, service, policy, today)
+            ensure_renewal(s, service, policy, today, b)
         return act, False
-    renewal = _renewal(s, service.id, expiry)
-    proforma = s.get(Proforma, renewal.proforma_id) if renewal is not None else None
+    renewal = b.renewal(service.id, expiry)
+    proforma = (b.proformas.get(renewal.proforma_id) or renewal.proforma) if renewal is not None \
+        else None
     if d.event is ClockEvent.REMINDER:
         if proforma is None or proforma.state != ProformaState.OPEN.value:
             return None, False
         key = step_key(service.id, d.tag, expiry)
         if dry_run:
             return act, False
-        added = _record_once(s, service, StepSpec(key, "clock.reminder", (), {
+        added = b.record(service, StepSpec(key, "clock.reminder", (), {
             "service_id": service.id, "proforma_id": proforma.id, "term_expiry": expiry.isoformat(),
             "days": int(d.tag.rsplit("-", 1)[1])}, service.id))
         return (act if added else None), False
     if d.event is ClockEvent.SHUTDOWN:
         if proforma is None and not dry_run:  # no notice went out (a very short term)
-            renewal = ensure_renewal(s, service, policy, today)
-            proforma = s.get(Proforma, renewal.proforma_id)
+            renewal = ensure_renewal(s, service, policy, today, b)
+            proforma = renewal.proforma
         if proforma is not None and proforma.state == ProformaState.PAID.value:
             return Action(service.id, "wait", d.on, "renewal paid, not applied yet"), True
         if dry_run:
@@ -206,7 +269,7 @@ def _do(s: Session, service: Service, policy: BrandPolicy, d: Due, expiry: date,
         service.updated_at = utcnow()
         audit(s, SYSTEM, "service.expired", "service", service.id,
               {"expired_on": expiry.isoformat(), "proforma": proforma.number})
-        _record_once(s, service, StepSpec(step_key(service.id, "shutdown", expiry), "clock.shutdown",
+        b.record(service, StepSpec(step_key(service.id, "shutdown", expiry), "clock.shutdown",
                                           (), _stage_params(service, d, expiry, proforma.id),
                                           service.id))
         return act, False
@@ -218,12 +281,13 @@ def _do(s: Session, service: Service, policy: BrandPolicy, d: Due, expiry: date,
         if proforma is not None and proforma.state == ProformaState.OPEN.value:
             res = s.execute(update(Proforma).where(Proforma.id == proforma.id,
                                                    Proforma.state == ProformaState.OPEN.value)
-                            .values(state=ProformaState.CANCELLED.value))
+                            .values(state=ProformaState.CANCELLED.value)
+                            .execution_options(synchronize_session=False))
             if res.rowcount != 1:  # type: ignore[attr-defined]  # paid this very moment
                 return Action(service.id, "wait", d.on, "reactivation paid meanwhile"), True
             audit(s, SYSTEM, "proforma.cancelled", "proforma", proforma.number,
                   {"reason": "retention over: the service's data are deleted"})
-        added = _record_once(s, service, StepSpec(step_key(service.id, "delete_data", expiry),
+        added = b.record(service, StepSpec(step_key(service.id, "delete_data", expiry),
                                                   "clock.delete_data", (),
                                                   _stage_params(service, d, expiry), service.id))
         # the service stays `expired` until the step is done; then stage 2 can follow
@@ -231,19 +295,11 @@ def _do(s: Session, service: Service, policy: BrandPolicy, d: Due, expiry: date,
     if d.event is ClockEvent.PURGE_BACKUPS:
         if dry_run:
             return replace(act, detail="purge the backups"), False
-        added = _record_once(s, service, StepSpec(step_key(service.id, "purge_backups", expiry),
+        added = b.record(service, StepSpec(step_key(service.id, "purge_backups", expiry),
                                                   "clock.purge_backups", (),
                                                   _stage_params(service, d, expiry), service.id))
         return (act if added else None), False
     raise AssertionError(d.event)
-
-
-def _record_once(s: Session, service: Service, spec: StepSpec) -> bool:
-    """Write a clock step into the journal unless its key is there: True if it is new."""
-    if s.execute(select(Step.id).where(Step.key == spec.key)).first() is not None:
-        return False
-    record(s, service.order_id, [spec])
-    return True
 
 
 def _stage_params(service: Service, d: Due, expiry: date,
@@ -261,14 +317,16 @@ def _renewal(s: Session, service_id: int, term: date) -> Renewal | None:
 
 
 # -- renewal proformas ----------------------------------------------------------------------
-def ensure_renewal(s: Session, service: Service, policy: BrandPolicy, today: date) -> Renewal:
+def ensure_renewal(s: Session, service: Service, policy: BrandPolicy, today: date,
+                   b: _Batch | None = None) -> Renewal:
     """The renewal order and proforma of the service's current term, created once."""
     assert service.expires_on is not None
     term = service.expires_on
-    existing = _renewal(s, service.id, term)
+    existing = b.renewal(service.id, term) if b is not None else _renewal(s, service.id, term)
     if existing is not None:
         return existing
-    original = s.get(OrderItemRow, service.item_id)
+    original = b.items.get(service.item_id) if b is not None else None
+    original = original or s.get(OrderItemRow, service.item_id)
     assert original is not None
     item = replace(catalog.parse_item(original.spec), action="renew")
     # RULES: discount codes never apply to renewals unless the code says so; a renewal
@@ -276,62 +334,76 @@ def ensure_renewal(s: Session, service: Service, policy: BrandPolicy, today: dat
     quote = billing.price_order([item], catalog=catalog.DEFAULT_CATALOG, policy=policy, today=today,
                                 renewal=True)
     now = utcnow()
-    with s.begin_nested():
-        order = Order(customer_id=service.customer_id, brand=policy.code, status="open",
-                      discount_code=None, renewal=True, created_at=now)
-        s.add(order)
-        s.flush()
-        row = OrderItemRow(order_id=order.id, position=1, kind=item.kind, product=item.product,
-                           name=item.name, period_months=item.period_months, action="renew",
-                           spec=item.to_spec())
-        s.add(row)
-        s.flush()
-        seq = next_number(s, "proforma", today.year)
-        due = max(renew_by(term, service.kind, service.name, policy), today)
-        proforma = Proforma(number=billing.proforma_number(today.year, seq),
-                            reference=references.proforma_reference(seq, today.year),
-                            order_id=order.id, state=ProformaState.OPEN.value, issued_on=today,
-                            due_date=due, currency="EUR", net=quote.net, vat=quote.vat,
-                            gross=quote.gross)
-        s.add(proforma)
-        s.flush()
-        for line in quote.lines:
-            s.add(ProformaLine(proforma_id=proforma.id, position=line.position, item_id=row.id,
-                               description=line.description, unit_gross=line.unit_gross,
-                               discount_gross=line.discount_gross, net=line.net, vat=line.vat,
-                               gross=line.gross, vat_rate=line.vat_rate, promo=line.promo))
-        renewal = Renewal(service_id=service.id, term_expiry=term, months=item.period_months,
-                          order_id=order.id, item_id=row.id, proforma_id=proforma.id,
-                          fee_added=False, created_at=now)
-        s.add(renewal)
-        s.flush()
+    seq = b.next_proforma_number(today.year) if b is not None else next_number(s, "proforma",
+                                                                                  today.year)
+    order = Order(customer_id=service.customer_id, brand=policy.code, status="open",
+                  discount_code=None, renewal=True, created_at=now)
+    row = OrderItemRow(position=1, kind=item.kind, product=item.product, name=item.name,
+                       period_months=item.period_months, action="renew", spec=item.to_spec())
+    order.items.append(row)
+    due = max(renew_by(term, service.kind, service.name, policy), today)
+    proforma = Proforma(number=billing.proforma_number(today.year, seq),
+                        reference=references.proforma_reference(seq, today.year),
+                        order=order, state=ProformaState.OPEN.value, issued_on=today,
+                        due_date=due, currency="EUR", net=quote.net, vat=quote.vat,
+                        gross=quote.gross)
+    for line in quote.lines:
+        proforma.lines.append(ProformaLine(
+            position=line.position, item=row, description=line.description,
+            unit_gross=line.unit_gross, discount_gross=line.discount_gross, net=line.net,
+            vat=line.vat, gross=line.gross, vat_rate=line.vat_rate, promo=line.promo))
+    renewal = Renewal(service_id=service.id, term_expiry=term, months=item.period_months,
+                      order=order, item=row, proforma=proforma, fee_added=False, created_at=now)
+    s.add_all([order, row, proforma, renewal])
     audit(s, SYSTEM, "renewal.issued", "service", service.id,
           {"proforma": proforma.number, "term_expiry": term.isoformat(), "gross": str(quote.gross)})
-    from provisioner.pipeline.orders import order_view
-
-    record(s, order.id, plan(order_view(s, order.id)))  # notify.proforma e-mails it
+    if b is not None:  # the batch flushes once, then writes the proformas' plans
+        b.renewals[(service.id, term)] = renewal
+        b.new_proformas.append(proforma)
+    else:
+        s.flush()
+        record_proforma_plan(s, proforma)
     return renewal
+
+
+def record_proforma_plan(s: Session, proforma: Proforma) -> None:
+    """A renewal proforma's plan is its e-mail (notify.proforma); payment plans the rest."""
+    for spec in plan(OrderView(proforma.order_id, proforma.id, proforma.number, False)):
+        s.add(_step_row(proforma.order_id, spec))
 
 
 def add_reactivation_fee(s: Session, proforma: Proforma, policy: BrandPolicy) -> bool:
     """Add the brand's reactivation fee to an OPEN proforma; False if it is no longer open."""
     fee = policy.reactivation_fee
     net, vat = split_gross(fee, policy.vat_rate)
+    if proforma.id is None:  # made in this very batch: nobody else can see (or pay) it yet
+        proforma.net += net
+        proforma.vat += vat
+        proforma.gross += fee
+        proforma.lines.append(ProformaLine(
+            position=len(proforma.lines) + 1, item_id=None,
+            description="Reactivation fee / Pristojbina za ponovni vklop", unit_gross=fee,
+            discount_gross=Decimal("0.00"), net=net, vat=vat, gross=fee,
+            vat_rate=policy.vat_rate, promo=False))
+        audit(s, SYSTEM, "proforma.fee_added", "proforma", proforma.number,
+              {"fee": str(fee), "gross": str(proforma.gross)})
+        return True
     res = s.execute(update(Proforma)
                     .where(Proforma.id == proforma.id, Proforma.state == ProformaState.OPEN.value)
                     .values(net=Proforma.net + net, vat=Proforma.vat + vat,
-                            gross=Proforma.gross + fee))
+                            gross=Proforma.gross + fee)
+                    .execution_options(synchronize_session=False))
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
     position = max((line.position for line in proforma.lines), default=0) + 1
-    s.add(ProformaLine(proforma_id=proforma.id, position=position, item_id=None,
+    proforma.lines.append(ProformaLine(position=position, item_id=None,
                        description="Reactivation fee / Pristojbina za ponovni vklop",
                        unit_gross=fee, discount_gross=Decimal("0.00"), net=net, vat=vat, gross=fee,
                        vat_rate=policy.vat_rate, promo=False))
-    s.flush()
-    s.refresh(proforma)
+    gross = proforma.gross + fee
+    s.expire(proforma, ["net", "vat", "gross"])  # the UPDATE above wrote them
     audit(s, SYSTEM, "proforma.fee_added", "proforma", proforma.number,
-          {"fee": str(fee), "gross": str(proforma.gross)})
+          {"fee": str(fee), "gross": str(gross)})
     return True
 
 

@@ -6,9 +6,9 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Date, ForeignKey, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from provisioner.store.models import Base, UtcDateTime
+from provisioner.store.models import Base, Order, OrderItemRow, Proforma, UtcDateTime
 
 
 class Renewal(Base):
@@ -25,6 +25,9 @@ class Renewal(Base):
     proforma_id: Mapped[int] = mapped_column(ForeignKey("proformas.id"), unique=True)
     fee_added: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    order: Mapped[Order] = relationship()
+    item: Mapped[OrderItemRow] = relationship()
+    proforma: Mapped[Proforma] = relationship()
     __table_args__ = (UniqueConstraint("service_id", "term_expiry", name="uq_renewals_service_term"),)
 
 

@@ -160,6 +160,7 @@ class ProformaLine(Base):
     gross: Mapped[Decimal] = mapped_column(Money)
     vat_rate: Mapped[Decimal] = mapped_column(Numeric(5, 4))
     promo: Mapped[bool] = mapped_column(Boolean, default=False)
+    item: Mapped[OrderItemRow | None] = relationship()
 
 
 class Counter(Base):
@@ -273,6 +274,7 @@ class Step(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    order: Mapped[Order] = relationship()
     __table_args__ = (Index("ix_steps_state_lease", "state", "lease_until"),)
 
 
