@@ -48,9 +48,14 @@ DEMO_CUSTOMER = {
 DEMO_ITEMS = ["hosting:giga5:novak.example", "domain:novak.si:1y", "tls:novak.example"]
 # The capabilities whose outside systems the demo runs on this machine: the domain is
 # registered at the sandbox registry (EPP over TLS on loopback); the hosting account is
-# created on a throwaway hosting node (systemd-nspawn, needs root). TLS waits for the
-# certificate deployment to hosting nodes.
+# created on a throwaway hosting node (systemd-nspawn, needs root), with its zone on a
+# local Knot and its certificate from a local Pebble (HTTP-01 through the account's
+# vhost on the node); the tls line's certificate goes to the same vhost.
 DEMO_NODE = "demo-node"
+# Settings the worker needs to reach the local Knot and Pebble (from local_dns_and_ca).
+_DNS_TLS_SETTINGS = ("dns_server", "dns_port", "dns_knotc_socket", "tsig_key_name", "tsig_secret",
+                     "tsig_algorithm", "dns_nameservers", "dns_site_ipv4", "acme_directory", "acme_ca_file",
+                     "tls_nginx_prefix", "tls_nginx_http_port", "tls_nginx_https_port")
 
 
 def _hosts_dir() -> Path:
@@ -63,7 +68,9 @@ HOSTS_DIR = _hosts_dir()
 
 
 def demo_line_kinds() -> str:
-    return "domain,hosting" if os.geteuid() == 0 and shutil.which("systemd-nspawn") else "domain"
+    if os.geteuid() == 0 and shutil.which("systemd-nspawn"):
+        return "domain,hosting,dns,tls"
+    return "domain"
 
 
 
@@ -104,6 +111,7 @@ class DemoStack:
     root: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     sink: SmtpSink | None = None
+    dns_tls: Any = None  # dns_tls_local.LocalDnsAndCa when the tls capability is on
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
@@ -126,6 +134,10 @@ class DemoStack:
             "PROVISIONER_REGISTRY_CA_FILE": s.registry_ca_file,
             "PYTHONUNBUFFERED": "1",
         })
+        for name in _DNS_TLS_SETTINGS:
+            value = getattr(s, name)
+            if value:
+                env[f"PROVISIONER_{name.upper()}"] = str(value)
         return env
 
     def start(self, name: str, argv: list[str]) -> None:
@@ -161,10 +173,25 @@ def run_demo(out: Console) -> int:
 
     sandbox_cm = run_sandbox(root / "registry")
     sandbox = sandbox_cm.__enter__()
+    line_kinds = demo_line_kinds()
+    dns_tls_cm: Any = None
+    dns_tls: Any = None
+    if "tls" in line_kinds.split(","):
+        from provisioner.adapters.dns_tls_local import local_dns_and_ca
+
+        # Pebble checks HTTP-01 on port 80 of the address Knot gives: the hosting node.
+        dns_tls_cm = local_dns_and_ca(root / "dnstls", validation_ports=(80, 443))
+        try:
+            dns_tls = dns_tls_cm.__enter__()
+        except BaseException:
+            sink.stop()
+            sandbox_cm.__exit__(None, None, None)
+            raise
     settings = base.with_overrides(
         **sandbox.settings_overrides(),
+        **(dns_tls.settings if dns_tls is not None else {}),
         # The capabilities whose outside systems the demo runs on this machine.
-        line_kinds=demo_line_kinds(),
+        line_kinds=line_kinds,
         data_dir=root,
         database_url=f"sqlite:///{root / 'provisioner.sqlite'}",
         broker_url=f"filesystem://{root / 'broker'}",
@@ -173,11 +200,13 @@ def run_demo(out: Console) -> int:
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
     )
-    stack = DemoStack(settings, root, sink=sink)
+    stack = DemoStack(settings, root, sink=sink, dns_tls=dns_tls)
     try:
         return _run(out, stack)
     finally:
         stack.stop()
+        if dns_tls_cm is not None:
+            dns_tls_cm.__exit__(None, None, None)
         sandbox_cm.__exit__(None, None, None)
 
 
@@ -197,6 +226,9 @@ def _run(out: Console, stack: DemoStack) -> int:
     out.print(f"data dir {root}\nSMTP sink on 127.0.0.1:{s.smtp_port}, API on {api}, "
               "one Celery worker (filesystem broker, no server), sandbox EPP registry on "
               f"{s.registry_host}:{s.registry_port}")
+    if stack.dns_tls is not None:
+        out.print(f"Knot (DNS, TSIG updates) on {s.dns_server}:{s.dns_port}, Pebble (ACME CA) at "
+                  f"{s.acme_directory}, its root in {stack.dns_tls.pebble.root_file}")
     client = httpx.Client(base_url=api, timeout=30,
                           headers={"Authorization": f"Bearer {s.api_token}"})
     deadline = time.monotonic() + 60
@@ -250,7 +282,7 @@ def _run(out: Console, stack: DemoStack) -> int:
     from provisioner.cli import follow
 
     factory = session_factory(s.effective_database_url)
-    counts = follow(factory, created["order"], 120, console=out)
+    counts = follow(factory, created["order"], 300, console=out)
     order = _check(client.get(f"/orders/{created['order']}"))
     steps = Table(title=f"Plan of order {order['id']}: {order['status']}")
     for col in ("key", "state", "attempts"):
@@ -294,11 +326,14 @@ def _run(out: Console, stack: DemoStack) -> int:
             seen = f"HTTP {answer.status_code} {first[0][:60] if first else ''}"
         except httpx.HTTPError as exc:
             site_ok, seen = False, f"no answer: {exc}"
-        out.print(Panel.fit(
-            f"{site['url']} is live on {node['name']} ({node['address']}): {seen}\n"
-            f"prove it:  {site['curl']}\n"
-            f"throw the node away:  provisioner hosts down {node['name']}",
-            title="the customer's site"))
+        lines = [f"{site['url']} is live on {node['name']} ({node['address']}): {seen}",
+                 f"prove it:  {site['curl']}"]
+        if stack.dns_tls is not None:
+            https_ok, https_lines = _https_site(stack.dns_tls, node["address"], DEMO_ITEMS[0].split(":")[2])
+            site_ok = site_ok and https_ok
+            lines += https_lines
+        lines.append(f"throw the node away:  provisioner hosts down {node['name']}")
+        out.print(Panel.fit("\n".join(lines), title="the customer's site"))
     ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3 and site_ok
     env = f"PROVISIONER_DATA_DIR={root}"
     out.print(Panel.fit(
@@ -316,6 +351,28 @@ def _run(out: Console, stack: DemoStack) -> int:
         return 1
     out.print("[bold green]demo finished: paid proforma -> invoice and e-mails, each once[/]")
     return 0
+
+
+def _https_site(dns_tls: Any, address: str, domain: str) -> tuple[bool, list[str]]:
+    """GET https://<domain>/ from the node with an SSL context that trusts only Pebble's
+    root (fetched from its management port) and checks the name; the curl that proves it."""
+    import ssl
+
+    from provisioner.adapters.dns_tls_local import https_fetch
+
+    root_file = dns_tls.pebble.root_file
+    curl = f"curl --cacert {root_file} --resolve {domain}:443:{address} https://{domain}/"
+    try:
+        seen = https_fetch(address, 443, domain, root_file)
+    except (OSError, ssl.SSLError) as exc:
+        return False, [f"https://{domain}/: no verified answer: {exc}", f"prove it:  {curl}"]
+    first = seen["body"].strip().splitlines()[:1]
+    return seen["status"] == 200, [
+        f"{seen['url']} answers HTTP {seen['status']} {first[0][:60] if first else ''}",
+        f"  chain verifies against Pebble's root only; names {', '.join(seen['names'])}; "
+        f"valid until {seen['not_after']}",
+        f"prove it:  {curl}",
+    ]
 
 
 def _sandbox_domains(data_dir: Path) -> list[dict[str, Any]]:

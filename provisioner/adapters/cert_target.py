@@ -11,7 +11,8 @@
 * ``current_certificate(name)``: what is deployed (None when nothing is).
 
 `LocalNginxTarget` drives an nginx with its own prefix on loopback (tests, demo, bench);
-the target for a hosting node over SSH implements the same four methods.
+`cert_target_ssh.NodeNginxTarget`, the target for a hosting account's vhost on its node
+over SSH, implements the same four methods.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 log = logging.getLogger("provisioner.tls")
 
 _TOKEN_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+ACME_TOKEN_CHARS = _TOKEN_OK  # an ACME token is base64url: these characters only
 
 
 @dataclass(frozen=True)

@@ -282,15 +282,20 @@ class LocalDnsAndCa:
 
 
 @contextmanager
-def local_dns_and_ca(data_dir: Path, nameservers: str = "ns1.provider.example") -> Iterator[LocalDnsAndCa]:
-    """Knot, a loopback nginx (the HTTP-01 and HTTPS target) and Pebble under `data_dir`;
-    yields them and the Settings overrides that point the product at them."""
+def local_dns_and_ca(data_dir: Path, nameservers: str = "ns1.provider.example",
+                     validation_ports: tuple[int, int] | None = None) -> Iterator[LocalDnsAndCa]:
+    """Knot, a loopback nginx (the target of stand-alone certificates) and Pebble under
+    `data_dir`; yields them and the Settings overrides that point the product at them.
+
+    Pebble validates HTTP-01 (and TLS-ALPN-01) on `validation_ports` (http, https) of
+    the address our Knot gives for the name: (80, 443) when the sites are on hosting
+    nodes, by default the loopback nginx's ports."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         knot = stack.enter_context(knot_server(data_dir / "knot"))
         nginx = stack.enter_context(local_nginx(data_dir / "nginx"))
-        pebble = stack.enter_context(pebble_server(data_dir / "pebble", knot.port, nginx.http_port,
-                                                   nginx.https_port))
+        http_port, tls_port = validation_ports or (nginx.http_port, nginx.https_port)
+        pebble = stack.enter_context(pebble_server(data_dir / "pebble", knot.port, http_port, tls_port))
         settings: dict[str, Any] = {
             "dns_server": knot.host,
             "dns_port": knot.port,
@@ -311,12 +316,18 @@ def local_dns_and_ca(data_dir: Path, nameservers: str = "ns1.provider.example") 
 
 def https_check(env: LocalDnsAndCa, name: str, path: str = "/") -> dict[str, Any]:
     """GET https://<name><path> from the loopback nginx, trusting only Pebble's root and
-    checking the host name (what `make demo` ends with). Raises ssl.SSLError when the
-    chain does not verify."""
+    checking the host name. Raises ssl.SSLError when the chain does not verify."""
+    return https_fetch(env.nginx.host, env.nginx.https_port, name, env.pebble.root_file, path)
+
+
+def https_fetch(address: str, port: int, name: str, root_file: Path, path: str = "/") -> dict[str, Any]:
+    """GET https://<name><path> from `address`:`port` with an SSL context that trusts only
+    `root_file` and checks the host name (what `make demo` ends with, against the node).
+    Raises ssl.SSLError when the chain does not verify."""
     import ssl
 
-    ctx = ssl.create_default_context(cafile=str(env.pebble.root_file))
-    with socket.create_connection((env.nginx.host, env.nginx.https_port), timeout=10) as sock:
+    ctx = ssl.create_default_context(cafile=str(root_file))
+    with socket.create_connection((address, port), timeout=10) as sock:
         with ctx.wrap_socket(sock, server_hostname=name) as tls:
             peer = tls.getpeercert() or {}
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())

@@ -8,23 +8,22 @@ from provisioner.pipeline import hosting as _hosting  # noqa: F401 - hosting.acc
 from provisioner.pipeline import steps  # noqa: F401 - invoice issuance, e-mails, activation
 from provisioner.pipeline import tls_dns as _tls_dns  # noqa: F401 - dns.zone, tls.issue, tls items
 
-# Capabilities without line items of their own: ``dns`` gives hosting lines their zone
-# (``tls`` is both a line kind and the hosting line's certificate).
-EXTRA_KINDS = ("dns",)
-
 
 def configure(line_kinds: str) -> None:
     """Apply the `line_kinds` setting: "all", or a comma list ("" = none).
 
-    "all" is spelled out (every catalog kind, every registered planner and
-    `EXTRA_KINDS`), so the hosting line's zone and certificate are on: they are planned
-    only where a setting names them (`tls_dns.hosting_extras`)."""
+    "all" is every line kind, and hosting lines without a zone or a certificate (those
+    need a DNS server and a CA): name ``dns`` (no line kind of its own: the hosting
+    line's zone) and ``tls`` (a line kind, and the hosting line's certificate) to get
+    them, e.g. "all,dns,tls" or "domain,hosting,dns,tls" (`tls_dns.hosting_extras`)."""
     from provisioner.domain.catalog import KINDS
     from provisioner.pipeline.plan import enable_line_kinds, planned_kinds
 
-    value = line_kinds.strip()
-    if value == "all":
-        enable_line_kinds(None)
-        enable_line_kinds(sorted(set(KINDS) | planned_kinds() | set(EXTRA_KINDS)))
-    else:
-        enable_line_kinds([k.strip() for k in value.split(",") if k.strip()])
+    kinds = {k.strip() for k in line_kinds.split(",") if k.strip()}
+    if "all" not in kinds:
+        enable_line_kinds(sorted(kinds))
+        return
+    enable_line_kinds(None)
+    extras = kinds - {"all"}
+    if extras:  # spelled out, so that the hosting line sees which extras are on
+        enable_line_kinds(sorted(set(KINDS) | planned_kinds() | extras))

@@ -34,6 +34,7 @@ from provisioner.domain.placement import NoCapacity
 from provisioner.errors import ConfigurationError, InvalidInput, StepFailed
 from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, register_line_planner
 from provisioner.pipeline.runner import StepContext, StepResult, handler
+from provisioner.pipeline.tls_dns import DNS_ZONE, TLS_ISSUE, hosting_dns_tls_steps, hosting_extras
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.hosting import CredentialLink, HostingAccount, HostingNode, place_account
@@ -46,14 +47,25 @@ LINK_TTL = timedelta(hours=72)
 
 
 def plan_hosting_line(view: OrderView, service: ServiceView) -> list[StepSpec]:
+    """``dns.zone -> hosting.account -> tls.issue -> notify.credentials``; the zone and the
+    certificate only where ``line_kinds`` enables ``dns`` / ``tls`` (`hosting_extras`).
+    The zone step places the account, so its records point at the account's node; the
+    certificate is validated over HTTP-01 through the account's vhost on that node."""
     if service.action not in ("new", "register", "transfer"):
         return []  # a renewal changes nothing on the node
     account = f"service:{service.id}/hosting.account"
     params = {"service_id": service.id, "plan": service.product, "domain": service.name}
+    extras = hosting_extras()
+    zone_and_cert = hosting_dns_tls_steps(view, service, tls_deps=(account,), challenge="http-01",
+                                          zone="dns" in extras, certificate="tls" in extras)
+    zone = [st for st in zone_and_cert if st.kind == DNS_ZONE]
+    cert = [st for st in zone_and_cert if st.kind == TLS_ISSUE]
     return [
-        StepSpec(account, "hosting.account", (), params, service.id),
-        StepSpec(f"service:{service.id}/notify.credentials", "notify.credentials", (account,),
-                 {"service_id": service.id}, service.id),
+        *zone,
+        StepSpec(account, "hosting.account", tuple(st.key for st in zone), params, service.id),
+        *cert,
+        StepSpec(f"service:{service.id}/notify.credentials", "notify.credentials",
+                 (account, *(st.key for st in cert)), {"service_id": service.id}, service.id),
     ]
 
 

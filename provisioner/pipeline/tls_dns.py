@@ -3,7 +3,16 @@
 * A stand-alone ``tls:<name>`` line item plans ``service:{id}/tls.issue`` for the name
   and ``www.<name>`` (a wildcard ``*.<name>`` covers ``<name>`` and goes through DNS-01).
 * A hosting order gets both steps from `hosting_dns_tls_steps()`, which the hosting
-  capability calls from its own planner (no planner for ``hosting`` is registered here).
+  capability calls from its own planner (no planner for ``hosting`` is registered here),
+  but only where the ``line_kinds`` setting names ``dns`` / ``tls`` (e.g. "all,dns,tls";
+  `capabilities.configure`): plain "all" and a process that applied no setting
+  (library use, unit tests) plan hosting lines without a zone or a certificate, since
+  both need servers (`hosting_extras()`).
+* ``dns.zone`` of a hosting service places the account first (the same, idempotent
+  placement ``hosting.account`` uses), so the zone's A/AAAA records point at the node
+  that will serve the site; a ``tls.issue`` for a hosting service (or for a ``tls`` line
+  whose name a hosting account of the same customer serves) deploys to that node's vhost
+  (`wiring.dns_tls_adapters`); other ``tls`` lines go to the loopback nginx.
 
 Handlers find their adapters in ``ctx.adapters`` as factories (so nothing is built
 until a step needs it and a unit test can hand in fakes):
@@ -20,6 +29,7 @@ from the store, and the target's atomic deploy keeps the previous certificate se
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Sequence
 from datetime import date
@@ -28,7 +38,7 @@ from typing import Any
 from provisioner.adapters.acme_client import Dns01Solver, Http01Solver, solver_chooser
 from provisioner.domain import dns_records
 from provisioner.domain.catalog import DEFAULT_CATALOG
-from provisioner.errors import ConfigurationError, InvalidInput
+from provisioner.errors import ConfigurationError, InvalidInput, StepFailed
 from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, register_line_planner
 from provisioner.pipeline.runner import StepContext, StepResult, handler
 from provisioner.store.db import transaction
@@ -58,22 +68,59 @@ def _names_for(service: ServiceView) -> list[str]:
 def plan_tls_line(view: OrderView, service: ServiceView) -> list[StepSpec]:
     """A stand-alone certificate: one step."""
     names = _names_for(service)
-    return [StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE, (),
+    hosted = _hosting_line_step(view, service)
+    return [StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE, (hosted,) if hosted else (),
                      {"service_id": service.id, "names": names, "challenge": "auto"}, service.id)]
 
 
 def hosting_dns_tls_steps(view: OrderView, service: ServiceView, *, zone_deps: Sequence[str] = (),
-                          tls_deps: Sequence[str] = (), challenge: str = "auto") -> list[StepSpec]:
-    """`dns.zone` then `tls.issue` for a hosting service. `tls_deps` names the steps the
-    certificate must wait for besides the zone (the account's vhost on the node)."""
+                          tls_deps: Sequence[str] = (), challenge: str = "auto", zone: bool = True,
+                          certificate: bool = True) -> list[StepSpec]:
+    """`dns.zone` then `tls.issue` for a hosting service (either may be left out).
+    `tls_deps` names the steps the certificate must wait for besides the zone (the
+    account's vhost on the node)."""
     zone_key = f"service:{service.id}/{DNS_ZONE}"
-    zone = dns_records.absolute(service.name).rstrip(".")
-    return [
-        StepSpec(zone_key, DNS_ZONE, tuple(zone_deps), {"service_id": service.id, "zone": zone}, service.id),
-        StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE, (zone_key, *tls_deps),
-                 {"service_id": service.id, "names": _names_for(service), "challenge": challenge},
-                 service.id),
-    ]
+    steps = []
+    if zone:
+        name = dns_records.absolute(service.name).rstrip(".")
+        steps.append(StepSpec(zone_key, DNS_ZONE, tuple(zone_deps), {"service_id": service.id, "zone": name},
+                              service.id))
+    if certificate:
+        steps.append(StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE,
+                              ((zone_key,) if zone else ()) + tuple(tls_deps),
+                              {"service_id": service.id, "names": _names_for(service),
+                               "challenge": challenge}, service.id))
+    return steps
+
+
+def hosting_extras() -> frozenset[str]:
+    """Which of ``dns`` and ``tls`` hosting lines get (``dns.zone``, ``tls.issue``): those
+    the applied ``line_kinds`` setting names; none when no setting was applied."""
+    from provisioner.pipeline import plan as _plan
+
+    enabled = _plan._ENABLED
+    return frozenset() if enabled is None else frozenset({"dns", "tls"} & enabled)
+
+
+def _hosting_line_step(view: OrderView, service: ServiceView) -> str | None:
+    """The step a ``tls`` line waits for when the same order has a hosting line for its
+    site: that line's certificate (or its account), so the certificate goes to the vhost
+    on the node after the account's own one (and usually finds nothing to do). Only a
+    hosting line listed before this one counts (a plan lists dependencies first)."""
+    from provisioner.pipeline.hosting import plan_hosting_line
+    from provisioner.pipeline.plan import planned_kinds
+
+    if "hosting" not in planned_kinds():
+        return None
+    site = service.name.removeprefix("*.")
+    for other in view.services:
+        if other.id == service.id:
+            break
+        if other.kind != "hosting" or other.name != site:
+            continue
+        keys = {st.kind: st.key for st in plan_hosting_line(view, other)}
+        return keys.get(TLS_ISSUE) or keys.get("hosting.account")
+    return None
 
 
 def renewal_step(service_id: int, names: Sequence[str], not_after: date,
@@ -111,12 +158,16 @@ def ensure_zone(ctx: StepContext, step: Step) -> StepResult:
     if callable(dkim_source) and service_id is not None:
         dkim = dkim_source(service_id)
     settings = ctx.settings
+    ipv4, ipv6 = _split(settings.dns_site_ipv4), _split(settings.dns_site_ipv6)
+    node_address = _place_hosting(ctx, step.key, service_id) if service_id is not None else None
+    if node_address is not None:
+        ipv4, ipv6 = _by_family(node_address, ipv4, ipv6)
     spec = dns_records.HostedZone(
         zone=zone,
         nameservers=tuple(params.get("nameservers") or _split(settings.dns_nameservers)),
         hostmaster=settings.dns_hostmaster,
-        site_ipv4=tuple(params.get("ipv4") or _split(settings.dns_site_ipv4)),
-        site_ipv6=tuple(params.get("ipv6") or _split(settings.dns_site_ipv6)),
+        site_ipv4=tuple(params.get("ipv4") or ipv4),
+        site_ipv6=tuple(params.get("ipv6") or ipv6),
         mail_host=params.get("mail_host") or settings.dns_mail_host,
         dkim_selector=dkim[0] if dkim else "default",
         dkim_public_key=dkim[1] if dkim else "",
@@ -124,11 +175,61 @@ def ensure_zone(ctx: StepContext, step: Step) -> StepResult:
     )
     records = dns_records.hosting_zone_records(spec)
     result = _adapter(ctx, "dns").ensure_zone(zone, records)
-    return StepResult(result.changed, {**result.details, "records": len(records), "dkim": bool(dkim)})
+    details = {**result.details, "records": len(records), "dkim": bool(dkim)}
+    if node_address is not None:
+        details["node_address"] = node_address
+    return StepResult(result.changed, details)
+
+
+def _by_family(address: str, ipv4: tuple[str, ...],
+               ipv6: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The node's address as the site's A or AAAA record (a node known by host name
+    keeps the configured addresses)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ipv4, ipv6
+    return ((str(ip),), ()) if ip.version == 4 else ((), (str(ip),))
+
+
+def _place_hosting(ctx: StepContext, step_key: str, service_id: int) -> str | None:
+    """For a hosting service: its node's address, placing the account on a node first
+    if ``hosting.account`` has not yet (the same idempotent placement, recorded once per
+    service). None for other services."""
+    from provisioner.domain.names import normalize_domain
+    from provisioner.domain.placement import NoCapacity
+    from provisioner.pipeline.hosting import SYSTEM, _username_base
+    from provisioner.store.audit import audit
+    from provisioner.store.hosting import place_account
+    from provisioner.store.models import Service
+
+    with transaction(ctx.factory) as s:
+        service = s.get(Service, service_id)
+        if service is None or service.kind != "hosting":
+            return None
+        plan = DEFAULT_CATALOG.hosting_plan(service.product)
+        domain = normalize_domain(service.name)
+        try:
+            account, node, placed = place_account(
+                s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
+                username_base=_username_base(domain))
+        except NoCapacity as exc:  # ops must add a node: fail now (alert, refund flag)
+            raise StepFailed(step_key, str(exc)) from exc
+        if placed:
+            audit(s, SYSTEM, "hosting.placed", "service", service_id,
+                  {"node": node.name, "account": account.username, "by": step_key})
+        return node.address
 
 
 def _covers(have: Sequence[str], want: Sequence[str]) -> bool:
-    return {n.lower() for n in want} <= {n.lower() for n in have}
+    """Every wanted name is in the certificate, itself or under its wildcard
+    (``www.example.si`` is covered by ``*.example.si``)."""
+    names = {n.lower() for n in have}
+    for name in (n.lower() for n in want):
+        parent = name.split(".", 1)[1] if "." in name else ""
+        if name not in names and (name.startswith("*.") or f"*.{parent}" not in names):
+            return False
+    return True
 
 
 @handler(TLS_ISSUE)

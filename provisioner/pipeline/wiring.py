@@ -40,7 +40,7 @@ def ops_alert(settings: Settings) -> Any:
 def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict[str, object]:
     """Factories for the DNS, ACME and certificate-target adapters (built on first use)."""
     from provisioner.adapters.acme_client import AcmeClient, generate_key_pem
-    from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+    from provisioner.adapters.cert_target import CertificateTarget, LocalNginx, LocalNginxTarget
     from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
     from provisioner.errors import ConfigurationError
     from provisioner.store.tls import account_key, fernet_for
@@ -70,9 +70,14 @@ def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict
                 key_type=settings.acme_key_type)
         return built["acme"]
 
-    def cert_target(service_id: int | None) -> LocalNginxTarget:
-        # The hosting node's vhost over SSH comes with the hosting capability; until then
-        # (and in the demo) certificates go to a loopback nginx with its own prefix.
+    def cert_target(service_id: int | None) -> CertificateTarget:
+        # A hosting service's certificate (and a tls line's whose name a hosting account of
+        # the same customer serves) goes to the account's vhost on its node, over SSH;
+        # other certificates to a loopback nginx with its own prefix (tests, demo).
+        if service_id is not None:
+            on_node = node_cert_target(settings, factory, service_id)
+            if on_node is not None:
+                return on_node
         if not settings.tls_nginx_prefix:
             raise ConfigurationError("no certificate target: set tls_nginx_prefix (loopback nginx)")
         nginx = LocalNginx(Path(settings.tls_nginx_prefix), settings.tls_nginx_host,
@@ -80,6 +85,49 @@ def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict
         return LocalNginxTarget(nginx)
 
     return {"dns": dns, "acme": acme, "cert_target": cert_target}
+
+
+def node_cert_target(settings: Settings, factory: sessionmaker[Session], service_id: int) -> Any:
+    """The certificate target on the hosting node that serves `service_id`'s site: the
+    service's own account (hosting), or the active account of the same customer whose
+    domain is the certificate's site (tls). None when no node serves it."""
+    from sqlalchemy import select
+
+    from provisioner.adapters.cert_target_ssh import NodeAccess, NodeNginxTarget
+    from provisioner.errors import ConfigurationError
+    from provisioner.pipeline.hosting import default_ssh_key
+    from provisioner.store.hosting import HostingAccount, HostingNode, account_for_service
+    from provisioner.store.models import Service
+
+    with transaction(factory) as s:
+        service = s.get(Service, service_id)
+        if service is None:
+            return None
+        account: HostingAccount | None = None
+        if service.kind == "hosting":
+            account = account_for_service(s, service_id)
+            if account is None:
+                raise ConfigurationError(f"service {service_id}: no hosting account is placed yet, "
+                                         "so there is no vhost for its certificate")
+        elif service.kind == "tls":
+            site = service.name.removeprefix("*.")
+            account = s.execute(
+                select(HostingAccount).join(Service, Service.id == HostingAccount.service_id)
+                .where(HostingAccount.domain == site, HostingAccount.state.in_(("creating", "active")),
+                       Service.customer_id == service.customer_id)
+                .order_by(HostingAccount.id.desc()).limit(1)
+            ).scalar_one_or_none()
+        if account is None:
+            return None
+        node = s.get(HostingNode, account.node_id)
+        assert node is not None
+        extra = settings.extra or {}
+        key = extra.get("hosting_ssh_key")
+        ssh_key = Path(key) if key else default_ssh_key()
+        throwaway = bool(extra.get("hosting_throwaway", ssh_key is not None and key is None))
+        access = NodeAccess(node.name, node.address, ssh_key, user=node.ssh_user, port=node.ssh_port,
+                            throwaway=throwaway)
+        return NodeNginxTarget(access, account.username, [account.domain])
 
 
 def hosting_adapter(settings: Settings) -> Any:

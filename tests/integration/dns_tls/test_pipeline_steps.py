@@ -182,3 +182,60 @@ def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
         _run("dns.zone", ctx, {"service_id": None, "zone": "x.test"})
     with pytest.raises(ConfigurationError, match="certificate target"):
         _run("tls.issue", ctx, {"service_id": None, "names": ["x.test"]})
+
+
+@pytest.mark.parametrize(("line_kinds", "kinds"), [
+    (None, ["hosting.account", "notify.credentials"]),  # no setting applied: no servers assumed
+    ("hosting", ["hosting.account", "notify.credentials"]),
+    ("hosting,tls", ["hosting.account", "tls.issue", "notify.credentials"]),
+    ("hosting,dns", ["dns.zone", "hosting.account", "notify.credentials"]),
+    ("hosting,dns,tls", ["dns.zone", "hosting.account", "tls.issue", "notify.credentials"]),
+    ("all", ["hosting.account", "notify.credentials"]),  # every line kind, no extras
+    ("all,dns,tls", ["dns.zone", "hosting.account", "tls.issue", "notify.credentials"]),
+])
+def test_hosting_line_gets_zone_and_certificate_where_line_kinds_says(
+        line_kinds: str | None, kinds: list[str]) -> None:
+    from provisioner.pipeline import capabilities
+    from provisioner.pipeline.hosting import plan_hosting_line
+
+    if line_kinds is not None:
+        capabilities.configure(line_kinds)
+    view = OrderView(1, 1, "P-3", True, (ServiceView(4, "hosting", "giga5", "shop.si", 12, "provisioning"),))
+    steps = plan_hosting_line(view, view.services[0])
+    assert [st.kind for st in steps] == kinds
+    seen: set[str] = set()
+    for st in steps:  # each waits for the one before it
+        assert set(st.deps) <= seen and (not seen or st.deps)
+        seen.add(st.key)
+    tls = [st for st in steps if st.kind == "tls.issue"]
+    if tls:
+        assert tls[0].params == {"service_id": 4, "names": ["shop.si", "www.shop.si"], "challenge": "http-01"}
+
+
+def test_a_tls_line_for_a_hosted_site_waits_for_the_hosting_certificate() -> None:
+    from provisioner.pipeline import capabilities
+    from provisioner.pipeline.plan import plan
+
+    capabilities.configure("hosting,dns,tls")
+    view = OrderView(1, 1, "P-4", True, (
+        ServiceView(5, "hosting", "giga5", "shop.si", 12, "provisioning"),
+        ServiceView(6, "tls", "dv-wildcard", "shop.si", 12, "provisioning"),
+        ServiceView(7, "tls", "dv", "other.si", 12, "provisioning"),
+    ))
+    steps = {st.key: st for st in plan(view)}
+    assert steps["service:6/tls.issue"].deps == ("service:5/tls.issue",)
+    assert steps["service:7/tls.issue"].deps == ()
+
+
+@pytest.mark.parametrize(("have", "want", "covered"), [
+    (["a.si", "www.a.si"], ["a.si", "www.a.si"], True),
+    (["*.a.si", "a.si"], ["a.si", "www.a.si"], True),
+    (["*.a.si", "a.si"], ["*.a.si", "a.si"], True),
+    (["a.si", "www.a.si"], ["*.a.si", "a.si"], False),
+    (["*.a.si"], ["a.si"], False),
+    (["*.a.si"], ["x.y.a.si"], False),
+])
+def test_covers_knows_wildcards(have: list[str], want: list[str], covered: bool) -> None:
+    from provisioner.pipeline.tls_dns import _covers
+
+    assert _covers(have, want) is covered
