@@ -546,18 +546,38 @@ def _counts(env: Env, name: str, domain: str) -> dict[str, int]:
     }
 
 
-@pytest.mark.parametrize("crash_after_s", [4.0, 9.0])
-def test_create_after_a_crash_creates_nothing_twice(env: Env, crash_after_s: float) -> None:
-    name = f"crash{int(crash_after_s)}"
+# Each fault stops a create part-way, after some parts are written: MariaDB down fails the
+# database part (user, files, PHP and the site are done); pure-pw missing fails the FTP
+# part after the login file was written but before its database was rebuilt.
+FAULTS = {
+    "database-down": ("systemctl stop mariadb", "systemctl start mariadb"),
+    "ftp-db-tool-missing": ("mv /usr/bin/pure-pw /usr/bin/pure-pw.off",
+                            "mv /usr/bin/pure-pw.off /usr/bin/pure-pw"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_create_after_a_crash_creates_nothing_twice(env: Env, fault: str) -> None:
+    name = "crash" + fault.split("-")[0]
     spec = AccountSpec(name, (f"{name}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
-    crashed = env.accounts.create(env.node, spec, timeout_s=crash_after_s)
-    assert not crashed.ok  # the run was cut off part-way
-    done = env.accounts.create(env.node, spec)
+    secret = Secrets.generate(spec.mailboxes)
+    break_it, repair = FAULTS[fault]
+    env.host.check_output(break_it)
+    try:
+        crashed = env.accounts.create(env.node, spec, secret)
+    finally:
+        env.host.check_output(repair)
+    assert not crashed.ok  # the run failed part-way
+    assert env.host.user(name).exists  # ... after it had written some parts
+    done = env.accounts.create(env.node, spec, secret)
     assert done.ok, done.run.errors
     assert _counts(env, name, f"{name}.si") == {
         "users": 1, "vhosts": 1, "php": 1, "ftp": 1, "mail_logins": 1, "mail_domains": 1, "dbs": 1,
         "db_users": 1}
     assert env.http(f"{name}.si").status_code == 200
+    # The FTP login works (with pure-pw missing, its line was written before the crash and
+    # only its database was stale: the re-run rebuilt it).
+    env.ftps(Account(spec, secret, crashed)).quit()
     assert env.accounts.create(env.node, spec).changed == 0
 
 

@@ -251,7 +251,8 @@ Runner = Callable[..., RunResult]
 
 
 class HostingAccounts:
-    """The hosting-account adapter: one ansible-runner run per action."""
+    """The hosting-account adapter: one ansible-runner run per action (per batch with
+    :meth:`create_many`); the role converges each run's accounts in one module call."""
 
     def __init__(self, *, ssh_key: Path | None = None, throwaway: bool = False,
                  provider_url: str = "https://www.provider.example/", timeout_s: float = 600,
@@ -268,19 +269,57 @@ class HostingAccounts:
             raise InvalidInput(f"unknown account action {action!r}")
         spec = spec.validated()
         extravars = spec.extravars(action, None, self.provider_url, reset)
-        with tempfile.TemporaryDirectory(prefix="prov-secrets-") as private:
-            if secret is not None:
-                path = Path(private) / "secrets.json"  # the directory is 0700
+        private = spec.secret_vars(secret) if secret is not None else None
+        if private is not None:
+            # Extra vars outrank include_vars: the file's mailbox list (with passwords) must win.
+            extravars.pop("hosting_account_mailboxes", None)
+        result = self._run_with_secrets(action, node, extravars, private, timeout_s)
+        return AccountResult(action, spec.name, node.name, result)
+
+    def _run_with_secrets(self, action: str, node: Target, extravars: dict[str, Any],
+                          private: dict[str, Any] | None, timeout_s: float | None) -> RunResult:
+        """Run the action's playbook; ``private`` (passwords) goes to a 0600 file, never argv."""
+        with tempfile.TemporaryDirectory(prefix="prov-secrets-") as directory:
+            if private is not None:
+                path = Path(directory) / "secrets.json"  # the directory is 0700
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as fh:
-                    json.dump(spec.secret_vars(secret), fh)
+                    json.dump(private, fh)
                 extravars["hosting_account_secrets_file"] = str(path)
-                # Extra vars outrank include_vars: the file's mailbox list (with passwords) must win.
-                extravars.pop("hosting_account_mailboxes", None)
-            result = self._run(f"hosting_account_{action}", [node], extravars,
-                               timeout_s=timeout_s or self.timeout_s, ssh_key=self.ssh_key,
-                               throwaway=self.throwaway)
-        return AccountResult(action, spec.name, node.name, result)
+            return self._run(f"hosting_account_{action}", [node], extravars,
+                             timeout_s=timeout_s or self.timeout_s, ssh_key=self.ssh_key,
+                             throwaway=self.throwaway)
+
+    def create_many(self, node: Target, specs: Sequence[AccountSpec],
+                    secrets_by_name: Mapping[str, Secrets] | None = None, *,
+                    timeout_s: float | None = None) -> AccountResult:
+        """Create or converge many accounts on one node in one Ansible run (one module call).
+
+        Every spec is validated before anything runs; one bad spec refuses the batch.
+        Passwords (``secrets_by_name``, generated where missing) are set only for logins
+        that do not exist yet, as with :meth:`create`.
+        """
+        if not specs:
+            raise InvalidInput("a batch needs at least one account")
+        valid = [spec.validated() for spec in specs]
+        names = [spec.name for spec in valid]
+        if len(set(names)) != len(names):
+            raise InvalidInput("an account appears twice in the batch")
+        domains = [d for spec in valid for d in spec.domains]
+        if len(set(domains)) != len(domains):
+            raise InvalidInput("a domain appears in two accounts of the batch")
+        given = dict(secrets_by_name or {})
+        batch = []
+        for spec in valid:
+            secret = given.get(spec.name) or Secrets.generate(spec.mailboxes)
+            entry = spec.extravars("create", secret, self.provider_url)
+            keys = ("domains", "plan", "limits", "mailboxes", "cron", "password", "db_password")
+            batch.append({"name": spec.name, **{k: entry[f"hosting_account_{k}"] for k in keys}})
+        extravars: dict[str, Any] = {"hosting_account_action": "create",
+                                     "hosting_account_provider_url": self.provider_url}
+        result = self._run_with_secrets("create", node, extravars, {"hosting_account_batch": batch},
+                                        timeout_s)
+        return AccountResult("create", ",".join(names), node.name, result)
 
     def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
                timeout_s: float | None = None) -> AccountResult:

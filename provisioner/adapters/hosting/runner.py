@@ -1,6 +1,9 @@
 """Run a playbook through ansible-runner: a failed run is a result, not an exception.
 
 Each run gets its own temporary ``private_data_dir``; the SSH key is passed by path;
+SSH master connections are shared between runs (``ControlPersist``, sockets in a
+private directory of this user), so a run against a node used in the last minute
+skips the SSH handshake; with pipelining and no fact gathering a task is one round trip;
 host-key checking is off only when the caller says the hosts are throwaway; a dead
 or unreachable host ends the run within ``timeout_s`` (ansible's connection
 ``timeout`` + SSH keep-alives + runner's own ``timeout``), never a hang.
@@ -27,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOKS_DIR = REPO_ROOT / "playbooks"
 ROLES_DIR = REPO_ROOT / "roles"
 
+CONTROL_PERSIST_S = 60  # an idle shared SSH master connection ends after this
 STAT_KEYS = ("ok", "changed", "failures", "unreachable", "skipped", "rescued", "ignored")
 
 
@@ -102,7 +106,7 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
         raise ConfigurationError(f"playbook {path} does not exist")
     inventory = (build_inventory(hosts, ssh_key) if isinstance(hosts, list) else dict(hosts))
     ssh_args = (f"-o ConnectTimeout={connect_timeout_s} -o ServerAliveInterval=2 "
-                "-o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist=60s "
+                f"-o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist={CONTROL_PERSIST_S}s "
                 "-o BatchMode=yes -o PasswordAuthentication=no")
     if throwaway:
         ssh_args += " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
@@ -121,10 +125,12 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_LOCALHOST_WARNING": "False",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_GATHERING": "explicit",  # no facts unless a play asks for them
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",  # runner writes the inventory as JSON: skip the probing
         "ANSIBLE_TASK_TIMEOUT": str(int(timeout_s)),
     }
     tmp = Path(tempfile.mkdtemp(prefix="prov-ansible-"))
-    envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(tmp / "cp")
+    envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir())
     envvars["ANSIBLE_LOCAL_TEMP"] = str(tmp / "tmp")
     errors: dict[str, str] = {}
 
@@ -177,15 +183,23 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
         return RunResult(status=str(r.status), rc=int(r.rc if r.rc is not None else -1),
                          stats=stats, errors=errors, duration_s=elapsed)
     finally:
-        _close_masters(tmp / "cp")
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _close_masters(control_dir: Path) -> None:
-    """Stop this run's SSH ControlMaster processes instead of letting them linger."""
-    if not control_dir.is_dir():
-        return
-    for sock in control_dir.iterdir():
+def control_dir() -> Path:
+    """This user's private directory of shared SSH master sockets (created 0700)."""
+    path = Path(tempfile.gettempdir()) / f"prov-ssh-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigurationError(f"{path} must be a directory of this user, mode 0700")
+    return path
+
+
+def close_masters() -> None:
+    """Stop the shared SSH master connections (they also end by themselves when idle)."""
+    directory = control_dir()
+    for sock in directory.iterdir():
         subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "unused"],
                        capture_output=True, timeout=10, check=False)
 
