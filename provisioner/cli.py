@@ -543,6 +543,18 @@ def sweep_cmd(
     emit(data, as_json, render)
 
 
+@app.command("quota")
+def quota_cmd(as_json: JsonOpt = False) -> None:
+    """Read every node's usage: warn accounts over their quota, and stop the free backups
+    of those still over it after the grace days (the beat runs this daily)."""
+    from provisioner.pipeline import quota
+
+    cfg = settings()
+    factory(cfg)
+    data = guarded(lambda: quota.scheduled_check(cfg))
+    emit(data, as_json, lambda d: out.print(d))
+
+
 # -- customers' data (GDPR) ------------------------------------------------------
 @customer_app.command("export")
 def customer_export(customer_id: int) -> None:

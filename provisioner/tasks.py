@@ -52,6 +52,8 @@ def make_celery(settings: Settings) -> Celery:
             # The lifecycle clock, daily at 00:15 UTC (inside the 23:00-05:00 maintenance
             # window of RULES): renewals, reminders, shutdowns, staged deletion.
             "sweep": {"task": "provisioner.sweep", "schedule": crontab(minute=15, hour=0)},
+            # Accounts over their quota: warn, then no free backups after the grace days.
+            "quota": {"task": "provisioner.quota", "schedule": crontab(minute=45, hour=1)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -93,6 +95,13 @@ def process_notifications() -> dict[str, Any]:
 @app.task(name="provisioner.sweep", acks_late=True)
 def sweep() -> dict[str, Any]:
     return clock.scheduled_sweep(_settings(), enqueue_step)
+
+
+@app.task(name="provisioner.quota", acks_late=True)
+def quota() -> dict[str, Any]:
+    from provisioner.pipeline import quota as quota_check
+
+    return quota_check.scheduled_check(_settings())
 
 
 def enqueue_step(step_key: str) -> None:

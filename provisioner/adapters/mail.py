@@ -46,7 +46,7 @@ from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
 LANGUAGES = ("sl", "en")
 CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice", "renewal_reminder",
-                      "service_shutdown")
+                      "service_shutdown", "over_quota")
 OPS_TEMPLATES = ("ops_alert",)  # English, subject and text only
 TEMPLATES = CUSTOMER_TEMPLATES + OPS_TEMPLATES
 

@@ -278,3 +278,24 @@ def earliest_event(expiry: date) -> date:
     lead = max(p.renewal_notice_days + max(p.domain_early_renew_days.values(), default=0)
                for p in BRANDS.values())
     return expiry - timedelta(days=lead)
+
+
+# -- over quota (RULES "over disk/transfer quota: warn; customer has 7 days to upgrade";
+# "over limits: no free backups of that account") ----------------------------------------
+@dataclass(frozen=True)
+class QuotaDecision:
+    over_since: date | None  # the day the account was first seen over its quota
+    warn: bool  # e-mail the customer now (first day over)
+    backups_excluded: bool  # whether the account gets free backups from now on (False: it does)
+    alert_ops: bool  # the grace period ended today
+
+
+def quota_decision(over: bool, since: date | None, excluded: bool, today: date,
+                   grace_days: int) -> QuotaDecision:
+    if not over:  # back under (or never over): free backups again
+        return QuotaDecision(None, False, False, False)
+    if since is None:
+        return QuotaDecision(today, True, excluded, False)
+    if not excluded and (today - since).days >= grace_days:
+        return QuotaDecision(since, False, True, True)
+    return QuotaDecision(since, False, excluded, False)

@@ -8,9 +8,9 @@ customer's e-mail holds), so the database alone reveals nothing.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, func, select
+from sqlalchemy import Boolean, Date, ForeignKey, Integer, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from provisioner.clock import utcnow
@@ -47,6 +47,10 @@ class HostingAccount(Base):
     state: Mapped[str] = mapped_column(String(16))  # creating | active | suspended | terminated
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # RULES "over disk/transfer quota: warn; customer has 7 days to upgrade" and "over
+    # limits: no free backups of that account" (pipeline/quota.py)
+    over_quota_since: Mapped[date | None] = mapped_column(Date)
+    backups_excluded: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class CredentialLink(Base):

@@ -1,4 +1,4 @@
-"""the lifecycle clock: service clock/hold columns, renewals, stage records
+"""the lifecycle clock: service clock/hold columns, renewals, stage records, quota marks
 
 Revision ID: 0005
 Revises: 0002, 0003, 0004
@@ -25,6 +25,10 @@ def upgrade() -> None:
     # Services that already have an expiry are looked at by the next sweep, which sets
     # their real next date.
     op.execute("UPDATE services SET clock_on = expires_on WHERE expires_on IS NOT NULL")
+    with op.batch_alter_table("hosting_accounts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("over_quota_since", sa.Date(), nullable=True))
+        batch_op.add_column(sa.Column("backups_excluded", sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
     op.create_table(
         "renewals",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -70,6 +74,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("stage_records")
     op.drop_table("renewals")
+    with op.batch_alter_table("hosting_accounts", schema=None) as batch_op:
+        batch_op.drop_column("backups_excluded")
+        batch_op.drop_column("over_quota_since")
     with op.batch_alter_table("services", schema=None) as batch_op:
         batch_op.drop_index("ix_services_clock_on")
         batch_op.drop_column("hold_reason")
