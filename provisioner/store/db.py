@@ -65,7 +65,10 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # Batched INSERTs in pages whose statement text repeats (psycopg caches the parse
+        # of statements up to 4 kB; bigger pages were re-parsed every time).
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                             insertmanyvalues_page_size=25)
     raise ConfigurationError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
 
 
