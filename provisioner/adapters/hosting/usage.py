@@ -1,0 +1,173 @@
+"""Disk, mail and database usage of the accounts on a hosting node, against their plans.
+
+The node measures (``/usr/local/sbin/hosting-usage``, installed by roles/hosting_node;
+its docstring describes the JSON); this adapter runs it over SSH (paramiko) and turns
+its report into :class:`AccountUsage` values. Parsing is apart from the I/O
+(:func:`parse_usage`) so that it can be tested with plain strings. Library exceptions
+become ours: an unreachable node or a broken connection is a ``TransientError``, a
+refused key or a wrong host key a ``ConfigurationError``, a failing script or a report
+that does not parse ``StepFailed``. What to do about an account over its quota (the
+warning, the 7 days to upgrade) is for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner.adapters.hosting.runner import Target
+from provisioner.errors import ConfigurationError, StepFailed, TransientError
+
+STEP_KEY = "hosting.usage"
+USAGE_COMMAND = "/usr/local/sbin/hosting-usage"
+REPORT_VERSION = 1
+MIB = 1024 * 1024
+_ACCOUNT_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
+
+
+@dataclass(frozen=True)
+class AccountUsage:
+    """One account's usage as the node measured it, with its plan's limits."""
+
+    name: str
+    plan: str
+    disk_bytes: int  # the home (allocated bytes, like du)
+    mail_bytes: int  # the maildirs of the account's domains
+    db_bytes: int | None  # its database (data + index); None when MariaDB did not answer
+    limits: Mapping[str, int] = field(default_factory=dict)
+    over_disk: bool = False  # disk + mail over limits["disk_mb"]
+    over_database: bool = False  # database over limits["database_max_mb"]
+    suspended: bool = False
+
+    @property
+    def over_quota(self) -> bool:
+        return self.over_disk or self.over_database
+
+    @property
+    def used_bytes(self) -> int:
+        """What counts against the disk quota: the home and the mail."""
+        return self.disk_bytes + self.mail_bytes
+
+
+def _fail(detail: str) -> StepFailed:
+    return StepFailed(STEP_KEY, detail)
+
+
+def _count(entry: Mapping[str, Any], key: str, name: str, *, nullable: bool = False) -> int | None:
+    value = entry.get(key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(f"account {name}: {key} must be a byte count, got {value!r}")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _account(name: str, entry: Any) -> AccountUsage:
+    if not isinstance(name, str) or not _ACCOUNT_RE.fullmatch(name):
+        raise _fail(f"the report names an invalid account {name!r}")
+    if not isinstance(entry, Mapping):
+        raise _fail(f"account {name}: expected an object, got {type(entry).__name__}")
+    raw_limits = entry.get("limits")
+    if not isinstance(raw_limits, Mapping):
+        raise _fail(f"account {name}: no limits")
+    limits: dict[str, int] = {}
+    for key, value in raw_limits.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(f"account {name}: limit {key} must be a whole number, got {value!r}")
+        limits[str(key)] = value
+    over = entry.get("over")
+    if not isinstance(over, Mapping):
+        raise _fail(f"account {name}: no 'over' object")
+    usage = AccountUsage(
+        name=name,
+        plan=str(entry.get("plan") or ""),
+        disk_bytes=_count(entry, "disk_bytes", name) or 0,
+        mail_bytes=_count(entry, "mail_bytes", name) or 0,
+        db_bytes=_count(entry, "db_bytes", name, nullable=True),
+        limits=limits,
+        over_disk=_flag(over.get("disk"), f"account {name}: over.disk"),
+        over_database=_flag(over.get("database"), f"account {name}: over.database"),
+        suspended=_flag(entry.get("suspended", False), f"account {name}: suspended"),
+    )
+    if _flag(entry.get("over_quota"), f"account {name}: over_quota") != usage.over_quota:
+        raise _fail(f"account {name}: over_quota disagrees with 'over'")
+    return usage
+
+
+def parse_usage(text: str) -> dict[str, AccountUsage]:
+    """The node's JSON report as ``{account name: AccountUsage}``; ``StepFailed`` if malformed."""
+    try:
+        report = json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"the usage report is not JSON: {exc}") from exc
+    if not isinstance(report, Mapping):
+        raise _fail("the usage report is not a JSON object")
+    if report.get("version") != REPORT_VERSION:
+        raise _fail(f"unsupported usage report version {report.get('version')!r}")
+    accounts = report.get("accounts")
+    if not isinstance(accounts, Mapping):
+        raise _fail("the usage report has no 'accounts' object")
+    return {name: _account(name, entry) for name, entry in accounts.items()}
+
+
+def _paramiko() -> Any:
+    from provisioner.adapters.hosts.ssh import _paramiko as load
+
+    return load()
+
+
+class _UnknownHostKey:
+    """paramiko's missing-host-key policy: refuse, as a configuration error (not retried)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise ConfigurationError(f"{self.where}: host key of {hostname} is not in known_hosts")
+
+
+def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
+               throwaway: bool = False, known_hosts: Path | None = None) -> dict[str, AccountUsage]:
+    """Run the node's usage report over SSH; return ``{account name: AccountUsage}``.
+
+    Host keys are checked against ``known_hosts`` (default: the system's and the user's
+    known_hosts files) unless ``throwaway`` is set (throwaway test hosts only).
+    """
+    paramiko = _paramiko()
+    where = f"node {target.name} ({target.address})"
+    client = paramiko.SSHClient()
+    try:
+        if throwaway:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 (throwaway)
+        else:
+            client.load_system_host_keys(str(known_hosts) if known_hosts else None)
+            client.set_missing_host_key_policy(_UnknownHostKey(where))
+        client.connect(target.address, port=target.port, username=target.user,
+                       key_filename=str(ssh_key), timeout=min(timeout_s, 30.0),
+                       banner_timeout=min(timeout_s, 30.0), auth_timeout=min(timeout_s, 30.0),
+                       allow_agent=False, look_for_keys=False)
+        _, stdout, stderr = client.exec_command(USAGE_COMMAND, timeout=timeout_s)  # noqa: S601
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        status = stdout.channel.recv_exit_status()
+    except paramiko.AuthenticationException as exc:
+        raise ConfigurationError(f"{where}: SSH key {ssh_key} refused: {exc}") from exc
+    except paramiko.BadHostKeyException as exc:
+        raise ConfigurationError(f"{where}: wrong SSH host key: {exc}") from exc
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise TransientError(f"{where}: SSH failed: {exc}") from exc
+    finally:
+        client.close()
+    if status != 0:
+        raise _fail(f"{where}: {USAGE_COMMAND} exited {status}: {err.strip()[-400:] or out[-400:]}")
+    return parse_usage(out)

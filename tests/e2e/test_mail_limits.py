@@ -1,0 +1,397 @@
+"""The plans' mail limits and the usage report, on the session's throwaway node.
+
+RULES.md, "Shared hosting limits": at most 60 recipients per message, delayed above
+50; 60 messages an hour; 10,000 a month; no mass mailing to more than 2,000
+recipients; over the disk quota the customer is warned (the usage report gives the
+data). Enforced by roles/hosting_account's policy service (hosting-mail-policy) and
+roles/hosting_node's Postfix (slow lane, policy settings); measured by
+roles/hosting_node's hosting-usage, read through provisioner.adapters.hosting.usage.
+
+Two accounts of this module's own (unique names) live on the node: ``sender`` (Mega)
+for recipients, the slow lane, mass mailing and usage, and ``counted`` (Mega with the
+hourly limit lifted, so that a pre-seeded monthly count cannot trip it) for the
+monthly limit. The 61st message in an hour is tested in test_hosting_account.py.
+Counters are pre-seeded straight into the policy's SQLite file; tests remove what they
+seeded and put back what they changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import json
+import re
+import smtplib
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.adapters.hosting import Target
+from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
+from provisioner.adapters.hosting.usage import AccountUsage, read_usage
+from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
+
+POLICY_DB = "/var/lib/hosting/mail-policy.sqlite"
+POLICY_SOCKET = "/var/spool/postfix/private/hosting-policy"
+MAIL_LOG = "/var/log/mail.log"
+STATE_DIR = "/etc/hosting/accounts"
+MIB = 1024 * 1024
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval)
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the throwaway node's certificate is self-signed
+    return ctx
+
+
+@dataclass
+class Account:
+    spec: AccountSpec
+    secret: Secrets
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def domain(self) -> str:
+        return self.spec.domains[0]
+
+    @property
+    def address(self) -> str:
+        return f"info@{self.domain}"
+
+
+@dataclass
+class Env:
+    target: Target
+    address: str
+    ssh_key: Path
+    host: Any  # testinfra host
+    sender: Account
+    counted: Account
+
+    def submission(self, account: Account) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.address, 587, timeout=30)
+        try:
+            smtp.starttls(context=tls_context())
+            smtp.login(account.address, account.secret.mailboxes["info"])
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def inbox_with_subject(self, account: Account, subject: str) -> int:
+        imap = imaplib.IMAP4_SSL(self.address, ssl_context=tls_context(), timeout=20)
+        try:
+            imap.login(account.address, account.secret.mailboxes["info"])
+            typ, _ = imap.select("INBOX", readonly=True)
+            assert typ == "OK"
+            typ, found = imap.search(None, "SUBJECT", f'"{subject}"')
+            assert typ == "OK"
+            return len(found[0].split())
+        finally:
+            imap.logout()
+
+    def usage(self) -> dict[str, AccountUsage]:
+        return read_usage(self.target, self.ssh_key, throwaway=True)
+
+    def python(self, script: str, *args: str) -> str:
+        """Run a Python script on the node as root; return its output."""
+        return str(self.host.check_output("python3 -c %s " + " ".join(["%s"] * len(args)), script, *args))
+
+    def policy_sql(self, sql: str, *params: Any) -> str:
+        """One statement against the policy's SQLite file; prints rows or changes."""
+        script = ("import json, sqlite3, sys\n"
+                  "c = sqlite3.connect(sys.argv[1], timeout=10)\n"
+                  "rows = c.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall()\n"
+                  "c.commit()\nprint(json.dumps(rows) if rows else c.total_changes)\n")
+        return self.python(script, POLICY_DB, sql, json.dumps(params))
+
+    def log_lines(self, needle: str) -> list[str]:
+        out = self.host.run("grep -F -- %s %s", needle, MAIL_LOG).stdout
+        return [line for line in out.splitlines() if "warning:" not in line]
+
+    def queued_recipients(self, queue_id: str) -> list[str]:
+        out = self.host.check_output("postqueue -j")
+        for line in out.splitlines():
+            entry = json.loads(line)
+            if entry["queue_id"] == queue_id:
+                return [r["address"] for r in entry["recipients"]]
+        return []
+
+    def postconf(self, name: str) -> str:
+        return str(self.host.check_output("postconf -h %s", name)).strip()
+
+
+@pytest.fixture(scope="module")
+def env(node: Any, node_host: Any) -> Iterator[Env]:
+    target = Target(node.info.name, node.info.address)
+    ssh_key = Path(node.info.ssh_key)
+    accounts = HostingAccounts(ssh_key=ssh_key, throwaway=True, provider_url="https://www.provider.example/")
+    tag = uuid.uuid4().hex[:8]
+    sender = AccountSpec(f"mls{tag}", (f"mls{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
+    counted = AccountSpec(f"mlc{tag}", (f"mlc{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",),
+                          limit_overrides={"mail_per_hour": 1_000_000})
+    made = []
+    for spec in (sender, counted):
+        secret = Secrets.generate(spec.mailboxes)
+        accounts.create(target, spec, secret).raise_for_status("e2e.mail_limits.create")
+        made.append(Account(spec.validated(), secret))
+    yield Env(target, node.info.address, ssh_key, node_host, made[0], made[1])
+    for account in made:
+        with contextlib.suppress(Exception):  # the node is thrown away anyway
+            node_host.run("python3 -c %s %s %s",
+                          "import sqlite3, sys\n"
+                          "c = sqlite3.connect(sys.argv[1], timeout=10)\n"
+                          "c.execute('DELETE FROM sent WHERE account=?', (sys.argv[2],))\n"
+                          "c.execute('DELETE FROM rcpt WHERE account=?', (sys.argv[2],))\n"
+                          "c.commit()\n", POLICY_DB, account.name)
+
+
+# -- recipients per message -----------------------------------------------------------------
+def send(env: Env, account: Account, rcpts: list[str], subject: str) -> str:
+    """Submit one message to ``rcpts``; every recipient must be accepted; return its queue id."""
+    smtp = env.submission(account)
+    try:
+        assert smtp.mail(account.address)[0] == 250
+        assert [smtp.rcpt(r)[0] for r in rcpts] == [250] * len(rcpts)
+        code, reply = smtp.data(f"From: {account.address}\r\nTo: {account.address}\r\n"
+                                f"Subject: {subject}\r\n\r\nhello\r\n")
+    finally:
+        smtp.quit()
+    assert code == 250, reply
+    found = re.search(rb"queued as ([0-9A-F]+)", reply)
+    assert found, reply
+    return found.group(1).decode()
+
+
+def test_a_message_to_55_recipients_is_accepted_but_delayed(env: Env) -> None:
+    sender = env.sender
+    batch = int(env.postconf("slow_destination_recipient_limit"))
+    assert 1 < batch < 55
+    assert env.postconf("slow_destination_rate_delay") not in ("", "0", "0s")
+    subject = f"slow {uuid.uuid4().hex}"
+    rcpts = [f"info+slow{i}@{sender.domain}" for i in range(55)]
+    queue_id = send(env, sender, rcpts, subject)  # accepted ...
+    try:
+        # ... routed by the policy into the slow lane ...
+        filtered = wait_until(lambda: [line for line in env.log_lines(f"{queue_id}: filter:")
+                                       if f"FILTER slow:{sender.name}" in line], 20, "the FILTER action")
+        assert len(filtered) == 1
+
+        def sent_by_slow() -> list[str]:
+            lines = env.log_lines(f"{queue_id}: to=")
+            return [m.group(1) for line in lines if "postfix/slow" in line and "status=sent" in line
+                    for m in [re.search(r"to=<([^>]+)>", line)] if m]
+
+        # ... whose first delivery takes only a batch of its recipients ...
+        wait_until(lambda: len(sent_by_slow()) >= batch, 30, "the first batch")
+        # ... while the rest is held back in the queue.
+        wait_until(lambda: len(env.queued_recipients(queue_id)) == 55 - batch, 10,
+                   "the held-back recipients in the queue")
+        held = set(env.queued_recipients(queue_id))
+        delivered = set(sent_by_slow())
+        assert len(delivered) == batch  # nothing more went out meanwhile
+        assert held | delivered == set(rcpts) and not held & delivered
+        # The batch really reaches the mailbox (re-injected, then delivered as usual).
+        wait_until(lambda: env.inbox_with_subject(sender, subject) == batch, 30, "the batch in the inbox")
+    finally:
+        env.host.run("postsuper -d %s", queue_id)
+
+
+def test_a_message_to_50_recipients_is_not_delayed(env: Env) -> None:
+    sender = env.sender
+    subject = f"fifty {uuid.uuid4().hex}"
+    queue_id = send(env, sender, [f"info+n{i}@{sender.domain}" for i in range(50)], subject)
+    wait_until(lambda: env.inbox_with_subject(sender, subject) == 50, 30, "all 50 copies")
+    assert env.log_lines(f"{queue_id}: filter:") == []
+    assert not [line for line in env.log_lines(f"{queue_id}: to=") if "postfix/slow" in line]
+
+
+def test_a_message_to_61_recipients_is_refused_past_the_60th(env: Env) -> None:
+    smtp = env.submission(env.sender)
+    try:
+        smtp.mail(env.sender.address)
+        replies = [smtp.rcpt(f"info+many{i}@{env.sender.domain}") for i in range(61)]
+    finally:
+        smtp.rset()
+        smtp.quit()
+    assert [code for code, _ in replies[:60]] == [250] * 60
+    code, text = replies[60]
+    assert code == 452 and b"too many recipients" in text.lower(), (code, text)
+
+
+# -- mass mailing and the monthly count ----------------------------------------------------------
+def test_mass_mailing_past_2000_distinct_recipients_in_24_hours_is_refused(env: Env) -> None:
+    sender = env.sender
+    seeded = [f"seed{i}@mass.example" for i in range(2000)]
+    env.python("import sqlite3, sys, time\n"
+               "c = sqlite3.connect(sys.argv[1], timeout=10)\n"
+               "now = time.time()\n"
+               "c.executemany('INSERT OR REPLACE INTO rcpt (account, address, ts) VALUES (?, ?, ?)',\n"
+               "              [(sys.argv[2], 'seed%d@mass.example' % i, now - 3600) for i in range(2000)])\n"
+               "c.commit()\n", POLICY_DB, sender.name)
+    try:
+        distinct = json.loads(env.policy_sql("SELECT COUNT(*) FROM rcpt WHERE account=?", sender.name))
+        assert distinct[0][0] >= 2000
+        smtp = env.submission(sender)
+        try:
+            smtp.mail(sender.address)
+            new_code, new_text = smtp.rcpt("someone-new@mass.example")
+            known_code, _ = smtp.rcpt(seeded[7])  # already written to today: still allowed
+        finally:
+            smtp.rset()
+            smtp.quit()
+        assert 500 <= new_code < 600 and b"Mass mailing" in new_text, (new_code, new_text)
+        assert known_code == 250
+        # The window is 24 hours: once the seeded recipients are older, new ones pass again.
+        env.policy_sql("UPDATE rcpt SET ts = ts - 86400 WHERE account=? AND address LIKE ?",
+                       sender.name, "seed%@mass.example")
+        smtp = env.submission(sender)
+        try:
+            smtp.mail(sender.address)
+            later_code, _ = smtp.rcpt("someone-new@mass.example")
+        finally:
+            smtp.rset()
+            smtp.quit()
+        assert later_code == 250
+    finally:
+        env.policy_sql("DELETE FROM rcpt WHERE account=? AND address LIKE ?", sender.name, "%@mass.example")
+
+
+def test_the_10001st_message_of_a_month_is_deferred(env: Env) -> None:
+    counted = env.counted
+    assert counted.spec.plan.mail_per_month == 10_000
+    # 9,999 messages this calendar month (UTC), at its very first second.
+    env.python("import calendar, sqlite3, sys, time\n"
+               "t = time.gmtime()\n"
+               "start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0, 0, 0, 0))\n"
+               "c = sqlite3.connect(sys.argv[1], timeout=10)\n"
+               "c.executemany('INSERT INTO sent (account, ts, rcpts) VALUES (?, ?, 1)',\n"
+               "              [(sys.argv[2], start)] * 9999)\n"
+               "c.commit()\n", POLICY_DB, counted.name)
+    user = counted.address
+    smtp = env.submission(counted)
+    try:
+        refused = smtp.sendmail(user, [user], f"From: {user}\r\nSubject: m10000\r\n\r\nx\r\n")
+        assert refused == {}  # the 10,000th passes
+        with pytest.raises(smtplib.SMTPDataError) as deferred:
+            smtp.sendmail(user, [user], f"From: {user}\r\nSubject: m10001\r\n\r\nx\r\n")
+    finally:
+        with contextlib.suppress(smtplib.SMTPException):
+            smtp.quit()
+        env.policy_sql("DELETE FROM sent WHERE account=?", counted.name)
+    assert 400 <= deferred.value.smtp_code < 500, deferred.value
+    assert b"Monthly sending limit of 10000" in deferred.value.smtp_error
+    wait_until(lambda: env.inbox_with_subject(counted, "m10000") == 1, 30, "the 10,000th message")
+    assert env.inbox_with_subject(counted, "m10001") == 0
+
+
+def test_mail_still_goes_out_when_the_policy_service_is_down(env: Env) -> None:
+    sender = env.sender
+    subject = f"no policy {uuid.uuid4().hex}"
+    env.host.check_output("systemctl stop hosting-mail-policy.service")
+    try:
+        assert not env.host.service("hosting-mail-policy").is_running
+        smtp = env.submission(sender)
+        try:
+            refused = smtp.sendmail(sender.address, [sender.address],
+                                    f"From: {sender.address}\r\nSubject: {subject}\r\n\r\nx\r\n")
+        finally:
+            smtp.quit()
+        assert refused == {}
+        wait_until(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
+    finally:
+        env.host.check_output("systemctl start hosting-mail-policy.service")
+        wait_until(lambda: env.host.socket(f"unix://{POLICY_SOCKET}").is_listening, 10, "the policy socket")
+
+
+# -- usage ---------------------------------------------------------------------------------------
+def test_usage_reports_the_accounts_plan_limits(env: Env) -> None:
+    usage = env.usage()
+    assert {env.sender.name, env.counted.name} <= set(usage)
+    mine = usage[env.sender.name]
+    plan = env.sender.spec.plan
+    assert mine.plan == "mega"
+    assert mine.limits["disk_mb"] == plan.disk_mb
+    assert mine.limits["database_max_mb"] == plan.database_max_mb
+    assert usage[env.counted.name].limits["mail_per_hour"] == 1_000_000  # its own state file
+    assert mine.db_bytes is not None
+    assert not mine.over_quota
+
+
+def test_usage_grows_by_the_size_of_a_file_written_into_the_home(env: Env) -> None:
+    name = env.sender.name
+    probe = f"/srv/hosting/{name}/usage-probe.bin"
+    before = env.usage()[name]
+    env.host.check_output("head -c %s /dev/urandom > %s && chown %s: %s", str(5 * MIB), probe, name, probe)
+    try:
+        after = env.usage()[name]
+    finally:
+        env.host.check_output("rm -f %s", probe)
+    grown = after.disk_bytes - before.disk_bytes
+    assert 5 * MIB <= grown < 5 * MIB + 256 * 1024, grown
+    assert env.usage()[name].disk_bytes == before.disk_bytes
+
+
+def test_usage_counts_delivered_mail(env: Env) -> None:
+    sender = env.sender
+    subject = f"big {uuid.uuid4().hex}"
+    before = env.usage()[sender.name].mail_bytes
+    smtp = smtplib.SMTP(env.address, 25, timeout=30)
+    try:
+        smtp.sendmail("someone@outside.example", [sender.address],
+                      f"From: someone@outside.example\r\nSubject: {subject}\r\n\r\n" + "y" * 300_000 + "\r\n")
+    finally:
+        smtp.quit()
+    wait_until(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
+    assert env.usage()[sender.name].mail_bytes - before >= 300_000
+
+
+@pytest.mark.parametrize(("limit", "flag"), [("disk_mb", "over_disk"), ("database_max_mb", "over_database")])
+def test_over_quota_flips_when_the_accounts_limit_is_lowered(env: Env, limit: str, flag: str) -> None:
+    name = env.sender.name
+    # Some data in the account's database, so that a cap of 0 MB is exceeded.
+    env.host.check_output("mysql %s -e %s", name, "CREATE TABLE IF NOT EXISTS usage_probe (b BLOB); "
+                                                  "INSERT INTO usage_probe VALUES (REPEAT('x', 50000))")
+    path = f"{STATE_DIR}/{name}.json"
+    original = env.host.file(path).content_string
+    before = env.usage()[name]
+    assert not before.over_quota
+    assert before.db_bytes
+    lowered = json.loads(original)
+    lowered["limits"][limit] = 0
+    write = "import sys\nwith open(sys.argv[1], 'w') as f:\n    f.write(sys.argv[2])\n"
+    env.python(write, path, json.dumps(lowered, indent=4) + "\n")
+    try:
+        during = env.usage()[name]
+    finally:
+        env.python(write, path, original)
+    assert getattr(during, flag) is True
+    assert during.over_quota is True
+    other = {"over_disk", "over_database"} - {flag}
+    assert getattr(during, other.pop()) is False
+    assert during.limits[limit] == 0
+    assert env.host.file(path).content_string == original
+    after = env.usage()[name]
+    assert not after.over_quota
+    assert after.limits == before.limits
