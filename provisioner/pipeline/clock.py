@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioner.clock import utcnow
 from provisioner.domain import billing, catalog, references
 from provisioner.domain.lifecycle import (
+    RUNNING_STATES,
     ClockEvent,
     Due,
     ProformaState,
@@ -117,9 +118,11 @@ def step_key(service_id: int, tag: str, term: date) -> str:
 
 
 def sweep(factory: sessionmaker[Session], today: date, *, dry_run: bool = False,
-          batch: int = 500, progress: Callable[[int], None] | None = None) -> SweepReport:
+          batch: int = 500, progress: Callable[[int], None] | None = None,
+          tls_renew_days: int = 30) -> SweepReport:
     """Do what is due on ``today``; with ``dry_run`` only say what that would be."""
     report = SweepReport(today, dry_run)
+    report.actions += _certificates(factory, today, dry_run, tls_renew_days)
     after_id = 0
     while True:
         with transaction(factory) as s:
@@ -148,6 +151,45 @@ def sweep(factory: sessionmaker[Session], today: date, *, dry_run: bool = False,
         if len(rows) < batch:
             return report
         after_id = rows[-1][0].id
+
+
+def _certificates(factory: sessionmaker[Session], today: date, dry_run: bool,
+                  renew_days: int) -> list[Action]:
+    """Certificates renew by themselves: a ``tls.issue`` step for each deployed
+    certificate of a running service with ``renew_days`` or fewer left (one key per
+    expiry, so a failing renewal retries, alerts ops, and is not written twice). Read
+    through the ``not_after`` index, in a window: its cost grows with what is due."""
+    from provisioner.pipeline.tls_dns import renewal_step
+    from provisioner.store.tls import TlsCertificate, latest_certificate
+
+    # due during today: at most `renew_days` left at some moment of the day
+    horizon = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(
+        days=renew_days + 1)
+    actions: list[Action] = []
+    with transaction(factory) as s:
+        rows = s.execute(
+            select(TlsCertificate, Service)
+            .join(Service, Service.id == TlsCertificate.service_id)
+            .where(TlsCertificate.not_after < horizon,
+                   TlsCertificate.not_after >= horizon - timedelta(days=renew_days + 30),
+                   Service.state.in_([st.value for st in RUNNING_STATES]),
+                   Service.held.is_(False))).all()
+        for cert, service in rows:
+            latest = latest_certificate(s, cert.primary_name)
+            if latest is None or latest.id != cert.id:
+                continue  # replaced already
+            kinds = set((cert.challenges or {}).values())
+            spec = renewal_step(service.id, cert.names, cert.not_after.date(),
+                                "http-01" if kinds == {"http-01"} else "auto")
+            if s.execute(select(Step.id).where(Step.key == spec.key)).first() is not None:
+                continue
+            actions.append(Action(service.id, "tls_renewal", cert.not_after.date(),
+                                  f"{cert.primary_name}: {len(cert.names)} name(s)"))
+            if not dry_run:
+                s.add(_step_row(service.order_id, spec))
+        if dry_run:
+            s.rollback()
+    return actions
 
 
 class _Batch:
@@ -766,7 +808,5 @@ def parse_day(value: str | None) -> date:
 
 def now_at(day: date) -> Callable[[], datetime]:
     """A clock fixed at noon UTC of ``day`` (for ``sweep --now`` and simulations)."""
-    from datetime import UTC
-
     moment = datetime(day.year, day.month, day.day, 12, 0, tzinfo=UTC)
     return lambda: moment

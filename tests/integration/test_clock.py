@@ -306,3 +306,28 @@ def test_customer_export_and_erasure(world: ClockWorld) -> None:
     assert "ana@example.si" not in repr(after["customer"]) and after["contacts"] == []
     assert after["customer"]["name"].startswith("erased customer")
     assert gdpr.erase_customer(world.factory, cid, "ops")["erased"] is False
+
+
+def test_certificates_renew_by_themselves_30_days_ahead_once(world: ClockWorld) -> None:
+    from datetime import UTC, datetime
+
+    from provisioner.store.tls import TlsCertificate
+
+    sid = world.service("tls:dv:example.si:12m", E)
+    day = E - timedelta(days=100)
+    expires = datetime(day.year, day.month, day.day, 12, tzinfo=UTC) + timedelta(days=31)
+    with transaction(world.factory) as s:
+        s.add(TlsCertificate(service_id=sid, primary_name="example.si",
+                             names=["example.si", "www.example.si"], serial="1f",
+                             not_before=expires - timedelta(days=90), not_after=expires,
+                             chain_pem="-", key_encrypted=b"-", challenges={"example.si": "http-01"},
+                             issued_at=expires - timedelta(days=90), deployed_at=None))
+    key = f"service:{sid}/tls.issue@{expires.date().isoformat()}"
+    assert [a.event for a in clock.sweep(world.factory, day).actions] == []  # 31 days left
+    report = clock.sweep(world.factory, day + timedelta(days=1))
+    assert [a.event for a in report.actions] == ["tls_renewal"]
+    assert [a.event for a in clock.sweep(world.factory, day + timedelta(days=2)).actions] == []
+    with transaction(world.factory) as s:
+        step = s.execute(select(Step).where(Step.key == key)).scalar_one()
+        assert step.kind == "tls.issue" and step.params["challenge"] == "http-01"
+        assert step.params["names"] == ["example.si", "www.example.si"]
