@@ -313,3 +313,38 @@ def test_poll_marks_a_domain_transferred_away(world: World, other: EppClient) ->
         record = s.execute(select(DomainRecord).where(DomainRecord.name == "odhaja.si")).scalar_one()
         assert (record.status, record.sponsor) == ("transferred_away", "otherreg")
     assert world.client.poll_request() is None
+
+
+def test_the_clock_renews_a_domain_at_the_registry_once(world: World) -> None:
+    from datetime import timedelta
+
+    from provisioner.pipeline import clock
+    from provisioner.store.clock import Renewal
+    from provisioner.store.models import Proforma
+
+    order = world.order(["domain:ura.si:1y"])
+    sid = _service(order)["id"]
+    expires = world.client.info_domain("ura.si").expires
+    assert expires is not None
+    with transaction(world.runner.factory) as s:
+        assert s.get(Service, sid).expires_on == expires  # type: ignore[union-attr]
+    clock.sweep(world.runner.factory, expires - timedelta(days=31))
+    clock.sweep(world.runner.factory, expires - timedelta(days=30))
+    clock.sweep(world.runner.factory, expires - timedelta(days=30))
+    with transaction(world.runner.factory) as s:
+        (number, gross), = s.execute(select(Proforma.number, Proforma.gross).join(
+            Renewal, Renewal.proforma_id == Proforma.id).where(Renewal.service_id == sid)).all()
+    notice = PaymentNotice(provider="stripe", event_id=f"evt_{number}", kind="payment",
+                           txn_id=f"pi_{number}", amount=gross, currency="EUR", proforma=number,
+                           reference=None, payer="Ana Novak", occurred_at=datetime.now(UTC),
+                           raw=b"{}")
+    outcome = ingest(world.runner.factory, notice, "test")
+    assert outcome.settled
+    world.runner.dispatch(outcome.order_id)
+    world.drain()
+    after = world.client.info_domain("ura.si").expires
+    assert after == add_period(expires, 12)  # renewed at the registry, from the old expiry
+    with transaction(world.runner.factory) as s:
+        service = s.get(Service, sid)
+        assert service is not None and service.expires_on == after and service.state == "active"
+    assert world.commands("domain:renew") == 1
