@@ -67,7 +67,7 @@ def test_config_is_valid(node_host: Any, what: str, command: str) -> None:
 
 
 @pytest.mark.parametrize(("path", "mode"), [
-    ("/srv/hosting", 0o755), ("/srv/mail", 0o750), ("/srv/backup", 0o700),
+    ("/srv/hosting", 0o711), ("/srv/mail", 0o750), ("/srv/backup", 0o700),
     ("/var/log/hosting", 0o750),
 ])
 def test_areas_exist(node_host: Any, path: str, mode: int) -> None:

@@ -105,7 +105,11 @@ WORDING = {
     ("invoice", "en"): ["Invoice", "VAT 22%", "Total incl. VAT", "2026-0001"],
 }
 
-CASES = [(t, lang) for t in CUSTOMER_TEMPLATES for lang in LANGUAGES]
+#: The billing mails (a proforma's or an invoice's lines and totals); the clock's
+#: notices (renewal reminder, shutdown, over quota) are tested apart below.
+BILLING = ("proforma", "payment_confirmation", "invoice")
+CASES = [(t, lang) for t in BILLING for lang in LANGUAGES]
+NOTICES = tuple(t for t in CUSTOMER_TEMPLATES if t not in BILLING)
 
 
 # --- rendering ----------------------------------------------------------------
@@ -664,3 +668,60 @@ def test_sink_process_runs_until_sigterm(tmp_path: Path) -> None:
     assert stderr == ""
     [msg] = read_maildir(maildir)
     assert msg["Message-ID"] == "<proc@provider.example>"
+
+
+# --- the clock's notices ------------------------------------------------------------
+HOSTILE_SITE = '<script>alert("x")</script>.example'
+
+
+def _notice(template: str, site: str = HOSTILE_SITE) -> dict[str, Any]:
+    base = _context("proforma")
+    service = {"name": site, "kind": "hosting", "expires_on": dt.date(2027, 3, 31)}
+    if template == "renewal_reminder":
+        return {**base, "service": service, "days": 7}
+    if template == "service_shutdown":
+        return {**base, "service": service, "deletion_on": dt.date(2027, 5, 30),
+                "website_url": "https://www.fcb.si"}
+    if template == "over_quota":
+        return {"customer": base["customer"], "deadline": dt.date(2027, 4, 7),
+                "account": {"domain": site, "plan": "Mega", "used_mb": 2100, "quota_mb": 2000,
+                            "database_over": True, "database_max_mb": 1024}}
+    raise AssertionError(template)
+
+
+NOTICE_WORDING = {
+    ("renewal_reminder", "en"): ["Reminder", "31 March 2027", "2026-0001", REFERENCE, "EUR 1,234.56"],
+    ("renewal_reminder", "sl"): ["Opomnik", "31. 3. 2027", "2026-0001", REFERENCE, "1.234,56 EUR"],
+    ("service_shutdown", "en"): ["switched off", "30 May 2027", "reactivation fee", REFERENCE],
+    ("service_shutdown", "sl"): ["izklopljena", "30. 5. 2027", "ponovni vklop", REFERENCE],
+    ("over_quota", "en"): ["2100 MB", "2000 MB", "7 April 2027", "no free backups", "1024 MB"],
+    ("over_quota", "sl"): ["2100 MB", "2000 MB", "7. 4. 2027", "brezplačnih varnostnih kopij"],
+}
+
+
+def test_every_notice_template_is_tested() -> None:
+    assert {t for t, _ in NOTICE_WORDING} == set(NOTICES)
+
+
+@pytest.mark.parametrize(("template", "lang"), [(t, lang) for t in NOTICES for lang in LANGUAGES])
+@pytest.mark.parametrize("part", ["text", "html"])
+def test_notice_wording(template: str, lang: str, part: str) -> None:
+    rendered = render_mail(template, lang, _notice(template))
+    body = rendered.subject + "\n" + getattr(rendered, part)
+    for words in NOTICE_WORDING[template, lang]:
+        assert words in body, words
+
+
+@pytest.mark.parametrize(("template", "lang"), [(t, lang) for t in NOTICES for lang in LANGUAGES])
+def test_notice_escapes_the_site_name_and_keeps_headers_out(template: str, lang: str) -> None:
+    rendered = render_mail(template, lang, _notice(template))
+    assert rendered.html is not None and "<script" not in rendered.html
+    assert "&lt;script&gt;" in rendered.html
+    hostile = render_mail(template, lang, _notice(template, "a.example\r\nBcc: victim@example.com"))
+    assert "\r" not in hostile.subject and "\n" not in hostile.subject
+
+
+def test_shutdown_notice_refuses_a_non_http_link() -> None:
+    context = {**_notice("service_shutdown"), "website_url": "javascript:alert(1)"}
+    with pytest.raises(InvalidInput):
+        render_mail("service_shutdown", "en", context)
