@@ -118,7 +118,7 @@ def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
         try:
             account, node, placed = place_account(
                 s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
-                username_base=_username_base(domain))
+                username_base=username_base(domain))
         except NoCapacity as exc:  # ops must add a node: fail now (alert, refund flag)
             raise StepFailed(step.key, str(exc)) from exc
         if placed:
@@ -144,7 +144,9 @@ def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
                        "ansible_changed": result.changed, "duration_s": result.run.duration_s})
 
 
-def _username_base(domain: str) -> str:
+def username_base(domain: str) -> str:
+    """The first part of an account's user name, from its domain (the placement adds a
+    number when it is taken)."""
     base = username_for_domain(domain, max_length=16)
     base = "".join(ch for ch in base if ch.isalnum())
     if not base or not base[0].isalpha():

@@ -61,6 +61,11 @@ def enable_line_kinds(kinds: Iterable[str] | None) -> None:
     _ENABLED = None if kinds is None else frozenset(kinds)
 
 
+def enabled_kinds() -> frozenset[str] | None:
+    """The kinds the `line_kinds` setting names (None: every registered kind)."""
+    return _ENABLED
+
+
 def register_line_planner(kind: str, planner: LinePlanner) -> None:
     """Called by a capability (hosting, dns, tls, domain) when it is importable."""
     _LINE_PLANNERS[kind] = planner

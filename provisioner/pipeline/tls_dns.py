@@ -98,7 +98,7 @@ def hosting_extras() -> frozenset[str]:
     the applied ``line_kinds`` setting names; none when no setting was applied."""
     from provisioner.pipeline import plan as _plan
 
-    enabled = _plan._ENABLED
+    enabled = _plan.enabled_kinds()
     return frozenset() if enabled is None else frozenset({"dns", "tls"} & enabled)
 
 
@@ -198,7 +198,7 @@ def _place_hosting(ctx: StepContext, step_key: str, service_id: int) -> str | No
     service). None for other services."""
     from provisioner.domain.names import normalize_domain
     from provisioner.domain.placement import NoCapacity
-    from provisioner.pipeline.hosting import SYSTEM, _username_base
+    from provisioner.pipeline.hosting import SYSTEM, username_base
     from provisioner.store.audit import audit
     from provisioner.store.hosting import place_account
     from provisioner.store.models import Service
@@ -212,7 +212,7 @@ def _place_hosting(ctx: StepContext, step_key: str, service_id: int) -> str | No
         try:
             account, node, placed = place_account(
                 s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
-                username_base=_username_base(domain))
+                username_base=username_base(domain))
         except NoCapacity as exc:  # ops must add a node: fail now (alert, refund flag)
             raise StepFailed(step_key, str(exc)) from exc
         if placed:
