@@ -518,7 +518,6 @@ class _Stage:
 def _load_stage(ctx: StepContext, step: Step, expect: ServiceState) -> _Stage | StepResult:
     """The service of a stage step, checked: not held, not early, still in ``expect`` for
     the same term. Returns a no-op result when the stage no longer applies."""
-    from provisioner.store.hosting import HostingAccount, HostingNode
 
     service_id = int(step.params["service_id"])
     term = date.fromisoformat(str(step.params["term_expiry"]))
@@ -533,12 +532,8 @@ def _load_stage(ctx: StepContext, step: Step, expect: ServiceState) -> _Stage | 
         if service.expires_on != term or service.state != expect.value:
             return StepResult(False, {"skipped": f"service is {service.state}, "
                                                  f"expires {service.expires_on}"})
-        account = s.execute(select(HostingAccount).where(HostingAccount.service_id == service_id)
-                            ).scalar_one_or_none()
-        node = s.get(HostingNode, account.node_id) if account is not None else None
-        for row in (service, account, node):
-            if row is not None:
-                s.expunge(row)
+        account, node = _account_and_node(s, service_id)
+        s.expunge(service)
         return _Stage(service, term, due_on, node, account)
 
 
@@ -570,6 +565,19 @@ def _target(node: Any) -> Any:
     from provisioner.pipeline.hosting import target_of
 
     return target_of(node)
+
+
+def _account_and_node(s: Session, service_id: int) -> tuple[Any, Any]:
+    """The service's hosting account and its node (detached), or (None, None)."""
+    from provisioner.store.hosting import HostingAccount, HostingNode
+
+    account = s.execute(select(HostingAccount).where(HostingAccount.service_id == service_id)
+                        ).scalar_one_or_none()
+    node = s.get(HostingNode, account.node_id) if account is not None else None
+    for row in (account, node):
+        if row is not None:
+            s.expunge(row)
+    return account, node
 
 
 @handler("clock.reminder")
@@ -680,7 +688,6 @@ def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
     """A paid renewal: the term runs on from the ORIGINAL expiry (RULES 001 §2.4), also
     when paid late; a service shut down for expiry is switched on again."""
     from provisioner.pipeline.hosting import hosting_adapter
-    from provisioner.store.hosting import HostingAccount, HostingNode
 
     service_id = int(step.params["service_id"])
     term = date.fromisoformat(str(step.params["term_expiry"]))
@@ -703,12 +710,7 @@ def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
         service.clock_on = next_clock_on(service.state, new_expiry, service.kind, service.name,
                                          policy, today) or earliest_event(new_expiry)
         service.updated_at = ctx.now()
-        account = s.execute(select(HostingAccount).where(HostingAccount.service_id == service_id)
-                            ).scalar_one_or_none()
-        node = s.get(HostingNode, account.node_id) if account is not None else None
-        for row in (account, node):
-            if row is not None:
-                s.expunge(row)
+        account, node = _account_and_node(s, service_id)
         if changed:
             audit(s, SYSTEM, "service.renewed", "service", service_id,
                   {"from": term.isoformat(), "to": new_expiry.isoformat(), "was": was})

@@ -105,25 +105,36 @@ def _load(ctx: StepContext, service_id: int) -> tuple[HostingAccount, HostingNod
         return account, node
 
 
+def place(s: Any, service_id: int, step_key: str) -> tuple[HostingAccount, HostingNode, bool] | None:
+    """Place a hosting service's account on the least-full node, once (a re-run finds the
+    recorded placement): (account, node, placed now). None for a non-hosting service;
+    StepFailed when no node has room (ops must add one: alert, refund flag)."""
+    service = s.get(Service, service_id)
+    if service is None or service.kind != "hosting":
+        return None
+    plan = DEFAULT_CATALOG.hosting_plan(service.product)
+    domain = normalize_domain(service.name)
+    try:
+        account, node, placed = place_account(
+            s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
+            username_base=username_base(domain))
+    except NoCapacity as exc:
+        raise StepFailed(step_key, str(exc)) from exc
+    if placed:
+        audit(s, SYSTEM, "hosting.placed", "service", service_id,
+              {"node": node.name, "account": account.username, "by": step_key})
+    return account, node, placed
+
+
 # -- hosting.account ------------------------------------------------------------------------
 @handler("hosting.account")
 def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
     service_id = int(step.params["service_id"])
     with transaction(ctx.factory) as s:
-        service = s.get(Service, service_id)
-        if service is None or service.kind != "hosting":
+        placement = place(s, service_id, step.key)
+        if placement is None:
             raise StepFailed(step.key, f"service {service_id} is not a hosting service")
-        plan = DEFAULT_CATALOG.hosting_plan(service.product)
-        domain = normalize_domain(service.name)
-        try:
-            account, node, placed = place_account(
-                s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
-                username_base=username_base(domain))
-        except NoCapacity as exc:  # ops must add a node: fail now (alert, refund flag)
-            raise StepFailed(step.key, str(exc)) from exc
-        if placed:
-            audit(s, SYSTEM, "hosting.placed", "service", service_id,
-                  {"node": node.name, "account": account.username})
+        account, node, placed = placement
         s.expunge(account)
         s.expunge(node)
     ctx.heartbeat()

@@ -38,7 +38,7 @@ from typing import Any
 from provisioner.adapters.acme_client import Dns01Solver, Http01Solver, solver_chooser
 from provisioner.domain import dns_records
 from provisioner.domain.catalog import DEFAULT_CATALOG
-from provisioner.errors import ConfigurationError, InvalidInput, StepFailed
+from provisioner.errors import ConfigurationError, InvalidInput
 from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, register_line_planner
 from provisioner.pipeline.runner import StepContext, StepResult, handler
 from provisioner.store.db import transaction
@@ -196,28 +196,13 @@ def _place_hosting(ctx: StepContext, step_key: str, service_id: int) -> str | No
     """For a hosting service: its node's address, placing the account on a node first
     if ``hosting.account`` has not yet (the same idempotent placement, recorded once per
     service). None for other services."""
-    from provisioner.domain.names import normalize_domain
-    from provisioner.domain.placement import NoCapacity
-    from provisioner.pipeline.hosting import SYSTEM, username_base
-    from provisioner.store.audit import audit
-    from provisioner.store.hosting import place_account
-    from provisioner.store.models import Service
+    from provisioner.pipeline.hosting import place
 
     with transaction(ctx.factory) as s:
-        service = s.get(Service, service_id)
-        if service is None or service.kind != "hosting":
+        placement = place(s, service_id, step_key)
+        if placement is None:
             return None
-        plan = DEFAULT_CATALOG.hosting_plan(service.product)
-        domain = normalize_domain(service.name)
-        try:
-            account, node, placed = place_account(
-                s, service_id=service_id, domain=domain, plan=plan.code, disk_mb=plan.disk_mb,
-                username_base=username_base(domain))
-        except NoCapacity as exc:  # ops must add a node: fail now (alert, refund flag)
-            raise StepFailed(step_key, str(exc)) from exc
-        if placed:
-            audit(s, SYSTEM, "hosting.placed", "service", service_id,
-                  {"node": node.name, "account": account.username, "by": step_key})
+        _, node, _ = placement
         return node.address
 
 
