@@ -13,9 +13,7 @@ import json
 import os
 import shlex
 import smtplib
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, 
 from provisioner.adapters.hosting.backups import HostingBackups, RemovalManifest
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
+from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "roles/hosting_node/defaults/main.yml").read_text())
@@ -38,17 +37,6 @@ ARCHIVE_ROOT = "/srv/backup/terminated"
 
 HOSTILE_NAMES = ["a;reboot", "../etc", "Root", "a" * 33, "a b", "abc\n", "", "-rf", "a/b", "$(id)",
                  "1abc", "é"]
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -98,7 +86,7 @@ class Env:
         finally:
             smtp.quit()
         maildir = f"/srv/mail/{spec.domains[0]}/info/Maildir"
-        wait_until(lambda: self.host.run("grep -rq -- %s %s", subject, maildir).rc == 0, 30,
+        wait_for(lambda: self.host.run("grep -rq -- %s %s", subject, maildir).rc == 0, 30,
                    "the delivered message in the maildir")
 
     def backup_dirs(self, account: str) -> list[str]:

@@ -17,8 +17,6 @@ import json
 import os
 import smtplib
 import socket
-import ssl
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,26 +36,9 @@ from provisioner.adapters.hosting.accounts import (
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
+from tests.servers import self_signed_tls_context, wait_for
 
 NODE_NAME = "t-acct"
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval)
-
-
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the throwaway node's certificate is self-signed
-    return ctx
 
 
 @dataclass
@@ -91,7 +72,7 @@ class Env:
         return httpx.get(f"http://{self.address}{path}", headers={"Host": domain}, timeout=20, **kw)
 
     def ftps(self, account: Account, password: str | None = None) -> ftplib.FTP_TLS:
-        ftp = ftplib.FTP_TLS(self.address, timeout=20, context=tls_context())  # noqa: S321
+        ftp = ftplib.FTP_TLS(self.address, timeout=20, context=self_signed_tls_context())  # noqa: S321
         try:
             ftp.login(account.name, password or account.secret.account)
             ftp.prot_p()
@@ -102,7 +83,7 @@ class Env:
 
     def imap(self, account: Account, local: str = "info") -> imaplib.IMAP4_SSL:
         user, password = account.mailbox(local)
-        imap = imaplib.IMAP4_SSL(self.address, ssl_context=tls_context(), timeout=20)
+        imap = imaplib.IMAP4_SSL(self.address, ssl_context=self_signed_tls_context(), timeout=20)
         try:
             imap.login(user, password)
         except BaseException:
@@ -114,7 +95,7 @@ class Env:
         user, password = account.mailbox(local)
         smtp = smtplib.SMTP(self.address, 587, timeout=20)
         try:
-            smtp.starttls(context=tls_context())
+            smtp.starttls(context=self_signed_tls_context())
             smtp.login(user, password)
         except BaseException:
             smtp.close()
@@ -253,7 +234,7 @@ def test_mail_sent_over_smtp_arrives_and_is_readable_over_imap(env: Env) -> None
         finally:
             imap.logout()
 
-    wait_until(arrived, 30, "the message in the IMAP inbox")
+    wait_for(arrived, 30, "the message in the IMAP inbox")
 
 
 def test_submission_with_the_mailbox_login_sends_mail(env: Env) -> None:
@@ -262,7 +243,7 @@ def test_submission_with_the_mailbox_login_sends_mail(env: Env) -> None:
     smtp = env.submission(env.site)
     smtp.sendmail(user, [user], f"From: {user}\r\nTo: {user}\r\nSubject: self\r\n\r\nhi\r\n")
     smtp.quit()
-    wait_until(lambda: inbox_count(env, env.site) > before, 30, "the submitted message")
+    wait_for(lambda: inbox_count(env, env.site) > before, 30, "the submitted message")
 
 
 def test_the_database_accepts_the_given_credentials(env: Env) -> None:
@@ -345,7 +326,7 @@ def test_a_full_mailbox_refuses_delivery(env: Env) -> None:
             def delivered(n: int = accepted) -> bool:
                 return inbox_count(env, env.site, "tiny") >= n
 
-            wait_until(delivered, 30, "delivery")
+            wait_for(delivered, 30, "delivery")
         except smtplib.SMTPRecipientsRefused as exc:
             refused = exc
             break

@@ -19,6 +19,7 @@ from provisioner.adapters.hosts import cgroups
 from provisioner.adapters.hosts.ssh import ensure_keypair, wait_for_ssh
 from provisioner.cli_hosts import app
 from provisioner.errors import InvalidInput, ProvisionerError, TransientError
+from tests.servers import wait_for
 
 
 def _links() -> str:
@@ -32,14 +33,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_up_twice_gives_one_host(hosts: Any, host_name: str) -> None:
@@ -183,7 +176,7 @@ def test_host_killed_mid_run_is_a_clear_error_not_a_hang(hosts: Any, fresh_host:
 def test_a_killed_host_is_listed_dead_and_up_brings_it_back(hosts: Any, host_name: str) -> None:
     first = hosts.up(host_name)
     os.kill(first.pid, signal.SIGKILL)
-    wait_until(lambda: hosts.get(host_name).state == "dead", 10, "the host to be dead")
+    wait_for(lambda: hosts.get(host_name).state == "dead", 10, "the host to be dead")
     again = hosts.up(host_name)
     assert again.state == "running" and again.pid != first.pid
     hosts.down(host_name)

@@ -22,10 +22,8 @@ import imaplib
 import json
 import re
 import smtplib
-import ssl
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,30 +34,13 @@ from provisioner.adapters.hosting import Target
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
 from provisioner.adapters.hosting.usage import AccountUsage, read_usage
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
+from tests.servers import self_signed_tls_context, wait_for
 
 POLICY_DB = "/var/lib/hosting/mail-policy.sqlite"
 POLICY_SOCKET = "/var/spool/postfix/private/hosting-policy"
 MAIL_LOG = "/var/log/mail.log"
 STATE_DIR = "/etc/hosting/accounts"
 MIB = 1024 * 1024
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval)
-
-
-def tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the throwaway node's certificate is self-signed
-    return ctx
 
 
 @dataclass
@@ -92,7 +73,7 @@ class Env:
     def submission(self, account: Account) -> smtplib.SMTP:
         smtp = smtplib.SMTP(self.address, 587, timeout=30)
         try:
-            smtp.starttls(context=tls_context())
+            smtp.starttls(context=self_signed_tls_context())
             smtp.login(account.address, account.secret.mailboxes["info"])
         except BaseException:
             smtp.close()
@@ -100,7 +81,7 @@ class Env:
         return smtp
 
     def inbox_with_subject(self, account: Account, subject: str) -> int:
-        imap = imaplib.IMAP4_SSL(self.address, ssl_context=tls_context(), timeout=20)
+        imap = imaplib.IMAP4_SSL(self.address, ssl_context=self_signed_tls_context(), timeout=20)
         try:
             imap.login(account.address, account.secret.mailboxes["info"])
             typ, _ = imap.select("INBOX", readonly=True)
@@ -194,7 +175,7 @@ def test_a_message_to_55_recipients_is_accepted_but_delayed(env: Env) -> None:
     queue_id = send(env, sender, rcpts, subject)  # accepted ...
     try:
         # ... routed by the policy into the slow lane ...
-        filtered = wait_until(lambda: [line for line in env.log_lines(f"{queue_id}: filter:")
+        filtered = wait_for(lambda: [line for line in env.log_lines(f"{queue_id}: filter:")
                                        if f"FILTER slow:{sender.name}" in line], 20, "the FILTER action")
         assert len(filtered) == 1
 
@@ -204,16 +185,16 @@ def test_a_message_to_55_recipients_is_accepted_but_delayed(env: Env) -> None:
                     for m in [re.search(r"to=<([^>]+)>", line)] if m]
 
         # ... whose first delivery takes only a batch of its recipients ...
-        wait_until(lambda: len(sent_by_slow()) >= batch, 30, "the first batch")
+        wait_for(lambda: len(sent_by_slow()) >= batch, 30, "the first batch")
         # ... while the rest is held back in the queue.
-        wait_until(lambda: len(env.queued_recipients(queue_id)) == 55 - batch, 10,
+        wait_for(lambda: len(env.queued_recipients(queue_id)) == 55 - batch, 10,
                    "the held-back recipients in the queue")
         held = set(env.queued_recipients(queue_id))
         delivered = set(sent_by_slow())
         assert len(delivered) == batch  # nothing more went out meanwhile
         assert held | delivered == set(rcpts) and not held & delivered
         # The batch really reaches the mailbox (re-injected, then delivered as usual).
-        wait_until(lambda: env.inbox_with_subject(sender, subject) == batch, 30, "the batch in the inbox")
+        wait_for(lambda: env.inbox_with_subject(sender, subject) == batch, 30, "the batch in the inbox")
     finally:
         env.host.run("postsuper -d %s", queue_id)
 
@@ -222,7 +203,7 @@ def test_a_message_to_50_recipients_is_not_delayed(env: Env) -> None:
     sender = env.sender
     subject = f"fifty {uuid.uuid4().hex}"
     queue_id = send(env, sender, [f"info+n{i}@{sender.domain}" for i in range(50)], subject)
-    wait_until(lambda: env.inbox_with_subject(sender, subject) == 50, 30, "all 50 copies")
+    wait_for(lambda: env.inbox_with_subject(sender, subject) == 50, 30, "all 50 copies")
     assert env.log_lines(f"{queue_id}: filter:") == []
     assert not [line for line in env.log_lines(f"{queue_id}: to=") if "postfix/slow" in line]
 
@@ -302,7 +283,7 @@ def test_the_10001st_message_of_a_month_is_deferred(env: Env) -> None:
         env.policy_sql("DELETE FROM sent WHERE account=?", counted.name)
     assert 400 <= deferred.value.smtp_code < 500, deferred.value
     assert b"Monthly sending limit of 10000" in deferred.value.smtp_error
-    wait_until(lambda: env.inbox_with_subject(counted, "m10000") == 1, 30, "the 10,000th message")
+    wait_for(lambda: env.inbox_with_subject(counted, "m10000") == 1, 30, "the 10,000th message")
     assert env.inbox_with_subject(counted, "m10001") == 0
 
 
@@ -319,10 +300,10 @@ def test_mail_still_goes_out_when_the_policy_service_is_down(env: Env) -> None:
         finally:
             smtp.quit()
         assert refused == {}
-        wait_until(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
+        wait_for(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
     finally:
         env.host.check_output("systemctl start hosting-mail-policy.service")
-        wait_until(lambda: env.host.socket(f"unix://{POLICY_SOCKET}").is_listening, 10, "the policy socket")
+        wait_for(lambda: env.host.socket(f"unix://{POLICY_SOCKET}").is_listening, 10, "the policy socket")
 
 
 # -- usage ---------------------------------------------------------------------------------------
@@ -363,7 +344,7 @@ def test_usage_counts_delivered_mail(env: Env) -> None:
                       f"From: someone@outside.example\r\nSubject: {subject}\r\n\r\n" + "y" * 300_000 + "\r\n")
     finally:
         smtp.quit()
-    wait_until(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
+    wait_for(lambda: env.inbox_with_subject(sender, subject) == 1, 30, "the message")
     assert env.usage()[sender.name].mail_bytes - before >= 300_000
 
 
