@@ -226,36 +226,23 @@ class NodeNginxTarget:
     # -- connection -----------------------------------------------------------------------
     @contextmanager
     def _remote(self) -> Iterator[_Remote]:
+        from provisioner.adapters.hosts.ssh import node_client
+
         paramiko = _paramiko()
         a = self.access
-        client = paramiko.SSHClient()
-        if a.throwaway:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 (throwaway)
-        else:
-            client.load_system_host_keys()
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
         where = f"node {a.name} ({a.address})"
-        try:
+        with node_client(a.address, where=where, port=a.port, user=a.user, key_path=a.key_path,
+                         timeout_s=a.timeout_s, throwaway=a.throwaway) as client:
             try:
-                client.connect(a.address, port=a.port, username=a.user,
-                               key_filename=str(a.key_path) if a.key_path else None,
-                               timeout=a.timeout_s, banner_timeout=a.timeout_s, auth_timeout=a.timeout_s,
-                               allow_agent=False, look_for_keys=a.key_path is None)
                 sftp = client.open_sftp()
-            except paramiko.AuthenticationException as exc:
-                raise ConfigurationError(f"{where}: SSH key refused: {exc}") from exc
-            except paramiko.BadHostKeyException as exc:
-                raise ConfigurationError(f"{where}: host key does not match known_hosts: {exc}") from exc
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                raise TransientError(f"{where}: SSH failed: {exc}") from exc
+                raise TransientError(f"{where}: SFTP failed: {exc}") from exc
             try:
                 yield _Remote(a, client, sftp)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise TransientError(f"{where}: {type(exc).__name__}: {exc}") from exc
             finally:
                 sftp.close()
-        finally:
-            client.close()
 
     # -- validation --------------------------------------------------------------------------
     def _own(self, name: str) -> str:

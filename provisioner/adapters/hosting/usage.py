@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.adapters.hosting.runner import Target
-from provisioner.errors import ConfigurationError, StepFailed, TransientError
+from provisioner.errors import StepFailed, TransientError
 
 STEP_KEY = "hosting.usage"
 USAGE_COMMAND = "/usr/local/sbin/hosting-usage"
@@ -126,16 +126,6 @@ def _paramiko() -> Any:
     return load()
 
 
-class _UnknownHostKey:
-    """paramiko's missing-host-key policy: refuse, as a configuration error (not retried)."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        raise ConfigurationError(f"{self.where}: host key of {hostname} is not in known_hosts")
-
-
 def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
                throwaway: bool = False, known_hosts: Path | None = None) -> dict[str, AccountUsage]:
     """Run the node's usage report over SSH; return ``{account name: AccountUsage}``.
@@ -143,31 +133,20 @@ def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
     Host keys are checked against ``known_hosts`` (default: the system's and the user's
     known_hosts files) unless ``throwaway`` is set (throwaway test hosts only).
     """
+    from provisioner.adapters.hosts.ssh import node_client
+
     paramiko = _paramiko()
     where = f"node {target.name} ({target.address})"
-    client = paramiko.SSHClient()
-    try:
-        if throwaway:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 (throwaway)
-        else:
-            client.load_system_host_keys(str(known_hosts) if known_hosts else None)
-            client.set_missing_host_key_policy(_UnknownHostKey(where))
-        client.connect(target.address, port=target.port, username=target.user,
-                       key_filename=str(ssh_key), timeout=min(timeout_s, 30.0),
-                       banner_timeout=min(timeout_s, 30.0), auth_timeout=min(timeout_s, 30.0),
-                       allow_agent=False, look_for_keys=False)
-        _, stdout, stderr = client.exec_command(USAGE_COMMAND, timeout=timeout_s)  # noqa: S601
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        status = stdout.channel.recv_exit_status()
-    except paramiko.AuthenticationException as exc:
-        raise ConfigurationError(f"{where}: SSH key {ssh_key} refused: {exc}") from exc
-    except paramiko.BadHostKeyException as exc:
-        raise ConfigurationError(f"{where}: wrong SSH host key: {exc}") from exc
-    except (OSError, paramiko.SSHException, EOFError) as exc:
-        raise TransientError(f"{where}: SSH failed: {exc}") from exc
-    finally:
-        client.close()
+    with node_client(target.address, where=where, port=target.port, user=target.user,
+                     key_path=ssh_key, timeout_s=min(timeout_s, 30.0), throwaway=throwaway,
+                     known_hosts=known_hosts) as client:
+        try:
+            _, stdout, stderr = client.exec_command(USAGE_COMMAND, timeout=timeout_s)  # noqa: S601
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            status = stdout.channel.recv_exit_status()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransientError(f"{where}: SSH failed: {exc}") from exc
     if status != 0:
         raise _fail(f"{where}: {USAGE_COMMAND} exited {status}: {err.strip()[-400:] or out[-400:]}")
     return parse_usage(out)
