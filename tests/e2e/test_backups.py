@@ -26,6 +26,7 @@ from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, 
 from provisioner.adapters.hosting.backups import HostingBackups, RemovalManifest
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
+from tests.e2e.nodes import reused_node
 from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,13 +100,7 @@ class Env:
 def env(hosts: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Env:
     import testinfra
 
-    reuse = os.environ.get("PROVISIONER_E2E_REUSE_NODE")
-    if reuse:
-        info = hosts.get(reuse)
-        if info is None or info.state != "running":
-            pytest.fail(f"PROVISIONER_E2E_REUSE_NODE={reuse}: no such running host")
-    else:
-        info = request.getfixturevalue("node").info
+    info = reused_node(hosts) or request.getfixturevalue("node").info
     ssh_config = tmp_path_factory.mktemp("ssh") / "config"
     ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
     host = testinfra.get_host(f"paramiko://root@{info.address}", ssh_identity_file=info.ssh_key,

@@ -36,6 +36,7 @@ from provisioner.adapters.hosting.accounts import (
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
+from tests.e2e.nodes import own_node
 from tests.servers import self_signed_tls_context, wait_for
 
 NODE_NAME = "t-acct"
@@ -129,21 +130,8 @@ def acct_node(hosts: Any) -> Iterator[Any]:
     ``PROVISIONER_E2E_REUSE_NODE=NAME`` runs against an already running, converged
     throwaway host instead (kept afterwards): quicker while working on the role.
     """
-    from provisioner.adapters.hosts.node import converge, up_node
-
-    reuse = os.environ.get("PROVISIONER_E2E_REUSE_NODE")
-    if reuse:
-        info = hosts.get(reuse)
-        if info is None or info.state != "running":
-            pytest.fail(f"PROVISIONER_E2E_REUSE_NODE={reuse}: no such running host")
+    with own_node(hosts, NODE_NAME, "e2e.acct_node") as info:
         yield info
-        return
-    try:
-        info = up_node(hosts, NODE_NAME)
-        converge(info).raise_for_status("e2e.acct_node")
-        yield info
-    finally:
-        hosts.down(NODE_NAME)
 
 
 @pytest.fixture(scope="module")

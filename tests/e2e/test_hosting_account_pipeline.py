@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ftplib
 import json
-import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from provisioner.pipeline.runner import Runner
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
 from provisioner.store.hosting import CredentialLink, HostingAccount
 from provisioner.store.models import Step
+from tests.e2e.nodes import own_node
 
 NODE_NAME = "t-acctpipe"
 CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
@@ -54,21 +54,8 @@ class Outbox:
 
 @pytest.fixture(scope="module")
 def pipe_node(hosts: Any) -> Iterator[Any]:
-    from provisioner.adapters.hosts.node import converge, up_node
-
-    reuse = os.environ.get("PROVISIONER_E2E_REUSE_NODE")
-    if reuse:
-        info = hosts.get(reuse)
-        if info is None or info.state != "running":
-            pytest.fail(f"PROVISIONER_E2E_REUSE_NODE={reuse}: no such running host")
+    with own_node(hosts, NODE_NAME, "e2e.pipe_node") as info:
         yield info
-        return
-    try:
-        info = up_node(hosts, NODE_NAME)
-        converge(info).raise_for_status("e2e.pipe_node")
-        yield info
-    finally:
-        hosts.down(NODE_NAME)
 
 
 @dataclass

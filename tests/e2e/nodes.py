@@ -1,0 +1,42 @@
+"""Nodes of a test module's own, and the ``PROVISIONER_E2E_REUSE_NODE`` shortcut.
+
+``PROVISIONER_E2E_REUSE_NODE=NAME`` runs a module against an already running,
+converged throwaway host instead (kept afterwards): quicker while working on a role.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+
+def reused_node(hosts: Any) -> Any | None:
+    """The host named by ``PROVISIONER_E2E_REUSE_NODE``, or None when it is not set."""
+    reuse = os.environ.get("PROVISIONER_E2E_REUSE_NODE")
+    if not reuse:
+        return None
+    info = hosts.get(reuse)
+    if info is None or info.state != "running":
+        pytest.fail(f"PROVISIONER_E2E_REUSE_NODE={reuse}: no such running host")
+    return info
+
+
+@contextmanager
+def own_node(hosts: Any, name: str, label: str) -> Iterator[Any]:
+    """A converged hosting node called ``name``, thrown away on exit (or the reused one)."""
+    from provisioner.adapters.hosts.node import converge, up_node
+
+    info = reused_node(hosts)
+    if info is not None:
+        yield info
+        return
+    try:
+        info = up_node(hosts, name)
+        converge(info).raise_for_status(label)
+        yield info
+    finally:
+        hosts.down(name)
