@@ -1,6 +1,6 @@
 """Benchmark of the EPP client against the sandbox registry (issue 6).
 
-The sandbox runs as its own process (``python -m provisioner.registry_sandbox``, TLS on
+The sandbox runs as its own process (``python -m provisioner.devstack.registry``, TLS on
 127.0.0.1, state in a fresh SQLite file). N round trips of ``domain:check`` +
 ``domain:create`` + ``domain:info`` (each name new) are made
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="epp-bench-") as tmp:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "provisioner.registry_sandbox", "--data-dir", tmp, "--port", "0"],
+            [sys.executable, "-m", "provisioner.devstack.registry", "--data-dir", tmp, "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
         try:

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioner.adapters.hosts import NODE, NspawnHosts
-from provisioner.adapters.hosts.node import converge, ensure_node_image, node_layer
-from provisioner.adapters.hosts.ssh import ssh_exec
+from provisioner.devstack.hosts import NODE, NspawnHosts
+from provisioner.devstack.hosts.node import converge, ensure_node_image, node_layer
+from provisioner.devstack.hosts.ssh import ssh_exec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hosts.json"
 

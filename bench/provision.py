@@ -58,9 +58,10 @@ from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts  
 from provisioner.adapters.payments import PaymentNotice  # noqa: E402
 from provisioner.config import Settings  # noqa: E402
 from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
-from provisioner.pipeline import capabilities, ops  # noqa: E402, F401 - planners and handlers
-from provisioner.pipeline.payments import ingest  # noqa: E402
-from provisioner.pipeline.runner import Runner  # noqa: E402
+from provisioner.pipeline import capabilities  # noqa: E402, F401 - planners and handlers
+from provisioner.pipeline.usecases import ops  # noqa: E402, F401 - planners and handlers
+from provisioner.pipeline.usecases.payments import ingest  # noqa: E402
+from provisioner.pipeline.engine.runner import Runner  # noqa: E402
 from provisioner.store.db import session_factory, transaction, upgrade  # noqa: E402
 from provisioner.store.hosting import add_node  # noqa: E402
 
@@ -200,8 +201,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "provision.json"))
     args = ap.parse_args()
 
-    from provisioner.adapters.hosts import NspawnHosts
-    from provisioner.adapters.hosts.node import up_node
+    from provisioner.devstack.hosts import NspawnHosts
+    from provisioner.devstack.hosts.node import up_node
 
     mod = load_module()
     plan = DEFAULT_CATALOG.hosting_plan(args.plan)

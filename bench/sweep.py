@@ -32,8 +32,10 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import func, select, text  # noqa: E402
 
-from provisioner.pipeline import capabilities, clock  # noqa: E402
-from provisioner.store.clock import Renewal  # noqa: E402
+from provisioner.pipeline import capabilities  # noqa: E402
+
+from provisioner.pipeline.capabilities import lifecycle as clock  # noqa: E402
+from provisioner.store.lifecycle import Renewal  # noqa: E402
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade  # noqa: E402
 from provisioner.store.models import Service, Step  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Benchmark of certificate issuance (issue 5) against the bare `acme` flow.
 
-One run starts Knot, a loopback nginx and Pebble (``provisioner.adapters.dns_tls_local``),
+One run starts Knot, a loopback nginx and Pebble (``provisioner.devstack.dns_tls``),
 creates the zones, and then issues N certificates (default 20; half HTTP-01 for a site
 and its www, half DNS-01, every fourth DNS-01 one a wildcard) in two ways, interleaved:
 
@@ -42,16 +42,16 @@ from cryptography.hazmat.primitives import serialization
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provisioner.adapters.acme_client import (  # noqa: E402
+from provisioner.adapters.acme import (  # noqa: E402
     AcmeClient,
     Dns01Solver,
     Http01Solver,
     generate_key_pem,
     solver_chooser,
 )
-from provisioner.adapters.cert_target import LocalNginxTarget  # noqa: E402
+from provisioner.adapters.tls_targets import LocalNginxTarget  # noqa: E402
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator  # noqa: E402
-from provisioner.adapters.dns_tls_local import local_dns_and_ca  # noqa: E402
+from provisioner.devstack.dns_tls import local_dns_and_ca  # noqa: E402
 from provisioner.domain.dns_records import HostedZone, hosting_zone_records  # noqa: E402
 
 

@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from provisioner.pipeline import ops  # noqa: E402
+from provisioner.pipeline.usecases import ops  # noqa: E402
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade  # noqa: E402
 from provisioner.store.models import Notification, Payment, Proforma, Step  # noqa: E402
 from tests.payloads import stripe_event, stripe_signature  # noqa: E402
@@ -448,7 +448,7 @@ def bench_db(kind: str, args: argparse.Namespace, wrk: str | None, stack: ExitSt
         redelivered = fire(base, main, args.concurrency, work, wrk)
     # What a worker does next (provisioner.process_notifications): match, settle and
     # plan every stored notification. Timed apart; it is not on the request path.
-    from provisioner.pipeline.payments import process_pending
+    from provisioner.pipeline.usecases.payments import process_pending
     from provisioner.store.db import session_factory
 
     t0 = time.monotonic()

@@ -13,7 +13,11 @@ from celery.schedules import crontab
 
 from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
-from provisioner.pipeline import capabilities, clock, wiring
+from provisioner.pipeline import capabilities
+
+from provisioner.pipeline.capabilities import lifecycle as clock
+
+from provisioner import bootstrap as wiring
 
 log = logging.getLogger("provisioner.tasks")
 
@@ -99,7 +103,7 @@ def sweep() -> dict[str, Any]:
 
 @app.task(name="provisioner.quota", acks_late=True)
 def quota() -> dict[str, Any]:
-    from provisioner.pipeline import quota as quota_check
+    from provisioner.pipeline.capabilities import quota as quota_check
 
     return quota_check.scheduled_check(_settings())
 

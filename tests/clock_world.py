@@ -11,12 +11,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from provisioner.adapters.smtp_sink import SmtpSink
+from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import earliest_event
-from provisioner.pipeline import capabilities, clock, ops
-from provisioner.pipeline.payments import record_manual_payment
-from provisioner.pipeline.runner import Runner
-from provisioner.store.clock import Renewal
+from provisioner.pipeline import capabilities
+from provisioner.pipeline.capabilities import lifecycle as clock
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import record_manual_payment
+from provisioner.pipeline.engine.runner import Runner
+from provisioner.store.lifecycle import Renewal
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import Proforma, Service
 from tests.conftest import make_settings

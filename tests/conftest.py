@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioner.adapters.smtp_sink import SmtpSink, read_maildir
+from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.config import Settings
-from provisioner.pipeline.plan import enable_line_kinds
+from provisioner.pipeline.engine.plan import enable_line_kinds
 from provisioner.store.db import dispose_all, upgrade
 from tests.servers import PgServer, free_port, postgres_server, redis_server, wait_for
 

@@ -2,7 +2,7 @@
 
 Everything here produces what the real provider would send, signed the way the
 provider signs it, so the adapters in ``provisioner.adapters.payments`` and
-``provisioner.adapters.bank`` accept it:
+``provisioner.adapters.payments.camt053`` accept it:
 
 Stripe
     ``body = stripe_event("evt_1", "PF-2026-0001", 1234)``;

@@ -45,9 +45,9 @@ from provisioner.errors import (
     ProvisionerError,
     TransientError,
 )
-from provisioner.pipeline import ops
-from provisioner.pipeline.payments import NotificationWriter
-from provisioner.pipeline.runner import Runner
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import NotificationWriter
+from provisioner.pipeline.engine.runner import Runner
 from provisioner.store.audit import audit
 from provisioner.store.db import session_factory, transaction
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from provisioner.clock import utcnow
+from provisioner.timeutil import utcnow
 from provisioner.errors import InvalidInput
 
 _HEAD = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">'
@@ -55,7 +55,7 @@ def router(factory: Any, now: Callable[[], datetime] = utcnow) -> APIRouter:
 
     @r.post("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
     async def reveal(token: str) -> HTMLResponse:
-        from provisioner.pipeline.hosting import open_link
+        from provisioner.pipeline.capabilities.hosting import open_link
 
         try:
             data = await run_in_threadpool(open_link, factory, token, now())

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from provisioner.clock import utcnow
+from provisioner.timeutil import utcnow
 from provisioner.store.models import AuditEntry
 
 log = logging.getLogger("provisioner.audit")

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from sqlalchemy import Boolean, Date, ForeignKey, Integer, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from provisioner.clock import utcnow
+from provisioner.timeutil import utcnow
 from provisioner.domain.placement import NodeLoad, choose_node
 from provisioner.errors import InvalidInput
 from provisioner.store.models import Base, UtcDateTime

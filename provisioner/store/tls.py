@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from provisioner.clock import utcnow
+from provisioner.timeutil import utcnow
 from provisioner.config import Settings
 from provisioner.errors import ConfigurationError
 from provisioner.store.models import Base, UtcDateTime

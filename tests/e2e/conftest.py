@@ -45,7 +45,7 @@ def hosts() -> Any:
     reason = _unavailable()
     if reason:  # `make test` installs the tools and runs as root; anything else is an error
         pytest.fail(f"cannot run the host-based tests: {reason}", pytrace=False)
-    from provisioner.adapters.hosts import NspawnHosts
+    from provisioner.devstack.hosts import NspawnHosts
 
     return NspawnHosts(ssh_timeout_s=30.0)
 
@@ -59,7 +59,7 @@ class Node:
 @pytest.fixture(scope="session")
 def node(hosts: Any) -> Iterator[Node]:
     """A converged shared-hosting node (from the cached converged-node image)."""
-    from provisioner.adapters.hosts.node import converge, up_node
+    from provisioner.devstack.hosts.node import converge, up_node
 
     name = f"{E2E_PREFIX}node-{os.getpid()}"  # sessions of several people may overlap
     try:

@@ -28,7 +28,7 @@ def reused_node(hosts: Any) -> Any | None:
 @contextmanager
 def own_node(hosts: Any, name: str, label: str) -> Iterator[Any]:
     """A converged hosting node called ``name``, thrown away on exit (or the reused one)."""
-    from provisioner.adapters.hosts.node import converge, up_node
+    from provisioner.devstack.hosts.node import converge, up_node
 
     info = reused_node(hosts)
     if info is not None:

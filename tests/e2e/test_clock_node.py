@@ -24,9 +24,12 @@ from provisioner.adapters.hosting.accounts import HostingAccounts
 from provisioner.adapters.hosting.backups import HostingBackups
 from provisioner.adapters.hosting.usage import read_usage
 from provisioner.config import Settings
-from provisioner.pipeline import capabilities, clock, ops, quota
-from provisioner.pipeline.payments import record_manual_payment
-from provisioner.pipeline.runner import Runner
+from provisioner.pipeline import capabilities
+from provisioner.pipeline.capabilities import lifecycle as clock
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.capabilities import quota
+from provisioner.pipeline.usecases.payments import record_manual_payment
+from provisioner.pipeline.engine.runner import Runner
 from provisioner.store.db import session_factory, transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Proforma, Service
@@ -67,7 +70,7 @@ class World:
 
     def pay_renewal(self, sid: int, txn: str) -> None:
         with transaction(self.factory) as s:
-            from provisioner.store.clock import Renewal
+            from provisioner.store.lifecycle import Renewal
 
             p = s.execute(select(Proforma).join(Renewal, Renewal.proforma_id == Proforma.id)
                           .where(Renewal.service_id == sid)).scalar_one()
@@ -130,7 +133,7 @@ def world(node: Any, node_host: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _target(info: Any) -> Any:
-    from provisioner.adapters.hosting.runner import Target
+    from provisioner.adapters.hosting.ansible import Target
 
     return Target(info.name, info.address)
 

@@ -13,7 +13,7 @@ import pytest
 
 from provisioner.adapters.hosting import Target, run_playbook
 from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, HostingAccounts
-from provisioner.adapters.hosting.runner import ROLES_DIR
+from provisioner.adapters.hosting.ansible import ROLES_DIR
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
 
@@ -24,7 +24,7 @@ BATCH = 20
 @pytest.fixture(scope="module")
 def batch_node(hosts: Any) -> Iterator[Any]:
     """A node booted from the converged-node image (nothing converged on it since)."""
-    from provisioner.adapters.hosts.node import up_node
+    from provisioner.devstack.hosts.node import up_node
 
     name = f"{NODE_NAME}-{os.getpid() % 10000}"
     try:

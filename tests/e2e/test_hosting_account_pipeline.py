@@ -29,9 +29,9 @@ from provisioner.pipeline import (
     capabilities,  # noqa: F401 - planners and handlers
     ops,
 )
-from provisioner.pipeline.hosting import open_link
-from provisioner.pipeline.payments import ingest
-from provisioner.pipeline.runner import Runner
+from provisioner.pipeline.capabilities.hosting import open_link
+from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.engine.runner import Runner
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
 from provisioner.store.hosting import CredentialLink, HostingAccount
 from provisioner.store.models import Step
@@ -87,7 +87,7 @@ def world(pipe_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     runner = Runner(settings, factory, queue.append, adapters={"hosting": adapter, "mailer": outbox})
     # Register the node through the CLI, as ops would.
     env = {"PROVISIONER_DATABASE_URL": url, "PROVISIONER_DATA_DIR": str(work)}
-    from provisioner.cli_nodes import app
+    from provisioner.cli.nodes import app
 
     cli = CliRunner()
     res = cli.invoke(app, ["add", "full-node", "--address", "192.0.2.10", "--capacity-accounts", "1",
@@ -156,7 +156,7 @@ def test_after_payment_the_site_answers_on_the_least_full_node(world: World, pai
 
 
 def test_nodes_list_shows_the_placed_account(world: World, paid: dict[str, Any]) -> None:
-    from provisioner.cli_nodes import app
+    from provisioner.cli.nodes import app
 
     res = CliRunner().invoke(app, ["list", "--json"], env={"PROVISIONER_DATABASE_URL": world.url})
     assert res.exit_code == 0, res.output
@@ -192,7 +192,7 @@ def test_credentials_arrive_as_a_one_time_link_and_work(world: World, paid: dict
 
 
 def test_an_expired_link_shows_nothing(world: World, paid: dict[str, Any]) -> None:
-    from provisioner.pipeline.hosting import seal, token_hash
+    from provisioner.pipeline.capabilities.hosting import seal, token_hash
 
     token = "t" * 43
     with transaction(world.runner.factory) as s:
@@ -222,7 +222,7 @@ def test_the_link_endpoint_shows_the_data_once(world: World, paid: dict[str, Any
     from fastapi import FastAPI
 
     from provisioner.api.credentials import router
-    from provisioner.pipeline.hosting import seal, token_hash
+    from provisioner.pipeline.capabilities.hosting import seal, token_hash
 
     token = "k" * 43
     with transaction(world.runner.factory) as s:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from provisioner.adapters.hosts.node import converge
+from provisioner.devstack.hosts.node import converge
 
 SERVICES = ["ssh", "nginx", "php8.2-fpm", "mariadb", "postfix", "dovecot", "pure-ftpd",
             "rsyslog"]
@@ -228,7 +228,7 @@ def test_tasks_limit_stops_a_fork_bomb(node_host: Any) -> None:
 def test_cli_up_node_boots_a_ready_node_from_the_cache(node: Any, host_name: str) -> None:
     from typer.testing import CliRunner
 
-    from provisioner.cli_hosts import app
+    from provisioner.cli.hosts import app
 
     started = time.monotonic()
     res = CliRunner().invoke(app, ["up", "--node", "--json", host_name])

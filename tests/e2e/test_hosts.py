@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.adapters.hosting import Target, run_playbook
-from provisioner.adapters.hosts import cgroups
-from provisioner.adapters.hosts.ssh import ensure_keypair, wait_for_ssh
-from provisioner.cli_hosts import app
+from provisioner.devstack.hosts import cgroups
+from provisioner.devstack.hosts.ssh import ensure_keypair, wait_for_ssh
+from provisioner.cli.hosts import app
 from provisioner.errors import InvalidInput, ProvisionerError, TransientError
 from tests.servers import wait_for
 
@@ -64,7 +64,7 @@ def test_several_hosts_see_each_other(hosts: Any, host_name: str) -> None:
         a = hosts.up(host_name)
         b = hosts.up(other)
         assert a.address != b.address
-        from provisioner.adapters.hosts.ssh import ssh_exec
+        from provisioner.devstack.hosts.ssh import ssh_exec
 
         status, _ = ssh_exec(a.name, a.address, Path(a.ssh_key),
                              f"ping -c1 -W2 {b.address}")

@@ -27,17 +27,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from provisioner.adapters.cert_target import CertificateInfo
-from provisioner.adapters.cert_target_ssh import CERT_ROOT, TLS_CONF_ROOT, NodeNginxTarget
+from provisioner.adapters.tls_targets import CertificateInfo
+from provisioner.adapters.tls_targets.node import CERT_ROOT, TLS_CONF_ROOT, NodeNginxTarget
 from provisioner.adapters.dns import DnsServer
-from provisioner.adapters.dns_tls_local import KnotServer, PebbleServer, knot_server, pebble_server
+from provisioner.devstack.dns_tls import KnotServer, PebbleServer, knot_server, pebble_server
 from provisioner.adapters.hosting.accounts import HostingAccounts
 from provisioner.config import Settings
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
-from provisioner.pipeline import capabilities, ops
-from provisioner.pipeline.payments import record_manual_payment
-from provisioner.pipeline.runner import HANDLERS, Runner, StepContext
-from provisioner.pipeline.wiring import dns_tls_adapters
+from provisioner.pipeline import capabilities
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import record_manual_payment
+from provisioner.pipeline.engine.runner import HANDLERS, Runner, StepContext
+from provisioner.bootstrap import dns_tls_adapters
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Step

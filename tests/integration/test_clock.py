@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from provisioner.adapters.smtp_sink import SmtpSink
+from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import Conflict
-from provisioner.pipeline import clock, gdpr, ops
-from provisioner.store.clock import Renewal, StageRecord
+from provisioner.pipeline.capabilities import lifecycle as clock
+from provisioner.pipeline.usecases import gdpr
+from provisioner.pipeline.usecases import ops
+from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.db import transaction
 from provisioner.store.models import Invoice, OutboxMail, Proforma, ProformaLine, Service, Step
 from tests.clock_world import ClockWorld, make_world
@@ -171,8 +173,8 @@ def test_a_stage_step_queued_early_refuses_to_run(world: ClockWorld) -> None:
     key = clock.step_key(sid, "delete_data", E)
     with transaction(world.factory) as s:
         order_id = s.get(Service, sid).order_id  # type: ignore[union-attr]
-        from provisioner.pipeline.plan import StepSpec
-        from provisioner.pipeline.runner import record
+        from provisioner.pipeline.engine.plan import StepSpec
+        from provisioner.pipeline.engine.runner import record
 
         record(s, order_id, [StepSpec(key, "clock.delete_data", (), {
             "service_id": sid, "term_expiry": E.isoformat(),

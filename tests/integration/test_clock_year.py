@@ -14,11 +14,11 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from provisioner.adapters.smtp_sink import SmtpSink
+from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period, renew_by
 from provisioner.domain.policy import get_brand
-from provisioner.pipeline import clock
-from provisioner.store.clock import Renewal, StageRecord
+from provisioner.pipeline.capabilities import lifecycle as clock
+from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.db import transaction
 from provisioner.store.models import Order, OutboxMail, Proforma, Service, Step
 from tests.clock_world import make_world

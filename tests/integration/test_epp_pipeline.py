@@ -26,14 +26,15 @@ from sqlalchemy import select
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.adapters.registry import EppClient, ObjectNotFound
 from provisioner.adapters.registry.profiles import RegistryContact
-from provisioner.adapters.smtp_sink import SmtpSink
-from provisioner.clock import utcnow
+from provisioner.devstack.smtp_sink import SmtpSink
+from provisioner.timeutil import utcnow
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import InvalidInput, TransientError
-from provisioner.pipeline import domains, ops
-from provisioner.pipeline.payments import ingest
-from provisioner.pipeline.runner import Runner
-from provisioner.registry_sandbox import Sandbox, run_sandbox
+from provisioner.pipeline.capabilities import domains
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.engine.runner import Runner
+from provisioner.devstack.registry import Sandbox, run_sandbox
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.domains import DomainRecord
 from provisioner.store.models import Service, Step
@@ -318,8 +319,8 @@ def test_poll_marks_a_domain_transferred_away(world: World, other: EppClient) ->
 def test_the_clock_renews_a_domain_at_the_registry_once(world: World) -> None:
     from datetime import timedelta
 
-    from provisioner.pipeline import clock
-    from provisioner.store.clock import Renewal
+    from provisioner.pipeline.capabilities import lifecycle as clock
+    from provisioner.store.lifecycle import Renewal
     from provisioner.store.models import Proforma
 
     order = world.order(["domain:ura.si:1y"])

@@ -27,10 +27,10 @@ from provisioner.adapters.registry import (
     RegistryUnavailable,
     StatusProhibits,
 )
-from provisioner.clock import utcnow
+from provisioner.timeutil import utcnow
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import InvalidInput
-from provisioner.registry_sandbox import Sandbox, run_sandbox
+from provisioner.devstack.registry import Sandbox, run_sandbox
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "epp"
 OWNER = RegistryContact("PVTEST1", "Ana Novak", "ana@example.si", "Slovenska 1", "Ljubljana",
@@ -297,7 +297,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_cli_sets_faults_on_a_running_sandbox_and_lists_domains(us: EppClient, sandbox: Sandbox) -> None:
     from typer.testing import CliRunner
 
-    from provisioner.cli_registry import app
+    from provisioner.cli.registry import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["faults", "--data-dir", str(sandbox.data_dir), "--set",
@@ -312,7 +312,7 @@ def test_cli_sets_faults_on_a_running_sandbox_and_lists_domains(us: EppClient, s
 
 
 def test_sandbox_runs_as_a_module(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "provisioner.registry_sandbox", "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner.devstack.registry", "--data-dir",
                              str(tmp_path / "reg"), "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     try:

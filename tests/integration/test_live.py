@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from provisioner.adapters.smtp_sink import MaildirHandler, SmtpSink
-from provisioner.pipeline.payments import process_pending
+from provisioner.devstack.smtp_sink import MaildirHandler, SmtpSink
+from provisioner.pipeline.usecases.payments import process_pending
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import (
     AuditEntry,

@@ -27,7 +27,7 @@ from provisioner.adapters.mail import (
     make_message_id,
     render_mail,
 )
-from provisioner.adapters.smtp_sink import SmtpSink, read_maildir
+from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.config import Settings
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
@@ -640,7 +640,7 @@ def test_sink_process_runs_until_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "provisioner.adapters.smtp_sink",
+            "provisioner.devstack.smtp_sink",
             "--maildir",
             str(maildir),
             "--port",

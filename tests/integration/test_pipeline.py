@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import func, select
 
 from provisioner.adapters.payments import PaymentNotice
-from provisioner.adapters.smtp_sink import SmtpSink
+from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.errors import InvalidInput, TransientError
-from provisioner.pipeline import capabilities, ops
-from provisioner.pipeline import steps as _steps  # noqa: F401 - registers handlers
-from provisioner.pipeline.payments import ingest
-from provisioner.pipeline.plan import OrderView, ServiceView, StepSpec, plan
-from provisioner.pipeline.runner import HANDLERS, Runner, StepResult
+from provisioner.pipeline import capabilities
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.capabilities import billing as _steps  # noqa: F401 - registers handlers
+from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.engine.plan import OrderView, ServiceView, StepSpec, plan
+from provisioner.pipeline.engine.runner import HANDLERS, Runner, StepResult
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import AuditEntry, Invoice, OutboxMail, Payment, Step
 from tests.conftest import make_settings
@@ -193,7 +194,7 @@ def test_transient_failures_retry_then_dead_letter(world: World, monkeypatch) ->
     order_id = result["order"]
     with transaction(world.runner.factory) as s:
         service_id = ops.show_order(world.runner.factory, str(order_id), "t")["services"][0]["id"]
-        from provisioner.pipeline.runner import record
+        from provisioner.pipeline.engine.runner import record
 
         record(s, order_id, [StepSpec(f"service:{service_id}/test.flaky", "test.flaky", (), {},
                                       service_id)])

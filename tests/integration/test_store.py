@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from provisioner.pipeline import ops
-from provisioner.pipeline.payments import ingest
-from provisioner.pipeline.steps import issue_invoice
-from provisioner.pipeline.wiring import ops_alert
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.capabilities.billing import issue_invoice
+from provisioner.bootstrap import ops_alert
 from provisioner.store.counters import next_number
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import Counter, Invoice

@@ -1,5 +1,5 @@
 """Hosting nodes and accounts through Ansible (ansible-runner)."""
 
-from provisioner.adapters.hosting.runner import RunResult, Target, run_playbook
+from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 
 __all__ = ["RunResult", "Target", "run_playbook"]

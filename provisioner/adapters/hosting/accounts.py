@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from provisioner.adapters.hosting.runner import RunResult, Target, run_playbook
+from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 from provisioner.domain.catalog import HostingPlan
 from provisioner.domain.names import RESERVED_USERNAMES, normalize_domain
 from provisioner.errors import InvalidInput, StepFailed, TransientError

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioner.adapters.hosting.runner import RunResult, Target, run_playbook
+from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 from provisioner.domain.names import normalize_domain
 from provisioner.errors import InvalidInput, StepFailed, TransientError
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.adapters.hosting.runner import Target
+from provisioner.adapters.hosting.ansible import Target
 from provisioner.errors import StepFailed, TransientError
 
 STEP_KEY = "hosting.usage"
@@ -121,7 +121,7 @@ def parse_usage(text: str) -> dict[str, AccountUsage]:
 
 
 def _paramiko() -> Any:
-    from provisioner.adapters.hosts.ssh import _paramiko as load
+    from provisioner.devstack.hosts.ssh import _paramiko as load
 
     return load()
 
@@ -133,7 +133,7 @@ def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
     Host keys are checked against ``known_hosts`` (default: the system's and the user's
     known_hosts files) unless ``throwaway`` is set (throwaway test hosts only).
     """
-    from provisioner.adapters.hosts.ssh import node_client
+    from provisioner.devstack.hosts.ssh import node_client
 
     paramiko = _paramiko()
     where = f"node {target.name} ({target.address})"

@@ -1,7 +1,7 @@
 """Inbound payment notifications, normalized.
 
 Every provider adapter (``stripe``, ``braintree``, ``paypal`` here, and
-``provisioner.adapters.bank`` for camt.053 statements) verifies a notification
+``provisioner.adapters.payments.camt053`` for camt.053 statements) verifies a notification
 and turns it into :class:`PaymentNotice` values. Storage and matching to
 proformas happen elsewhere; these modules do no I/O except PayPal's
 certificate download.

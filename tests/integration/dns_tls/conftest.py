@@ -1,7 +1,7 @@
 """Session fixtures for the DNS/TLS tests: Knot, a loopback nginx and Pebble, each
 started here on free loopback ports with its own directories and stopped afterwards.
 The servers themselves are the product's own context managers
-(`provisioner.adapters.dns_tls_local`, `provisioner.adapters.cert_target.local_nginx`)."""
+(`provisioner.devstack.dns_tls`, `provisioner.adapters.tls_targets.local_nginx`)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.adapters.acme_client import AcmeClient, generate_key_pem
-from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget, local_nginx
+from provisioner.adapters.acme import AcmeClient, generate_key_pem
+from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget, local_nginx
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
-from provisioner.adapters.dns_tls_local import KnotServer, PebbleServer
-from provisioner.adapters.dns_tls_local import knot_server as _knot
-from provisioner.adapters.dns_tls_local import pebble_server as _pebble
+from provisioner.devstack.dns_tls import KnotServer, PebbleServer
+from provisioner.devstack.dns_tls import knot_server as _knot
+from provisioner.devstack.dns_tls import pebble_server as _pebble
 from provisioner.domain.dns_records import HostedZone, hosting_zone_records
 
 _missing = [b for b in ("knotd", "knotc", "pebble", "nginx") if shutil.which(b) is None

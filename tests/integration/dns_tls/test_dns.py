@@ -10,7 +10,7 @@ import dns.update
 import pytest
 
 from provisioner.adapters.dns import DnsServer, DnsUpdateRefused
-from provisioner.adapters.dns_tls_local import KnotServer
+from provisioner.devstack.dns_tls import KnotServer
 from provisioner.domain.dns_records import HostedZone, Record, hosting_zone_records
 from provisioner.errors import ConfigurationError, TransientError
 from tests.integration.dns_tls.conftest import new_zone
@@ -106,7 +106,7 @@ def test_adapter_with_a_wrong_key_reports_the_refusal(knot_server: KnotServer, d
 
 
 def test_unreachable_server_is_transient(knot_server: KnotServer) -> None:
-    from provisioner.adapters.dns_tls_local import free_port
+    from provisioner.devstack.dns_tls import free_port
 
     gone = DnsServer("127.0.0.1", free_port(), knot_server.tsig_key_name, knot_server.tsig_secret,
                      timeout_s=2)

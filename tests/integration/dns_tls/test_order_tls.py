@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from provisioner.adapters.acme_client import AcmeClient
-from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+from provisioner.adapters.acme import AcmeClient
+from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
-from provisioner.adapters.dns_tls_local import PebbleServer
+from provisioner.devstack.dns_tls import PebbleServer
 from provisioner.config import Settings
 from provisioner.pipeline import capabilities as _capabilities  # noqa: F401 - registers planners
-from provisioner.pipeline import ops
-from provisioner.pipeline.payments import record_manual_payment
-from provisioner.pipeline.runner import Runner
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.payments import record_manual_payment
+from provisioner.pipeline.engine.runner import Runner
 from provisioner.store.db import session_factory
 from tests.integration.dns_tls.conftest import https_get, new_zone
 

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from provisioner.adapters.acme_client import AcmeClient
-from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+from provisioner.adapters.acme import AcmeClient
+from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
-from provisioner.adapters.dns_tls_local import PebbleServer
-from provisioner.clock import utcnow
+from provisioner.devstack.dns_tls import PebbleServer
+from provisioner.timeutil import utcnow
 from provisioner.config import Settings
-from provisioner.pipeline.plan import OrderView, ServiceView
-from provisioner.pipeline.runner import HANDLERS, StepContext, StepResult
-from provisioner.pipeline.tls_dns import hosting_dns_tls_steps, plan_tls_line
+from provisioner.pipeline.engine.plan import OrderView, ServiceView
+from provisioner.pipeline.engine.runner import HANDLERS, StepContext, StepResult
+from provisioner.pipeline.capabilities.dns_tls import hosting_dns_tls_steps, plan_tls_line
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import Step
 from provisioner.store.tls import TlsCertificate, decrypt, fernet_for
@@ -60,7 +60,7 @@ def test_tls_line_plan_is_one_step(product: str, name: str, names: list[str]) ->
 def test_renewal_step_has_a_key_per_expiry() -> None:
     from datetime import date
 
-    from provisioner.pipeline.tls_dns import renewal_step
+    from provisioner.pipeline.capabilities.dns_tls import renewal_step
 
     spec = renewal_step(3, ["example.si", "www.example.si"], date(2027, 1, 31))
     assert spec.key == "service:3/tls.issue@2027-01-31" and spec.kind == "tls.issue"
@@ -149,7 +149,7 @@ def test_a_stored_certificate_is_redeployed_without_the_ca(
 
 def test_wiring_builds_the_adapters_from_settings(
         settings: Settings, knot_server: Any, nginx_server: LocalNginx, pebble_server: PebbleServer) -> None:
-    from provisioner.pipeline.wiring import dns_tls_adapters
+    from provisioner.bootstrap import dns_tls_adapters
     from provisioner.store.tls import AcmeAccount
 
     configured = settings.with_overrides(
@@ -174,7 +174,7 @@ def test_wiring_builds_the_adapters_from_settings(
 
 def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
     from provisioner.errors import ConfigurationError
-    from provisioner.pipeline.wiring import dns_tls_adapters
+    from provisioner.bootstrap import dns_tls_adapters
 
     ctx = _ctx(settings, {})
     ctx.adapters.update(dns_tls_adapters(settings, ctx.factory))
@@ -196,7 +196,7 @@ def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
 def test_hosting_line_gets_zone_and_certificate_where_line_kinds_says(
         line_kinds: str | None, kinds: list[str]) -> None:
     from provisioner.pipeline import capabilities
-    from provisioner.pipeline.hosting import plan_hosting_line
+    from provisioner.pipeline.capabilities.hosting import plan_hosting_line
 
     if line_kinds is not None:
         capabilities.configure(line_kinds)
@@ -214,7 +214,7 @@ def test_hosting_line_gets_zone_and_certificate_where_line_kinds_says(
 
 def test_a_tls_line_for_a_hosted_site_waits_for_the_hosting_certificate() -> None:
     from provisioner.pipeline import capabilities
-    from provisioner.pipeline.plan import plan
+    from provisioner.pipeline.engine.plan import plan
 
     capabilities.configure("hosting,dns,tls")
     view = OrderView(1, 1, "P-4", True, (
@@ -236,6 +236,6 @@ def test_a_tls_line_for_a_hosted_site_waits_for_the_hosting_certificate() -> Non
     (["*.a.si"], ["x.y.a.si"], False),
 ])
 def test_covers_knows_wildcards(have: list[str], want: list[str], covered: bool) -> None:
-    from provisioner.pipeline.tls_dns import _covers
+    from provisioner.pipeline.capabilities.dns_tls import _covers
 
     assert _covers(have, want) is covered

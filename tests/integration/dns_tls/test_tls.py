@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from provisioner.adapters.acme_client import (
+from provisioner.adapters.acme import (
     AcmeClient,
     ChallengeRefused,
     Dns01Solver,
@@ -21,10 +21,10 @@ from provisioner.adapters.acme_client import (
     generate_key_pem,
     solver_chooser,
 )
-from provisioner.adapters.cert_target import LocalNginx, LocalNginxTarget
+from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
-from provisioner.adapters.dns_tls_local import KnotServer, PebbleServer, free_port
-from provisioner.adapters.dns_tls_local import pebble_server as start_pebble
+from provisioner.devstack.dns_tls import KnotServer, PebbleServer, free_port
+from provisioner.devstack.dns_tls import pebble_server as start_pebble
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 from tests.integration.dns_tls.conftest import https_get, new_zone
 

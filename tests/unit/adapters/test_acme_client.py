@@ -6,7 +6,7 @@ import pytest
 import requests
 from acme import errors, messages
 
-from provisioner.adapters.acme_client import ChallengeRefused, solver_chooser, translate
+from provisioner.adapters.acme import ChallengeRefused, solver_chooser, translate
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
 

@@ -21,7 +21,7 @@ from provisioner.adapters.hosting.backups import (
     RemovedPath,
     validate_backup_id,
 )
-from provisioner.adapters.hosting.runner import RunResult, Target
+from provisioner.adapters.hosting.ansible import RunResult, Target
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput, StepFailed, TransientError
 

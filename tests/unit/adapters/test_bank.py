@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from lxml import etree
 
-from provisioner.adapters.bank import parse_camt053
+from provisioner.adapters.payments.camt053 import parse_camt053
 from provisioner.errors import InvalidInput
 from tests.payloads import camt053_document, camt053_statement
 

@@ -13,8 +13,8 @@ from provisioner.adapters.registry import protocol as p
 from provisioner.domain import customers as dc
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput
-from provisioner.pipeline import domains
-from provisioner.pipeline.plan import OrderView, ServiceView
+from provisioner.pipeline.capabilities import domains
+from provisioner.pipeline.engine.plan import OrderView, ServiceView
 from provisioner.store.domains import DomainRecord
 
 SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).resolve().parents[2] / "schemas" / "epp"

@@ -1,6 +1,0 @@
-"""Throwaway hosts on this machine (systemd-nspawn + debootstrap + overlayfs)."""
-
-from provisioner.adapters.hosts.images import BASE, NODE, Layer
-from provisioner.adapters.hosts.nspawn import HostInfo, NspawnHosts, default_hosts_dir
-
-__all__ = ["BASE", "NODE", "HostInfo", "Layer", "NspawnHosts", "default_hosts_dir"]

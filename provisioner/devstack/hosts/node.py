@@ -1,0 +1,87 @@
+"""Throwaway shared-hosting nodes: the converged-node image and hosts booted from it.
+
+The image is the upper layer of a host booted from the node-packages layer and
+converged by ``playbooks/hosting_node.yml`` through the hosting adapter. Its key
+includes a hash of the role and playbook, so editing the role rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from provisioner.adapters.hosting.ansible import PLAYBOOKS_DIR, ROLES_DIR, RunResult, Target
+from provisioner.adapters.hosting.ansible import run_playbook as _run_playbook
+from provisioner.devstack.hosts.images import NODE, Layer, file_lock, run
+from provisioner.devstack.hosts.nspawn import HostInfo, NspawnHosts
+from provisioner.errors import StepFailed
+
+PLAYBOOK = "hosting_node.yml"
+BUILDER = "node-image-build"
+
+
+def role_digest() -> str:
+    """Hash of everything that decides what a converged node looks like."""
+    h = hashlib.sha256()
+    files = sorted(p for p in (ROLES_DIR / "hosting_node").rglob("*") if p.is_file())
+    for p in [PLAYBOOKS_DIR / PLAYBOOK, *files]:
+        h.update(str(p.relative_to(ROLES_DIR.parent)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def converge(host: HostInfo, *, timeout_s: float = 900, extravars: dict[str, object] | None = None
+             ) -> RunResult:
+    """Run the hosting_node playbook against one throwaway host."""
+    return _run_playbook(PLAYBOOK, [Target(host.name, host.address)], dict(extravars or {}),
+                         timeout_s=timeout_s, ssh_key=Path(host.ssh_key), throwaway=True)
+
+
+def node_layer(hosts: NspawnHosts) -> Layer:
+    return hosts.node_layer(role_digest())
+
+
+def ensure_node_image(hosts: NspawnHosts, *, timeout_s: float = 1200) -> Layer:
+    """Build the converged-node image unless it is cached; return its layer."""
+    layer = node_layer(hosts)
+    if hosts.images.is_ready(layer):
+        return layer
+    hosts.ensure_image(NODE)
+    # One builder at a time per hosts dir (test sessions of several people may race).
+    with file_lock(hosts.images.root / "build-converged.lock"):
+        if hosts.images.is_ready(layer):
+            return layer
+        info = hosts.up(BUILDER, layer=NODE)
+        try:
+            result = converge(info, timeout_s=timeout_s)
+            result.raise_for_status("hosts.node_image")
+            _poweroff(hosts, info)
+            hosts.snapshot(BUILDER, layer)
+        finally:
+            hosts.down(BUILDER)
+    return layer
+
+
+def up_node(hosts: NspawnHosts, name: str) -> HostInfo:
+    """Boot ``name`` from the converged-node image (built first if needed)."""
+    layer = ensure_node_image(hosts)
+    return hosts.up(name, layer=layer)
+
+
+def _poweroff(hosts: NspawnHosts, info: HostInfo, timeout_s: float = 60) -> None:
+    """Shut the builder down cleanly so that its files (MariaDB's too) are consistent."""
+    from provisioner.devstack.hosts.nspawn import _container_init
+
+    leader = _container_init(info.pid)
+    if not leader:
+        raise StepFailed("hosts.node_image", f"host {info.name} is not running")
+    run(["nsenter", f"--target={leader}", "--mount", "--pid", "--", "systemctl",
+         "poweroff", "--no-block"], check=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        current = hosts.get(info.name)
+        if current is None or current.state != "running":
+            return
+        time.sleep(0.1)
+    raise StepFailed("hosts.node_image", f"host {info.name} did not power off in {timeout_s}s")

@@ -1,0 +1,255 @@
+"""The steps of this release: invoice issuance, customer e-mails, service activation.
+
+Each handler observes before it acts, so running it twice changes nothing the
+second time. Later capabilities (hosting, dns, tls, domain) add their handlers
+with `@handler("kind")` in their own modules and register a line planner.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioner.adapters.mail import Mailer, make_message_id, render_mail
+from provisioner.domain import billing
+from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period, earliest_event
+from provisioner.errors import Conflict, StepFailed
+from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.store.audit import audit
+from provisioner.store.counters import next_number
+from provisioner.store.db import transaction
+from provisioner.store.models import (
+    Customer,
+    Invoice,
+    OutboxMail,
+    Payment,
+    Proforma,
+    Service,
+    Step,
+)
+
+log = logging.getLogger("provisioner.steps")
+SYSTEM = "system:pipeline"
+
+
+def _proforma(s: Session, proforma_id: int) -> Proforma:
+    p = s.get(Proforma, proforma_id)
+    if p is None:
+        raise StepFailed("?", f"proforma {proforma_id} does not exist")
+    return p
+
+
+def _lines(p: Proforma) -> list[dict[str, Any]]:
+    return [
+        {
+            "description": line.description,
+            "net": line.net,
+            "vat": line.vat,
+            "gross": line.gross,
+            "vat_rate": line.vat_rate,
+            "discount": line.discount_gross,
+        }
+        for line in p.lines
+    ]
+
+
+def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
+    """Issue the invoice of a paid proforma, once. Returns (invoice, created)."""
+    existing = s.execute(
+        select(Invoice).where(Invoice.proforma_id == proforma_id)
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing, False
+    p = _proforma(s, proforma_id)
+    if p.state != ProformaState.PAID.value or p.paid_at is None:
+        raise Conflict(f"proforma {p.number} is not paid; no invoice")
+    customer = s.get(Customer, p.order.customer_id)
+    assert customer is not None
+    year = p.paid_at.year
+    seq = next_number(s, "invoice", year)
+    invoice = Invoice(
+        number=billing.invoice_number(year, seq),
+        year=year,
+        seq=seq,
+        proforma_id=p.id,
+        customer_id=customer.id,
+        issued_at=p.paid_at,
+        net=p.net,
+        vat=p.vat,
+        gross=p.gross,
+        currency=p.currency,
+        snapshot={
+            "proforma": p.number,
+            "reference": p.reference,
+            "customer": {
+                "name": customer.name,
+                "company": customer.company,
+                "vat_id": customer.vat_id,
+                "address": customer.address,
+                "postal_code": customer.postal_code,
+                "city": customer.city,
+                "country": customer.country,
+            },
+            "lines": [
+                {k: str(v) for k, v in line.items()} for line in _lines(p)
+            ],
+        },
+    )
+    s.add(invoice)
+    s.flush()
+    audit(s, SYSTEM, "invoice.issued", "invoice", invoice.number, {"proforma": p.number})
+    return invoice, True
+
+
+@handler("invoice.issue")
+def step_invoice_issue(ctx: StepContext, step: Step) -> StepResult:
+    try:
+        with transaction(ctx.factory) as s:
+            invoice, created = issue_invoice(s, int(step.params["proforma_id"]))
+            number = invoice.number
+    except IntegrityError:
+        # Another run issued it at the same moment; its transaction won, ours (and the
+        # counter bump in it) rolled back, so numbering has no gap.
+        with transaction(ctx.factory) as s:
+            invoice, created = issue_invoice(s, int(step.params["proforma_id"]))
+            number = invoice.number
+    return StepResult(created, {"invoice": number})
+
+
+# -- e-mails ------------------------------------------------------------------
+def _customer_ctx(c: Customer) -> dict[str, Any]:
+    return {"name": c.name, "company": c.company, "email": c.email, "lang": c.lang}
+
+
+def _proforma_ctx(ctx: StepContext, p: Proforma) -> dict[str, Any]:
+    return {
+        "number": p.number,
+        "issued_on": p.issued_on,
+        "due_date": p.due_date,
+        "lines": _lines(p),
+        "net": p.net,
+        "vat": p.vat,
+        "gross": p.gross,
+        "reference": p.reference,
+        "iban": ctx.settings.bank_iban,
+        "recipient": ctx.settings.bank_recipient,
+    }
+
+
+def _mail_context(ctx: StepContext, s: Session, template: str, p: Proforma) -> dict[str, Any]:
+    customer = s.get(Customer, p.order.customer_id)
+    assert customer is not None
+    data: dict[str, Any] = {
+        "customer": _customer_ctx(customer),
+        "proforma": _proforma_ctx(ctx, p),
+    }
+    if template == "payment_confirmation":
+        payment = s.execute(
+            select(Payment)
+            .where(Payment.proforma_id == p.id, Payment.kind == "payment")
+            .order_by(Payment.id.desc())
+        ).scalars().first()
+        paid = s.execute(
+            select(func.coalesce(func.sum(Payment.amount), 0)).where(
+                Payment.proforma_id == p.id, Payment.kind == "payment"
+            )
+        ).scalar_one()
+        data["payment"] = {
+            "amount": paid,
+            "method": payment.provider if payment else "",
+            "received_on": (p.paid_at or ctx.now()).date(),
+        }
+    if template == "invoice":
+        invoice = s.execute(
+            select(Invoice).where(Invoice.proforma_id == p.id)
+        ).scalar_one_or_none()
+        if invoice is None:
+            raise StepFailed(ctx.step_key, "no invoice to send yet")
+        data["invoice"] = {
+            "number": invoice.number,
+            "issued_on": invoice.issued_at.date(),
+            "proforma_number": p.number,
+            "lines": _lines(p),
+            "net": invoice.net,
+            "vat": invoice.vat,
+            "gross": invoice.gross,
+        }
+    return data
+
+
+def send_once(ctx: StepContext, template: str, proforma_id: int,
+              extra: dict[str, Any] | None = None) -> StepResult:
+    """Send one e-mail exactly once per step key, as far as SMTP allows.
+
+    The outbox row is written before the SMTP transaction and marked `sent` after
+    the server accepted the message. A re-run finds `sent` and does nothing. If the
+    worker died during the SMTP transaction (row still `sending`), the message is
+    sent again with the same Message-ID, so a duplicate is recognisable downstream.
+    """
+    key = ctx.step_key
+    with transaction(ctx.factory) as s:
+        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
+        if row is not None and row.state == "sent":
+            return StepResult(False, {"message_id": row.message_id})
+        p = _proforma(s, proforma_id)
+        customer = s.get(Customer, p.order.customer_id)
+        assert customer is not None
+        message_id = make_message_id(key, ctx.settings.mail_from.rsplit("@", 1)[-1].strip(">"))
+        if row is None:
+            row = OutboxMail(key=key, message_id=message_id, recipient=customer.email,
+                             template=template, state="sending", attempts=0)
+            s.add(row)
+        row.attempts += 1
+        rendered = render_mail(template, customer.lang,
+                               {**_mail_context(ctx, s, template, p), **(extra or {})})
+        recipient = customer.email
+    mailer = ctx.adapters.get("mailer") or Mailer(ctx.settings)
+    assert isinstance(mailer, Mailer) or hasattr(mailer, "send")
+    mailer.send(to=recipient, rendered=rendered, message_id=message_id,
+                headers={"X-Provisioner-Step": key})
+    with transaction(ctx.factory) as s:
+        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one()
+        row.state = "sent"
+        row.sent_at = ctx.now()
+        audit(s, SYSTEM, "mail.sent", "mail", message_id, {"template": template, "step": key})
+    return StepResult(True, {"message_id": message_id})
+
+
+@handler("notify.proforma")
+def step_notify_proforma(ctx: StepContext, step: Step) -> StepResult:
+    return send_once(ctx, "proforma", int(step.params["proforma_id"]))
+
+
+@handler("notify.payment")
+def step_notify_payment(ctx: StepContext, step: Step) -> StepResult:
+    return send_once(ctx, "payment_confirmation", int(step.params["proforma_id"]))
+
+
+@handler("notify.invoice")
+def step_notify_invoice(ctx: StepContext, step: Step) -> StepResult:
+    return send_once(ctx, "invoice", int(step.params["proforma_id"]))
+
+
+@handler("service.activate")
+def step_service_activate(ctx: StepContext, step: Step) -> StepResult:
+    """All of a service's steps are done: it is active for one period from today."""
+    with transaction(ctx.factory) as s:
+        service = s.get(Service, int(step.params["service_id"]))
+        if service is None:
+            raise StepFailed(step.key, "service does not exist")
+        if service.state == ServiceState.ACTIVE.value:
+            return StepResult(False, {"expires_on": str(service.expires_on)})
+        today = ctx.now().date()
+        service.state = ServiceState.ACTIVE.value
+        # A capability step may have set the expiry from the outside system's answer
+        # (a domain's expiry is the registry's); keep it.
+        if service.expires_on is None:
+            service.expires_on = add_period(today, service.period_months)
+        service.clock_on = earliest_event(service.expires_on)  # the sweep takes it from here
+        service.updated_at = ctx.now()
+        audit(s, SYSTEM, "service.activated", "service", service.id)
+        return StepResult(True, {"expires_on": str(service.expires_on)})

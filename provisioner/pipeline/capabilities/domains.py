@@ -1,0 +1,585 @@
+"""Domain steps: register, transfer, renew, name servers (issue 6).
+
+Plan per domain line (``service:{id}/...``):
+  register: ``domain.register`` -> ``domain.nameservers`` (-> ``activate`` by the core)
+  transfer: ``domain.transfer`` -> ``domain.nameservers``
+  renew:    ``domain.renew``
+
+Every handler observes the registry before it acts. A transforming command whose answer
+is lost (timeout, dropped connection) is followed by ``domain:info``: if we are the
+sponsoring registrar the step succeeded, so a domain is never registered, renewed or
+billed twice. Before a command is sent, a marker (``DomainRecord.pending``) is written,
+so a re-run after a crash knows what may already have happened.
+
+Failures that retrying cannot fix (a taken name, a wrong transfer code, a name the policy
+refuses) raise ``Conflict`` / ``InvalidInput``: the runner fails the step at once, flags
+the order for refund and alerts ops; the customer gets the ``domain_failed`` e-mail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisioner.adapters import mail as mail_adapter
+from provisioner.adapters.mail import Mailer, RenderedMail, make_message_id, render_mail
+from provisioner.adapters.registry import (
+    AuthorizationFailed,
+    DomainInfo,
+    EppClient,
+    ObjectExists,
+    ObjectNotFound,
+    OutcomeUnknown,
+    RegistryConfig,
+    RegistryContact,
+    TldProfile,
+    profile_for,
+)
+from provisioner.timeutil import utcnow
+from provisioner.config import Settings
+from provisioner.domain import customers as dc
+from provisioner.domain.lifecycle import add_period, earliest_event
+from provisioner.domain.names import normalize_domain
+from provisioner.domain.policy import get_brand
+from provisioner.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StepFailed,
+    TransientError,
+)
+from provisioner.pipeline.engine.plan import OrderView, ServiceView, StepSpec, register_line_planner
+from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.store.audit import audit
+from provisioner.store.db import transaction
+from provisioner.store.domains import DomainRecord
+from provisioner.store.models import Contact, Customer, Order, OutboxMail, Service, Step
+
+log = logging.getLogger("provisioner.domains")
+SYSTEM = "system:pipeline"
+
+
+# -- plan ------------------------------------------------------------------------------
+def plan_domain(view: OrderView, service: ServiceView) -> list[StepSpec]:
+    base = f"service:{service.id}"
+    params: dict[str, Any] = {"service_id": service.id, "name": service.name,
+                              "years": max(service.period_months // 12, 1)}
+    if service.action == "renew":  # one key per term: next year's renewal is a new step
+        term = f"@{service.term_expiry}" if service.term_expiry else ""
+        return [StepSpec(f"{base}/domain.renew{term}", "domain.renew", (), params, service.id)]
+    first = "domain.transfer" if service.action == "transfer" else "domain.register"
+    return [
+        StepSpec(f"{base}/{first}", first, (), params, service.id),
+        StepSpec(f"{base}/domain.nameservers", "domain.nameservers", (f"{base}/{first}",),
+                 {"service_id": service.id, "name": service.name}, service.id),
+    ]
+
+
+register_line_planner("domain", plan_domain)
+
+
+# -- pure helpers ----------------------------------------------------------------------
+def our_nameservers(settings: Settings) -> list[str]:
+    names = [n.strip() for n in settings.nameservers.split(",") if n.strip()]
+    if len(names) < 2:
+        raise ConfigurationError("at least two name servers must be configured (nameservers)")
+    return sorted({normalize_domain(n) for n in names})
+
+
+def renewal_due_on(tld: str, expires_on: date, brand: str = "fcb") -> date:
+    """The day the provider renews a domain at the registry: on expiry, or earlier for
+    TLDs that must be renewed before expiry (.eu, .at: 5 days). The lifecycle clock reads
+    this to drive ``domain.renew``."""
+    return expires_on - timedelta(days=get_brand(brand).early_renew_days(tld))
+
+
+def si_refund_allowed(record: DomainRecord, today: date, brand: str = "fcb") -> bool:
+    """A .si registration that was never activated (no name servers) may be deleted with
+    a refund within the refund window (Register.si rule, brand policy: 15 days)."""
+    if record.tld != "si" or record.registered_on is None:
+        return False
+    window = get_brand(brand).si_refund_window_days
+    return not record.nameservers and (today - record.registered_on).days <= window
+
+
+def contact_handle(customer_id: int, contact: dc.Contact, profile: TldProfile, privacy: bool) -> str:
+    """A stable registry handle (3-16 characters): the same data give the same handle, so
+    a re-run finds the contact it created; changed data give a new contact."""
+    fields = "|".join([str(customer_id), contact.role.value, profile.contact_extension,
+                       contact.name, contact.company or "", contact.email, contact.address,
+                       contact.postal_code, contact.city, contact.country, contact.phone,
+                       str(privacy)])
+    digest = base64.b32encode(hashlib.sha256(fields.encode()).digest()).decode()[:8]
+    return f"PV{customer_id % 10**5}{contact.role.value[0].upper()}{digest}"
+
+
+def registry_contacts(customer_id: int, contacts: dict[dc.ContactRole, dc.Contact],
+                      profile: TldProfile, privacy_default: bool,
+                      lang: str = "en") -> dict[str, RegistryContact]:
+    """owner/admin/tech as the registry gets them (billing and manager never)."""
+    out: dict[str, RegistryContact] = {}
+    for role, c in dc.registry_contacts(contacts).items():
+        privacy = privacy_default and not c.company
+        out[role.value] = RegistryContact(
+            handle=contact_handle(customer_id, c, profile, privacy), name=c.name, email=c.email,
+            street=c.address, city=c.city, postal_code=c.postal_code, country=c.country,
+            phone=c.phone, org=c.company, privacy=privacy, role=role.value,
+            lang=lang if lang in ("en", "sl") else "en",
+        )
+    return out
+
+
+# -- transfer codes (kept encrypted, only until used) ------------------------------------
+def _fernet(settings: Settings) -> Fernet:
+    key = settings.domain_auth_key
+    if not key:
+        path = Path(settings.data_dir) / "registry" / "auth.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+        key = path.read_text().strip()
+    try:
+        return Fernet(key.encode() if isinstance(key, str) else key)
+    except ValueError as exc:
+        raise ConfigurationError(f"domain_auth_key is not a Fernet key: {exc}") from None
+
+
+def set_transfer_code(factory: Any, settings: Settings, service_id: int, code: str,
+                      actor: str = "ops") -> None:
+    """Keep the customer's transfer (auth) code for a domain transfer, encrypted."""
+    if not isinstance(code, str) or not 1 <= len(code.strip()) <= 64 or not code.strip().isprintable():
+        raise InvalidInput("a transfer code is 1-64 printable characters")
+    token = _fernet(settings).encrypt(code.strip().encode())
+    with transaction(factory) as s:
+        service = s.get(Service, service_id)
+        if service is None or service.kind != "domain":
+            raise NotFound(f"no domain service {service_id}")
+        record = _record(s, service)
+        record.transfer_auth = token
+        audit(s, actor, "domain.transfer_code_set", "service", service_id)
+
+
+def _transfer_code(settings: Settings, record: DomainRecord) -> str | None:
+    if not record.transfer_auth:
+        return None
+    try:
+        return _fernet(settings).decrypt(record.transfer_auth).decode()
+    except InvalidToken:
+        raise ConfigurationError("the stored transfer code cannot be decrypted (key changed?)") from None
+
+
+# -- adapters and records --------------------------------------------------------------
+_DEFAULT_CLIENTS: dict[RegistryConfig, EppClient] = {}
+
+
+def registry_client(settings: Settings) -> EppClient:
+    """The process's kept-alive registry session for these settings (wiring uses it)."""
+    config = RegistryConfig.from_settings(settings)
+    client = _DEFAULT_CLIENTS.get(config)
+    if client is None:
+        client = _DEFAULT_CLIENTS[config] = EppClient(config)
+    return client
+
+
+def _client(ctx: StepContext) -> EppClient:
+    adapter = ctx.adapters.get("registry")
+    if adapter is None:
+        return registry_client(ctx.settings)
+    if isinstance(adapter, EppClient):
+        return adapter
+    if callable(adapter):
+        made = adapter()
+        assert isinstance(made, EppClient)
+        return made
+    raise ConfigurationError(f"registry adapter {adapter!r} is not an EPP client")
+
+
+def _record(s: Session, service: Service) -> DomainRecord:
+    record = s.execute(
+        select(DomainRecord).where(DomainRecord.service_id == service.id)
+    ).scalar_one_or_none()
+    if record is None:
+        now = _now()
+        record = DomainRecord(service_id=service.id, name=service.name,
+                              tld=service.name.rsplit(".", 1)[-1], status="pending", contacts={},
+                              nameservers=[], statuses=[], privacy=True, created_at=now,
+                              updated_at=now)
+        s.add(record)
+        s.flush()
+    return record
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+def _customer(c: Customer) -> dc.Customer:
+    return dc.Customer(name=c.name, email=c.email, address=c.address,
+                       postal_code=c.postal_code, city=c.city, country=c.country,
+                       phone=c.phone, company=c.company, vat_id=c.vat_id, lang=c.lang)
+
+
+def _contact(row: Contact) -> dc.Contact:
+    return dc.Contact(role=dc.ContactRole(row.role), name=row.name, email=row.email,
+                      address=row.address, postal_code=row.postal_code, city=row.city,
+                      country=row.country, phone=row.phone, company=row.company)
+
+
+def _kept(c: dc.Contact | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"name": c.name, "company": c.company, "email": c.email, "phone": c.phone}
+
+
+class _Job:
+    """What a domain step needs, read in one transaction."""
+
+    def __init__(self, ctx: StepContext, step: Step) -> None:
+        self.ctx = ctx
+        self.step = step
+        self.service_id = int(step.params["service_id"])
+        with transaction(ctx.factory) as s:
+            service = s.get(Service, self.service_id)
+            if service is None:
+                raise StepFailed(step.key, f"service {self.service_id} does not exist")
+            # hostile input is refused here, before any EPP traffic
+            self.name = normalize_domain(service.name)
+            self.tld = self.name.rsplit(".", 1)[1]
+            order = s.get(Order, service.order_id)
+            self.brand = order.brand if order is not None else "fcb"
+            self.profile = profile_for(self.tld, get_brand(self.brand))
+            self.years = self.profile.check_period(max(service.period_months // 12, 1))
+            customer = s.get(Customer, service.customer_id)
+            assert customer is not None
+            self.customer_id = customer.id
+            self.email = customer.email
+            self.lang = customer.lang
+            rows = {r.role: _contact(r) for r in s.execute(
+                select(Contact).where(Contact.customer_id == customer.id)).scalars()}
+            contacts = dc.contacts_for_domain(
+                _customer(customer), admin=rows.get("admin"), tech=rows.get("tech"))
+            self.contacts = registry_contacts(customer.id, contacts, self.profile,
+                                              ctx.settings.whois_privacy_default, customer.lang)
+            record = _record(s, service)
+            record.privacy = self.contacts["owner"].privacy
+            record.manager = _kept(rows.get("manager")) or _kept(contacts[dc.ContactRole.OWNER])
+            record.payer = _kept(rows.get("billing")) or _kept(contacts[dc.ContactRole.OWNER])
+            self.record_id = record.id
+            self.pending = dict(record.pending or {})
+            self.known_expiry = record.expires_on
+            self.transfer_code = _transfer_code(ctx.settings, record)
+        self.client = _client(ctx)
+        self.ours = self.client.config.login
+
+    # -- registry observations -------------------------------------------------------
+    def info(self, auth: str | None = None) -> DomainInfo | None:
+        try:
+            return self.client.info_domain(self.name, auth_info=auth)
+        except ObjectNotFound:
+            return None
+
+    def mark_pending(self, op: str, **extra: Any) -> None:
+        with transaction(self.ctx.factory) as s:
+            record = s.get(DomainRecord, self.record_id)
+            assert record is not None
+            record.pending = {"step": self.step.key, "op": op, **extra}
+            record.updated_at = _now()
+
+    def save(self, info: DomainInfo, status: str, done: dict[str, Any] | None = None,
+             **extra: Any) -> None:
+        """Record what the registry answered; the service's expiry is the registry's."""
+        with transaction(self.ctx.factory) as s:
+            record = s.get(DomainRecord, self.record_id)
+            assert record is not None
+            record.status = status
+            record.roid = info.roid
+            record.sponsor = info.sponsor
+            record.registrant = info.registrant
+            record.contacts = {k: list(v) for k, v in info.contacts.items()}
+            record.nameservers = list(info.nameservers)
+            record.statuses = list(info.statuses)
+            record.expires_on = info.expires
+            # a finished renewal keeps its marker: a re-run of the same step renews nothing
+            record.pending = done
+            record.detail = None
+            record.updated_at = _now()
+            for key, value in extra.items():
+                setattr(record, key, value)
+            service = s.get(Service, self.service_id)
+            if service is not None and info.expires is not None:
+                if service.expires_on != info.expires:
+                    service.expires_on = info.expires
+                    service.clock_on = earliest_event(info.expires)  # the sweep's next look
+                service.updated_at = _now()
+            audit(s, SYSTEM, f"domain.{status}", "service", self.service_id,
+                  {"name": self.name, "expires_on": str(info.expires)})
+
+    # -- failure the customer is told about ------------------------------------------
+    def refuse(self, exc_type: type[InvalidInput], reason: str, action: str) -> InvalidInput:
+        """Record the failure, tell the customer once, and return the error to raise."""
+        with transaction(self.ctx.factory) as s:
+            record = s.get(DomainRecord, self.record_id)
+            assert record is not None
+            record.status = "failed"
+            record.pending = None
+            record.detail = reason
+            record.transfer_auth = None
+            record.updated_at = _now()
+        try:
+            notify_failed(self.ctx, f"{self.step.key}/notify", self.customer_id, self.name,
+                          action, reason)
+        except Exception:  # noqa: BLE001 - the ops alert still goes out; the mail is best effort
+            log.exception("could not e-mail the customer about %s", self.name)
+        return exc_type(f"{self.name}: {reason}")
+
+
+# -- customer e-mail -------------------------------------------------------------------
+def _render(lang: str, context: dict[str, Any]) -> RenderedMail:
+    if "domain_failed" in mail_adapter.TEMPLATES:
+        return render_mail("domain_failed", lang, context)
+    # The mail adapter's template list predates this template; render it the same way.
+    env = mail_adapter._environment()
+    values = {**context, "lang": lang if lang in ("sl", "en") else "sl"}
+    folder = values["lang"]
+    subject = env.get_template(f"{folder}/domain_failed.subject.j2").render(values)
+    return RenderedMail(
+        subject=" ".join(subject.split()),
+        text=env.get_template(f"{folder}/domain_failed.txt.j2").render(values),
+        html=env.get_template(f"{folder}/domain_failed.html.j2").render(values),
+    )
+
+
+def display_name(name: str) -> str:
+    try:
+        return name.encode("ascii").decode("idna")
+    except UnicodeError:
+        return name
+
+
+def notify_failed(ctx: StepContext, key: str, customer_id: int, name: str, action: str,
+                  reason: str) -> bool:
+    """E-mail "we could not register/transfer X; you will be refunded", once per key."""
+    with transaction(ctx.factory) as s:
+        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
+        if row is not None and row.state == "sent":
+            return False
+        customer = s.get(Customer, customer_id)
+        assert customer is not None
+        message_id = make_message_id(key, ctx.settings.mail_from.rsplit("@", 1)[-1].strip(">"))
+        if row is None:
+            row = OutboxMail(key=key, message_id=message_id, recipient=customer.email,
+                             template="domain_failed", state="sending", attempts=0)
+            s.add(row)
+        row.attempts += 1
+        rendered = _render(customer.lang, {
+            "customer": {"name": customer.name, "company": customer.company,
+                         "email": customer.email, "lang": customer.lang},
+            "domain": {"name": name, "display": display_name(name), "action": action,
+                       "reason": reason},
+        })
+        recipient = customer.email
+    mailer = ctx.adapters.get("mailer") or Mailer(ctx.settings)
+    mailer.send(to=recipient, rendered=rendered, message_id=message_id,  # type: ignore[attr-defined]
+                headers={"X-Provisioner-Step": key})
+    with transaction(ctx.factory) as s:
+        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one()
+        row.state = "sent"
+        row.sent_at = ctx.now()
+        audit(s, SYSTEM, "mail.sent", "mail", message_id, {"template": "domain_failed", "step": key})
+    return True
+
+
+# -- registry helpers ------------------------------------------------------------------
+def ensure_contacts(client: EppClient, contacts: dict[str, RegistryContact], tld: str) -> dict[str, str]:
+    """Create the contacts the registry does not have yet; returns role -> handle."""
+    for contact in {c.handle: c for c in contacts.values()}.values():
+        try:
+            info = client.info_contact(contact.handle)
+        except ObjectNotFound:
+            info = None
+        if info is not None:
+            if info.sponsor != client.config.login:
+                raise StepFailed("?", f"contact handle {contact.handle} belongs to {info.sponsor}")
+            continue
+        auth = base64.b32encode(os.urandom(10)).decode()[:16]
+        try:
+            client.create_contact(contact, tld, auth)
+        except (ObjectExists, OutcomeUnknown):
+            client.info_contact(contact.handle)  # created by the lost attempt: fine
+    return {role: c.handle for role, c in contacts.items()}
+
+
+def ensure_hosts(client: EppClient, hosts: Sequence[str]) -> None:
+    missing = [h for h, avail in client.check_hosts(list(hosts)).items() if avail]
+    for host in missing:
+        try:
+            client.create_host(host)
+        except ObjectExists:
+            pass
+
+
+# -- handlers --------------------------------------------------------------------------
+@handler("domain.register")
+def step_domain_register(ctx: StepContext, step: Step) -> StepResult:
+    job = _Job(ctx, step)
+    client = job.client
+    nameservers = our_nameservers(ctx.settings)
+    # observe: ours already (an earlier attempt whose answer was lost)? someone else's?
+    info = job.info()
+    if info is not None and info.sponsor == job.ours:
+        job.save(info, "registered", registered_on=info.created.date() if info.created else None)
+        return StepResult(False, {"name": job.name, "expires_on": str(info.expires)})
+    if info is not None:
+        raise job.refuse(Conflict, "the name is already registered by someone else", "register")
+    check = client.check_domains([job.name]).get(job.name)
+    if check is not None and not check.available:
+        raise job.refuse(Conflict, f"the name is not available ({check.reason or 'taken'})",
+                         "register")
+    handles = ensure_contacts(client, job.contacts, job.tld)
+    ensure_hosts(client, nameservers)
+    job.mark_pending("create")
+    ctx.heartbeat()
+    try:
+        client.create_domain(job.name, job.years, handles["owner"],
+                             {"admin": handles["admin"], "tech": handles["tech"]}, nameservers,
+                             auth_info=base64.b32encode(os.urandom(10)).decode()[:16])
+    except (OutcomeUnknown, ObjectExists) as exc:
+        # The create may have happened: ask before anything else.
+        info = job.info()
+        if info is None or info.sponsor != job.ours:
+            if isinstance(exc, ObjectExists):
+                raise job.refuse(Conflict, "the name was registered by someone else", "register") from None
+            raise TransientError(f"{job.name}: create outcome unknown and not registered: {exc}") from None
+        log.warning("domain:create %s: answer lost, but the domain is ours", job.name)
+    info = job.info()
+    if info is None or info.sponsor != job.ours:
+        raise TransientError(f"{job.name}: created but domain:info does not show it as ours yet")
+    job.save(info, "registered", registered_on=info.created.date() if info.created else None)
+    return StepResult(True, {"name": job.name, "expires_on": str(info.expires),
+                             "roid": info.roid})
+
+
+@handler("domain.transfer")
+def step_domain_transfer(ctx: StepContext, step: Step) -> StepResult:
+    job = _Job(ctx, step)
+    client = job.client
+    info = job.info()
+    if info is not None and info.sponsor == job.ours:
+        # ours already: an earlier attempt's transfer went through (its answer was lost)
+        job.save(info, "registered", transfer_auth=None)
+        return StepResult(False, {"name": job.name, "expires_on": str(info.expires)})
+    if info is None:
+        raise job.refuse(InvalidInput, "the domain is not registered, so it cannot be transferred",
+                         "transfer")
+    code = job.transfer_code
+    if not code:
+        raise job.refuse(InvalidInput, "no transfer (auth) code was given for the domain", "transfer")
+    job.mark_pending("transfer", **{"from": str(info.expires)})
+    try:
+        tr = client.transfer_domain("request", job.name, code)
+    except AuthorizationFailed:
+        raise job.refuse(InvalidInput, "the transfer (auth) code is wrong or has expired",
+                         "transfer") from None
+    except OutcomeUnknown as exc:
+        info = job.info()
+        if info is None or info.sponsor != job.ours:
+            raise TransientError(f"{job.name}: transfer outcome unknown: {exc}") from None
+        tr = None
+    if tr is not None and tr.status == "pending":
+        raise TransientError(f"{job.name}: transfer pending at the registry until {tr.action_at}")
+    info = job.info()
+    if info is None or info.sponsor != job.ours:
+        raise TransientError(f"{job.name}: transfer done but domain:info does not show it as ours")
+    job.save(info, "registered", transfer_auth=None)
+    return StepResult(True, {"name": job.name, "expires_on": str(info.expires)})
+
+
+@handler("domain.nameservers")
+def step_domain_nameservers(ctx: StepContext, step: Step) -> StepResult:
+    job = _Job(ctx, step)
+    client = job.client
+    wanted = our_nameservers(ctx.settings)
+    info = job.info()
+    if info is None or info.sponsor != job.ours:
+        raise StepFailed(step.key, f"{job.name} is not sponsored by us at the registry")
+    current = set(info.nameservers)
+    add = [h for h in wanted if h not in current]
+    rem = sorted(current - set(wanted))
+    if add or rem:
+        ensure_hosts(client, add)
+        client.update_domain(job.name, add_ns=add, rem_ns=rem)
+        info = job.info()
+        assert info is not None
+    job.save(info, "registered")
+    return StepResult(bool(add or rem), {"nameservers": list(info.nameservers)})
+
+
+@handler("domain.renew")
+def step_domain_renew(ctx: StepContext, step: Step) -> StepResult:
+    job = _Job(ctx, step)
+    client = job.client
+    info = job.info()
+    if info is None or info.sponsor != job.ours or info.expires is None:
+        raise StepFailed(step.key, f"{job.name} is not ours at the registry; cannot renew")
+    mine = job.pending if job.pending.get("step") == step.key else {}
+    if mine.get("done") or (mine.get("from") and str(info.expires) != mine["from"]):
+        # this step renewed it already (an earlier run, or one whose answer was lost)
+        job.save(info, "registered", done={**mine, "done": True})
+        return StepResult(False, {"name": job.name, "expires_on": str(info.expires)})
+    job.mark_pending("renew", **{"from": str(info.expires)})
+    try:
+        client.renew_domain(job.name, info.expires, job.years)
+    except OutcomeUnknown as exc:
+        after = job.info()
+        if after is None or after.expires == info.expires:
+            raise TransientError(f"{job.name}: renew outcome unknown: {exc}") from None
+    after = job.info()
+    assert after is not None
+    expected = add_period(info.expires, 12 * job.years)
+    if after.expires != expected:
+        log.warning("renew %s: registry expiry %s, expected %s", job.name, after.expires, expected)
+    job.save(after, "registered", done={"step": step.key, "op": "renew", "from": str(info.expires),
+                                        "done": True})
+    return StepResult(True, {"name": job.name, "expires_on": str(after.expires)})
+
+
+# -- registry messages -----------------------------------------------------------------
+def drain_poll(client: EppClient, factory: Any, limit: int = 100) -> list[dict[str, Any]]:
+    """Read and acknowledge the registry's poll messages. A domain of ours transferred to
+    another registrar is marked ``transferred_away`` (ops see it; nothing renews it).
+    Returns what was read, for the caller's log."""
+    seen: list[dict[str, Any]] = []
+    for _ in range(limit):
+        message = client.poll_request()
+        if message is None:
+            break
+        entry: dict[str, Any] = {"id": message.id, "text": message.text, **message.data}
+        name = message.data.get("name")
+        away = message.data.get("reID") not in (None, client.config.login) and \
+            message.data.get("trStatus") in ("serverApproved", "clientApproved")
+        if name and away:
+            with transaction(factory) as s:
+                for record in s.execute(select(DomainRecord).where(
+                        DomainRecord.name == name, DomainRecord.status == "registered")).scalars():
+                    record.status = "transferred_away"
+                    record.sponsor = message.data.get("reID")
+                    record.updated_at = _now()
+                    audit(s, SYSTEM, "domain.transferred_away", "service", record.service_id,
+                          {"name": name, "to": record.sponsor})
+            entry["transferred_away"] = True
+        client.poll_ack(message.id)
+        seen.append(entry)
+    return seen

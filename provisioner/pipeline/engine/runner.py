@@ -1,0 +1,374 @@
+"""The step journal and its runner.
+
+The journal (table `steps`) is the truth; the queue only carries step keys.
+A step moves PENDING -> QUEUED -> RUNNING -> DONE | FAILED:
+
+* `record()` writes the plan's steps once per key (re-recording changes nothing).
+* `dispatch()` moves PENDING steps whose dependencies are DONE to QUEUED and hands
+  their keys to `enqueue` after the commit.
+* `run_step()` claims a step with one conditional UPDATE (QUEUED, or RUNNING with
+  an expired lease), so a message delivered twice runs the step once; the handler
+  observes before it acts, so a step re-run after a crash creates nothing twice.
+* `redrive()` finds RUNNING steps whose lease expired (their worker died) and
+  QUEUED steps whose message was lost, and enqueues them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.timeutil import utcnow
+from provisioner.config import Settings
+from provisioner.domain.lifecycle import ServiceState, StepState
+from provisioner.errors import Conflict, InvalidInput, StepFailed, TransientError
+from provisioner.pipeline.engine.plan import StepSpec
+from provisioner.store.audit import audit
+from provisioner.store.db import transaction
+from provisioner.store.models import Order, Service, Step
+
+log = logging.getLogger("provisioner.pipeline")
+
+Enqueue = Callable[[str], None]
+SYSTEM = "system:pipeline"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    changed: bool
+    details: dict[str, object]
+
+
+@dataclass
+class StepContext:
+    """What a handler gets: the settings, a session factory, the clock, and a way to
+    extend its lease during long work. Adapters are looked up from here, so a unit
+    test can hand in recording fakes."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    step_key: str
+    owner: str
+    adapters: dict[str, object]
+    now: Callable[[], datetime] = utcnow
+
+    def heartbeat(self) -> None:
+        with transaction(self.factory) as s:
+            s.execute(
+                update(Step)
+                .where(Step.key == self.step_key, Step.owner == self.owner)
+                .values(lease_until=self.now() + timedelta(seconds=self.settings.step_lease_s))
+            )
+
+
+Handler = Callable[[StepContext, Step], StepResult]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    key: str
+    status: str  # done | skipped | retry | failed
+    detail: str = ""
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def record(session: Session, order_id: int, specs: Iterable[StepSpec]) -> int:
+    """Write the plan's steps into the journal; existing keys are left alone."""
+    now = utcnow()
+    added = 0
+    insert = _insert(session)
+    for spec in specs:
+        result = session.execute(
+            insert(Step)
+            .values(
+                key=spec.key,
+                order_id=order_id,
+                service_id=spec.service_id,
+                kind=spec.kind,
+                params=spec.params,
+                deps=list(spec.deps),
+                state=StepState.PENDING.value,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        added += max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+    return added
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        enqueue: Enqueue,
+        adapters: dict[str, object] | None = None,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.enqueue = enqueue
+        self.adapters = adapters if adapters is not None else {}
+        self.now = now
+
+    # -- dispatch -------------------------------------------------------------
+    def dispatch(self, order_id: int | None = None) -> list[str]:
+        """Queue every PENDING step whose dependencies are all DONE."""
+        now = self.now()
+        queued: list[str] = []
+        with transaction(self.factory) as s:
+            q = select(Step).where(Step.state == StepState.PENDING.value)
+            if order_id is not None:
+                q = q.where(Step.order_id == order_id)
+            pending = list(s.execute(q).scalars())
+            if not pending:
+                return []
+            deps = {d for step in pending for d in step.deps}
+            done = set(
+                s.execute(
+                    select(Step.key).where(
+                        Step.key.in_(deps), Step.state == StepState.DONE.value
+                    )
+                ).scalars()
+            ) if deps else set()
+            for step in pending:
+                if all(d in done for d in step.deps):
+                    res = s.execute(
+                        update(Step)
+                        .where(Step.id == step.id, Step.state == StepState.PENDING.value)
+                        .values(state=StepState.QUEUED.value, enqueued_at=now, updated_at=now)
+                    )
+                    if res.rowcount == 1:  # type: ignore[attr-defined]
+                        queued.append(step.key)
+        self._send(queued)
+        return queued
+
+    def _send(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            try:
+                self.enqueue(key)
+            except Exception:  # noqa: BLE001 - a broker outage must not lose the step
+                log.exception("could not enqueue %s; the re-drive will send it again", key)
+
+    # -- running --------------------------------------------------------------
+    def _claim(self, key: str, owner: str) -> Step | None:
+        now = self.now()
+        with transaction(self.factory) as s:
+            res = s.execute(
+                update(Step)
+                .where(
+                    Step.key == key,
+                    or_(
+                        Step.state == StepState.QUEUED.value,
+                        and_(Step.state == StepState.RUNNING.value, Step.lease_until < now),
+                    ),
+                )
+                .values(
+                    state=StepState.RUNNING.value,
+                    owner=owner,
+                    lease_until=now + timedelta(seconds=self.settings.step_lease_s),
+                    attempts=Step.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return s.execute(select(Step).where(Step.key == key)).scalar_one()
+
+    def run_step(self, key: str) -> RunOutcome:
+        """Run one step if it is ours to run. Raises TransientError when the step
+        should be retried (the Celery task retries it with backoff)."""
+        owner = uuid.uuid4().hex
+        step = self._claim(key, owner)
+        if step is None:
+            return RunOutcome(key, "skipped", "not queued, already running or finished")
+        fn = HANDLERS.get(step.kind)
+        if fn is None:
+            self._fail(step, owner, f"no handler for step kind {step.kind!r}")
+            return RunOutcome(key, "failed", "no handler")
+        ctx = StepContext(self.settings, self.factory, key, owner, self.adapters, self.now)
+        log.info("step %s: attempt %d", key, step.attempts)
+        try:
+            result = fn(ctx, step)
+        except TransientError as exc:
+            return self._retry_or_fail(step, owner, str(exc) or type(exc).__name__)
+        except (InvalidInput, StepFailed, Conflict) as exc:
+            self._fail(step, owner, str(exc))
+            return RunOutcome(key, "failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is retried, then dead-lettered
+            log.error("step %s raised:\n%s", key, traceback.format_exc())
+            return self._retry_or_fail(step, owner, f"{type(exc).__name__}: {exc}")
+        self._finish(step, owner, result)
+        self.dispatch(step.order_id)
+        return RunOutcome(key, "done", "changed" if result.changed else "unchanged")
+
+    def _finish(self, step: Step, owner: str, result: StepResult) -> None:
+        now = self.now()
+        with transaction(self.factory) as s:
+            res = s.execute(
+                update(Step)
+                .where(
+                    Step.id == step.id,
+                    Step.owner == owner,
+                    Step.state == StepState.RUNNING.value,
+                )
+                .values(
+                    state=StepState.DONE.value,
+                    result={"changed": result.changed, **result.details},
+                    lease_until=None,
+                    last_error=None,
+                    updated_at=now,
+                )
+            )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                log.warning("step %s: lease lost before finishing; the other run finishes it", step.key)
+                return
+            audit(s, SYSTEM, "step.done", "step", step.key, {"changed": result.changed})
+            left = s.execute(
+                select(Step.id).where(
+                    Step.order_id == step.order_id, Step.state != StepState.DONE.value
+                )
+            ).first()
+            order = s.get(Order, step.order_id)
+            if left is None and order is not None and order.status == "paid":
+                order.status = "completed"
+                audit(s, SYSTEM, "order.completed", "order", order.id)
+
+    def _retry_or_fail(self, step: Step, owner: str, detail: str) -> RunOutcome:
+        if step.attempts >= self.settings.step_max_attempts:
+            self._fail(step, owner, f"gave up after {step.attempts} attempts: {detail}")
+            return RunOutcome(step.key, "failed", detail)
+        now = self.now()
+        delay = self.settings.step_backoff_s * (2 ** (step.attempts - 1))
+        with transaction(self.factory) as s:
+            s.execute(
+                update(Step)
+                .where(Step.id == step.id, Step.owner == owner)
+                .values(
+                    state=StepState.QUEUED.value,
+                    owner=None,
+                    lease_until=None,
+                    enqueued_at=now,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    last_error=detail,
+                    updated_at=now,
+                )
+            )
+        log.warning("step %s: attempt %d failed, retrying: %s", step.key, step.attempts, detail)
+        raise TransientError(f"{step.key}: {detail}")
+
+    def _fail(self, step: Step, owner: str, detail: str) -> None:
+        now = self.now()
+        with transaction(self.factory) as s:
+            s.execute(
+                update(Step)
+                .where(Step.id == step.id)
+                .values(state=StepState.FAILED.value, owner=None, lease_until=None,
+                        last_error=detail, updated_at=now)
+            )
+            audit(s, SYSTEM, "step.failed", "step", step.key, {"detail": detail})
+            order = s.get(Order, step.order_id)
+            if step.kind.startswith("clock."):
+                # A lifecycle step (reminder, shutdown, deletion stage) of a running or
+                # ended service: nothing was bought that failed, so no refund and the
+                # service keeps its state; ops get the alert below and re-run it.
+                order = None
+            elif step.service_id is not None:
+                service = s.get(Service, step.service_id)
+                if service is not None:
+                    service.state = ServiceState.FAILED.value
+                    service.detail = f"{step.key}: {detail}"
+                    service.updated_at = now
+                    audit(s, SYSTEM, "service.failed", "service", service.id, {"step": step.key})
+                if order is not None and not order.refund_flag:
+                    # RULES: paid but not carried out => refund by the same method.
+                    order.refund_flag = True
+                    order.refund_reason = f"{step.key} failed: {detail}"
+                    audit(s, SYSTEM, "order.refund_flagged", "order", order.id, {"step": step.key})
+            if order is not None and order.status == "paid":
+                order.status = "failed"
+        log.error("step %s FAILED: %s", step.key, detail)
+        alert = self.adapters.get("alert")
+        if callable(alert):
+            try:
+                alert(step_key=step.key, order_id=step.order_id, detail=detail,
+                      attempts=step.attempts)
+            except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
+                log.exception("could not e-mail the ops alert for %s", step.key)
+
+    # -- re-drive -------------------------------------------------------------
+    def redrive(self) -> dict[str, int]:
+        """Re-enqueue steps whose worker died (lease expired) or whose message was
+        lost (queued too long ago), then dispatch whatever became ready."""
+        now = self.now()
+        stale_after = timedelta(seconds=self.settings.step_lease_s)
+        keys: list[str] = []
+        with transaction(self.factory) as s:
+            expired = list(
+                s.execute(
+                    select(Step).where(
+                        Step.state == StepState.RUNNING.value, Step.lease_until < now
+                    )
+                ).scalars()
+            )
+            for step in expired:
+                s.execute(
+                    update(Step)
+                    .where(Step.id == step.id, Step.state == StepState.RUNNING.value,
+                           Step.lease_until < now)
+                    .values(state=StepState.QUEUED.value, owner=None, lease_until=None,
+                            enqueued_at=now, updated_at=now,
+                            last_error=f"lease expired (attempt {step.attempts}); re-driven")
+                )
+                keys.append(step.key)
+            lost = s.execute(
+                select(Step).where(
+                    Step.state == StepState.QUEUED.value,
+                    Step.enqueued_at < now - stale_after,
+                    or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now),
+                )
+            ).scalars()
+            for step in lost:
+                step.enqueued_at = now
+                keys.append(step.key)
+            retry_due = s.execute(
+                select(Step).where(
+                    Step.state == StepState.QUEUED.value,
+                    Step.next_attempt_at.is_not(None),
+                    Step.next_attempt_at <= now,
+                    Step.enqueued_at < Step.next_attempt_at,
+                )
+            ).scalars()
+            for step in retry_due:
+                if step.key not in keys:
+                    step.enqueued_at = now
+                    keys.append(step.key)
+        if keys:
+            log.warning("re-driving %d step(s): %s", len(keys), ", ".join(keys))
+        self._send(keys)
+        dispatched = self.dispatch()
+        return {"redriven": len(keys), "dispatched": len(dispatched)}

@@ -1,0 +1,181 @@
+"""Customers' data requests (RULES "Data protection"): export and erasure.
+
+* Export: everything we hold about a customer, machine-readable (JSON-ready dict). The
+  read itself is audited, like every access to personal data.
+* Erasure: refused while the customer has a service that is not finished (active,
+  provisioning, suspended, failed, or expired with data still on a server). Otherwise
+  the personal data are overwritten or deleted; invoices stay (kept 10 years, they are
+  an accounting record) and so do the payment records they rest on; backups that still
+  hold the data age out on their own (the brand's backup rotation).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.timeutil import utcnow
+from provisioner.domain.lifecycle import ProformaState, ServiceState
+from provisioner.domain.policy import get_brand
+from provisioner.errors import Conflict, NotFound
+from provisioner.store.audit import audit
+from provisioner.store.db import transaction
+from provisioner.store.models import (
+    AuditEntry,
+    Contact,
+    Customer,
+    Invoice,
+    Order,
+    OutboxMail,
+    Payment,
+    Proforma,
+    Service,
+)
+
+#: A customer with a service in one of these states still has a service with us.
+UNFINISHED = frozenset({ServiceState.PROVISIONING, ServiceState.ACTIVE, ServiceState.SUSPENDED,
+                        ServiceState.FAILED, ServiceState.EXPIRED})
+_PERSON = ("name", "company", "vat_id", "email", "address", "postal_code", "city", "country",
+           "phone", "lang")
+
+
+def _customer(s: Session, customer_id: int) -> Customer:
+    c = s.get(Customer, customer_id)
+    if c is None:
+        raise NotFound(f"no customer {customer_id}")
+    return c
+
+
+def export_customer(factory: sessionmaker[Session], customer_id: int, actor: str) -> dict[str, Any]:
+    from provisioner.store.lifecycle import StageRecord
+    from provisioner.store.hosting import HostingAccount
+
+    with transaction(factory) as s:
+        c = _customer(s, customer_id)
+        orders = list(s.execute(select(Order).where(Order.customer_id == customer_id)
+                                .order_by(Order.id)).scalars())
+        order_ids = [o.id for o in orders]
+        proformas = list(s.execute(select(Proforma).where(Proforma.order_id.in_(order_ids))
+                                   .order_by(Proforma.id)).scalars()) if order_ids else []
+        proforma_ids = [p.id for p in proformas]
+        services = list(s.execute(select(Service).where(Service.customer_id == customer_id)
+                                  .order_by(Service.id)).scalars())
+        service_ids = [sv.id for sv in services]
+        accounts = {a.service_id: a for a in s.execute(
+            select(HostingAccount).where(HostingAccount.service_id.in_(service_ids))).scalars()
+        } if service_ids else {}
+        stages = list(s.execute(select(StageRecord).where(StageRecord.service_id.in_(service_ids))
+                                .order_by(StageRecord.id)).scalars()) if service_ids else []
+        payments = list(s.execute(select(Payment).where(Payment.proforma_id.in_(proforma_ids))
+                                  .order_by(Payment.id)).scalars()) if proforma_ids else []
+        invoices = list(s.execute(select(Invoice).where(Invoice.customer_id == customer_id)
+                                  .order_by(Invoice.id)).scalars())
+        mails = list(s.execute(select(OutboxMail).where(OutboxMail.recipient == c.email)
+                               .order_by(OutboxMail.id)).scalars())
+        entities = [("customer", str(customer_id))] + [("service", str(i)) for i in service_ids] \
+            + [("order", str(i)) for i in order_ids]
+        trail = list(s.execute(select(AuditEntry).where(or_(*[
+            (AuditEntry.entity == e) & (AuditEntry.entity_id == i) for e, i in entities]))
+            .order_by(AuditEntry.id)).scalars())
+        data = {
+            "exported_at": utcnow().isoformat(),
+            "customer": {"id": c.id, **{k: getattr(c, k) for k in _PERSON},
+                         "created_at": c.created_at.isoformat()},
+            "contacts": [{"role": x.role, "name": x.name, "company": x.company, "email": x.email,
+                          "address": x.address, "postal_code": x.postal_code, "city": x.city,
+                          "country": x.country, "phone": x.phone}
+                         for x in s.execute(select(Contact).where(Contact.customer_id == customer_id)
+                                            .order_by(Contact.id)).scalars()],
+            "orders": [{"id": o.id, "brand": o.brand, "status": o.status, "renewal": o.renewal,
+                        "created_at": o.created_at.isoformat(),
+                        "items": [{"kind": i.kind, "product": i.product, "name": i.name,
+                                   "period_months": i.period_months, "action": i.action}
+                                  for i in o.items]} for o in orders],
+            "proformas": [{"number": p.number, "order": p.order_id, "state": p.state,
+                           "issued_on": p.issued_on.isoformat(), "due_date": p.due_date.isoformat(),
+                           "reference": p.reference, "gross": str(p.gross),
+                           "lines": [{"description": ln.description, "gross": str(ln.gross)}
+                                     for ln in p.lines]} for p in proformas],
+            "payments": [{"provider": p.provider, "txn_id": p.txn_id, "kind": p.kind,
+                          "amount": str(p.amount), "currency": p.currency, "payer": p.payer,
+                          "reference": p.reference, "status": p.status,
+                          "received_at": p.received_at.isoformat()} for p in payments],
+            "invoices": [{"number": i.number, "issued_at": i.issued_at.isoformat(),
+                          "gross": str(i.gross), "snapshot": i.snapshot} for i in invoices],
+            "services": [{"id": sv.id, "kind": sv.kind, "product": sv.product, "name": sv.name,
+                          "state": sv.state,
+                          "expires_on": sv.expires_on.isoformat() if sv.expires_on else None,
+                          "hosting_account": ({"username": accounts[sv.id].username,
+                                               "domain": accounts[sv.id].domain,
+                                               "state": accounts[sv.id].state}
+                                              if sv.id in accounts else None)}
+                         for sv in services],
+            "deletion_records": [{"service": r.service_id, "stage": r.stage,
+                                  "done_on": r.done_on.isoformat(), "manifest": r.manifest}
+                                 for r in stages],
+            "emails": [{"template": m.template, "message_id": m.message_id,
+                        "sent_at": m.sent_at.isoformat() if m.sent_at else None} for m in mails],
+            "access_log": [{"at": a.at.isoformat(), "actor": a.actor, "action": a.action,
+                            "entity": a.entity, "entity_id": a.entity_id} for a in trail],
+        }
+        audit(s, actor, "customer.exported", "customer", customer_id)
+        return data
+
+
+def erase_customer(factory: sessionmaker[Session], customer_id: int, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        c = _customer(s, customer_id)
+        if c.email.endswith("@erased.invalid"):
+            return {"customer": customer_id, "erased": False, "note": "already erased"}
+        services = list(s.execute(select(Service).where(Service.customer_id == customer_id)
+                                  ).scalars())
+        busy = [sv for sv in services if sv.state in {st.value for st in UNFINISHED}]
+        if busy:
+            listed = ", ".join(f"{sv.id} ({sv.kind} {sv.name}: {sv.state})" for sv in busy)
+            raise Conflict(f"customer {customer_id} still has services: {listed}; erasure is "
+                           "possible once none is active")
+        # Unpaid orders go with the customer.
+        order_ids = list(s.execute(select(Order.id).where(Order.customer_id == customer_id)).scalars())
+        cancelled = 0
+        if order_ids:
+            cancelled = int(s.execute(update(Proforma).where(
+                Proforma.order_id.in_(order_ids), Proforma.state == ProformaState.OPEN.value)
+                .values(state=ProformaState.CANCELLED.value)).rowcount or 0)  # type: ignore[attr-defined]
+            s.execute(update(Service).where(
+                Service.customer_id == customer_id,
+                Service.state == ServiceState.PENDING_PAYMENT.value)
+                .values(state=ServiceState.CANCELLED.value, clock_on=None, updated_at=utcnow()))
+            proforma_ids = list(s.execute(select(Proforma.id).where(
+                Proforma.order_id.in_(order_ids))).scalars())
+            if proforma_ids:
+                s.execute(update(Payment).where(Payment.proforma_id.in_(proforma_ids))
+                          .values(payer=None))
+        old_email = c.email
+        s.execute(update(OutboxMail).where(OutboxMail.recipient == old_email)
+                  .values(recipient=f"erased-{customer_id}@erased.invalid"))
+        s.execute(delete(Contact).where(Contact.customer_id == customer_id))
+        c.name = f"erased customer {customer_id}"
+        c.company = None
+        c.vat_id = None
+        c.email = f"erased-{customer_id}@erased.invalid"
+        c.address = ""
+        c.postal_code = ""
+        c.city = ""
+        c.phone = ""
+        brands = {b for (b,) in s.execute(select(Order.brand).where(Order.customer_id == customer_id))}
+        rotation = max((get_brand(b).gdpr_backup_rotation_days for b in brands), default=60)
+        years = max((get_brand(b).invoice_retention_years for b in brands), default=10)
+        invoices = list(s.execute(select(Invoice.number).where(Invoice.customer_id == customer_id)
+                                  ).scalars())
+        gone_by = (utcnow() + timedelta(days=rotation)).date().isoformat()
+        note = (f"customer {customer_id} erased; {len(invoices)} invoice(s) kept for {years} years "
+                f"(accounting); personal data may remain in backups until {gone_by}, when they "
+                f"are rotated out ({rotation} days)")
+        audit(s, actor, "customer.erased", "customer", customer_id,
+              {"invoices_kept": invoices, "proformas_cancelled": cancelled,
+               "backups_rotated_out_by": gone_by})
+        return {"customer": customer_id, "erased": True, "invoices_kept": invoices,
+                "proformas_cancelled": cancelled, "backups_rotated_out_by": gone_by, "note": note}

@@ -1,0 +1,302 @@
+"""Ops use cases shared by the CLI and the HTTP API. Each returns plain JSON-able
+data and runs in its own transaction; reads of personal data are audited."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.adapters.payments import camt053 as bank
+from provisioner.domain.billing import DiscountCode
+from provisioner.domain.lifecycle import StepState
+from provisioner.errors import InvalidInput, NotFound
+from provisioner.pipeline import capabilities  # noqa: F401 - capabilities registers
+from provisioner.pipeline.usecases import orders  # noqa: F401 - capabilities registers
+from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.engine.plan import plan, planned_kinds
+from provisioner.store.audit import audit
+from provisioner.store.db import transaction
+from provisioner.store.models import (
+    Customer,
+    DiscountCodeRow,
+    Invoice,
+    Notification,
+    Payment,
+    Proforma,
+    Service,
+    Step,
+)
+
+Factory = sessionmaker[Session]
+MATCHED = "matched"
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def customer_dict(c: Customer) -> dict[str, Any]:
+    return {
+        "id": c.id, "name": c.name, "company": c.company, "vat_id": c.vat_id,
+        "email": c.email, "address": c.address, "postal_code": c.postal_code,
+        "city": c.city, "country": c.country, "phone": c.phone, "lang": c.lang,
+    }
+
+
+def add_customer(factory: Factory, data: Mapping[str, object], actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        row = orders.add_customer(s, data, actor)
+        return jsonable(customer_dict(row))
+
+
+def show_customer(factory: Factory, customer_id: int, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        c = s.get(Customer, customer_id)
+        if c is None:
+            raise NotFound(f"no customer {customer_id}")
+        audit(s, actor, "customer.read", "customer", c.id)
+        return jsonable(customer_dict(c))
+
+
+def proforma_dict(p: Proforma) -> dict[str, Any]:
+    return jsonable({
+        "number": p.number,
+        "order": p.order_id,
+        "state": p.state,
+        "issued_on": p.issued_on,
+        "due_date": p.due_date,
+        "reference": p.reference,
+        "currency": p.currency,
+        "net": p.net,
+        "vat": p.vat,
+        "gross": p.gross,
+        "paid_at": p.paid_at,
+        "lines": [
+            {"position": li.position, "description": li.description,
+             "unit_gross": li.unit_gross, "discount": li.discount_gross,
+             "net": li.net, "vat": li.vat, "gross": li.gross,
+             "vat_rate": f"{li.vat_rate * 100:.0f} %", "promo": li.promo}
+            for li in p.lines
+        ],
+    })
+
+
+def create_order(factory: Factory, customer_id: int, items: Sequence[str],
+                 discount: str | None, brand: str, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        order, proforma = orders.create_order(
+            s, customer_id=customer_id, item_specs=items, discount=discount,
+            brand=brand, actor=actor,
+        )
+        return {"order": order.id, "proforma": proforma_dict(proforma)}
+
+
+def show_proforma(factory: Factory, number: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        p = s.execute(select(Proforma).where(Proforma.number == number.strip())).scalar_one_or_none()
+        if p is None:
+            raise NotFound(f"no proforma {number!r}")
+        return proforma_dict(p)
+
+
+def service_dict(sv: Service) -> dict[str, Any]:
+    note = sv.detail
+    if sv.state == "provisioning" and sv.kind not in planned_kinds() and not note:
+        note = (f"no provisioning steps for {sv.kind!r} services here "
+                "(capability not installed, or turned off in line_kinds)")
+    return jsonable({
+        "id": sv.id, "order": sv.order_id, "customer": sv.customer_id, "kind": sv.kind,
+        "product": sv.product, "name": sv.name, "state": sv.state,
+        "period_months": sv.period_months, "expires_on": sv.expires_on, "detail": note,
+    })
+
+
+def step_dict(st: Step) -> dict[str, Any]:
+    return jsonable({
+        "key": st.key, "kind": st.kind, "order": st.order_id, "state": st.state,
+        "attempts": st.attempts, "deps": st.deps, "last_error": st.last_error,
+        "result": st.result, "updated_at": st.updated_at,
+    })
+
+
+def show_order(factory: Factory, ref: str, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        order = orders.find_order(s, ref)
+        audit(s, actor, "customer.read", "customer", order.customer_id, {"via": f"order {order.id}"})
+        proformas = s.execute(select(Proforma).where(Proforma.order_id == order.id)).scalars()
+        services = s.execute(select(Service).where(Service.order_id == order.id)).scalars()
+        steps = s.execute(select(Step).where(Step.order_id == order.id).order_by(Step.id)).scalars()
+        return jsonable({
+            "id": order.id, "status": order.status, "brand": order.brand,
+            "discount_code": order.discount_code, "refund_flag": order.refund_flag,
+            "refund_reason": order.refund_reason, "created_at": order.created_at,
+            "customer": customer_dict(order.customer),
+            "items": [i.spec for i in order.items],
+            "proformas": [proforma_dict(p) for p in proformas],
+            "services": [service_dict(sv) for sv in services],
+            "steps": [step_dict(st) for st in steps],
+        })
+
+
+def plan_order(factory: Factory, ref: str) -> dict[str, Any]:
+    """The plan for an order as it stands, plus, for an unpaid one, the plan it will
+    get once paid. Nothing is written."""
+    with transaction(factory) as s:
+        order = orders.find_order(s, ref)
+        view = orders.order_view(s, order.id)
+        current = plan(view)
+        if not view.paid:
+            from dataclasses import replace
+
+            current = plan(replace(view, paid=True))
+        journal = {st.key: st.state for st in s.execute(
+            select(Step).where(Step.order_id == order.id)).scalars()}
+        return {
+            "order": order.id,
+            "paid": view.paid,
+            "steps": [
+                {"key": sp.key, "kind": sp.kind, "deps": list(sp.deps),
+                 "state": journal.get(sp.key, "not recorded")}
+                for sp in current
+            ],
+        }
+
+
+def show_service(factory: Factory, service_id: int, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        sv = s.get(Service, service_id)
+        if sv is None:
+            raise NotFound(f"no service {service_id}")
+        audit(s, actor, "service.read", "service", sv.id)
+        data = service_dict(sv)
+        data["steps"] = [step_dict(st) for st in s.execute(
+            select(Step).where(Step.service_id == sv.id)).scalars()]
+        return data
+
+
+def list_services(factory: Factory) -> list[dict[str, Any]]:
+    with transaction(factory) as s:
+        return [service_dict(sv) for sv in s.execute(select(Service).order_by(Service.id)).scalars()]
+
+
+def list_jobs(factory: Factory, order_ref: str | None, failed: bool) -> list[dict[str, Any]]:
+    with transaction(factory) as s:
+        q = select(Step).order_by(Step.id)
+        if order_ref:
+            q = q.where(Step.order_id == orders.find_order(s, order_ref).id)
+        if failed:
+            q = q.where(Step.state == StepState.FAILED.value)
+        return [step_dict(st) for st in s.execute(q).scalars()]
+
+
+def order_progress(factory: Factory, order_id: int) -> dict[str, int]:
+    with transaction(factory) as s:
+        rows = s.execute(
+            select(Step.state, func.count()).where(Step.order_id == order_id).group_by(Step.state)
+        ).all()
+        return {state: int(n) for state, n in rows}
+
+
+def payment_dict(p: Payment, proforma_number: str | None) -> dict[str, Any]:
+    return jsonable({
+        "id": p.id, "provider": p.provider, "txn_id": p.txn_id, "kind": p.kind,
+        "amount": p.amount, "currency": p.currency, "proforma": proforma_number,
+        "reference": p.reference, "status": p.status, "detail": p.detail,
+        "received_at": p.received_at,
+    })
+
+
+def list_payments(factory: Factory, unmatched: bool) -> list[dict[str, Any]]:
+    with transaction(factory) as s:
+        q = (
+            select(Payment, Proforma.number)
+            .outerjoin(Proforma, Proforma.id == Payment.proforma_id)
+            .order_by(Payment.id)
+        )
+        if unmatched:
+            q = q.where(Payment.status != MATCHED)
+        return [payment_dict(p, number) for p, number in s.execute(q).all()]
+
+
+def list_invoices(factory: Factory) -> list[dict[str, Any]]:
+    with transaction(factory) as s:
+        rows = s.execute(
+            select(Invoice, Proforma.number)
+            .join(Proforma, Proforma.id == Invoice.proforma_id)
+            .order_by(Invoice.year, Invoice.seq)
+        ).all()
+        return [
+            jsonable({"number": inv.number, "proforma": number, "customer": inv.customer_id,
+                      "issued_at": inv.issued_at, "net": inv.net, "vat": inv.vat,
+                      "gross": inv.gross, "currency": inv.currency})
+            for inv, number in rows
+        ]
+
+
+def import_statement(factory: Factory, data: bytes, actor: str) -> dict[str, Any]:
+    """Import a camt.053 statement: every entry is a notification of its own."""
+    notices = bank.parse_camt053(data)
+    counts: dict[str, int] = {}
+    settled: list[int] = []
+    for notice in notices:
+        result = ingest(factory, notice, actor)
+        counts[result.status] = counts.get(result.status, 0) + 1
+        if result.settled and result.order_id is not None:
+            settled.append(result.order_id)
+    return {"entries": len(notices), "outcomes": counts, "settled": len(settled),
+            "_settled_orders": settled}
+
+
+def add_discount(factory: Factory, code: DiscountCode, actor: str) -> dict[str, Any]:
+    with transaction(factory) as s:
+        key = code.code.strip().upper()
+        if not key or len(key) > 40 or not key.replace("-", "").isalnum():
+            raise InvalidInput("a discount code is 1-40 letters, digits or '-'")
+        if s.get(DiscountCodeRow, key) is not None:
+            raise InvalidInput(f"discount code {key} exists")
+        s.add(DiscountCodeRow(
+            code=key, percent=code.percent, amount=code.amount, kinds=",".join(sorted(code.kinds)),
+            valid_on_renewals=code.valid_on_renewals, first_year_promo=code.first_year_promo,
+            valid_from=code.valid_from, valid_until=code.valid_until,
+        ))
+        audit(s, actor, "discount.created", "discount", key)
+        return {"code": key}
+
+
+def ping(factory: Factory) -> None:
+    with transaction(factory) as s:
+        s.execute(text("SELECT 1"))
+
+
+_GAUGES: dict[int, Gauge] = {}
+
+
+def update_gauges(factory: Factory, registry: CollectorRegistry) -> None:
+    gauge = _GAUGES.get(id(registry))
+    if gauge is None:
+        gauge = Gauge("provisioner_steps", "Journal steps by state", ["state"], registry=registry)
+        _GAUGES[id(registry)] = gauge
+    with transaction(factory) as s:
+        rows = dict(s.execute(select(Step.state, func.count()).group_by(Step.state)).all())
+        pending_notes = s.execute(
+            select(func.count()).select_from(Notification).where(Notification.status == "stored")
+        ).scalar_one()
+    for state in StepState:
+        gauge.labels(state.value).set(rows.get(state.value, 0))
+    gauge.labels("notifications_unprocessed").set(pending_notes)

@@ -1,0 +1,270 @@
+"""Customers, orders and proformas: the ops use cases that create them.
+
+Pricing and every rule live in `provisioner.domain`; this module loads what the
+rules need, calls them, and stores the result in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisioner.timeutil import utcnow
+from provisioner.domain import billing, catalog, customers, references
+from provisioner.domain.lifecycle import ProformaState, ServiceState
+from provisioner.domain.policy import get_brand
+from provisioner.errors import InvalidInput, NotFound
+from provisioner.pipeline.engine.plan import OrderView, ServiceView, plan
+from provisioner.pipeline.engine.runner import record
+from provisioner.store.audit import audit
+from provisioner.store.counters import next_number
+from provisioner.store.models import (
+    Contact,
+    Customer,
+    DiscountCodeRow,
+    Order,
+    OrderItemRow,
+    Proforma,
+    ProformaLine,
+    Service,
+)
+
+
+def add_customer(session: Session, data: Mapping[str, object], actor: str) -> Customer:
+    parsed = customers.parse_customer(data)
+    row = Customer(
+        name=parsed.name,
+        company=parsed.company,
+        vat_id=parsed.vat_id,
+        email=parsed.email,
+        address=parsed.address,
+        postal_code=parsed.postal_code,
+        city=parsed.city,
+        country=parsed.country,
+        phone=parsed.phone,
+        lang=parsed.lang,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    for role, contact in customers.contacts_for_domain(parsed).items():
+        session.add(
+            Contact(
+                customer_id=row.id,
+                role=str(role),
+                name=contact.name,
+                company=contact.company,
+                email=contact.email,
+                address=contact.address,
+                postal_code=contact.postal_code,
+                city=contact.city,
+                country=contact.country,
+                phone=contact.phone,
+            )
+        )
+    audit(session, actor, "customer.created", "customer", row.id)
+    return row
+
+
+def _discount(session: Session, code: str | None) -> billing.DiscountCode | None:
+    if not code:
+        return None
+    row = session.get(DiscountCodeRow, code.strip().upper())
+    if row is None:
+        raise InvalidInput(f"unknown discount code {code!r}")
+    return billing.DiscountCode(
+        code=row.code,
+        percent=row.percent,
+        amount=row.amount,
+        kinds=frozenset(k for k in row.kinds.split(",") if k),
+        valid_on_renewals=row.valid_on_renewals,
+        first_year_promo=row.first_year_promo,
+        valid_from=row.valid_from,
+        valid_until=row.valid_until,
+    )
+
+
+def _promo_history(session: Session, items: Sequence[catalog.OrderItem]) -> billing.PromoHistory:
+    names = {i.name for i in items}
+    used = session.execute(
+        select(OrderItemRow.kind, OrderItemRow.name, OrderItemRow.product)
+        .join(ProformaLine, ProformaLine.item_id == OrderItemRow.id)
+        .join(Proforma, Proforma.id == ProformaLine.proforma_id)
+        .where(
+            ProformaLine.promo.is_(True),
+            OrderItemRow.name.in_(names),
+            Proforma.state != ProformaState.CANCELLED.value,
+        )
+    ).all()
+    return billing.PromoHistory(
+        services=frozenset(f"{k}:{n}" for k, n, _ in used if k != "domain"),
+        domains=frozenset(n for k, n, _ in used if k == "domain"),
+    )
+
+
+def create_order(
+    session: Session,
+    *,
+    customer_id: int,
+    item_specs: Sequence[str],
+    discount: str | None,
+    brand: str,
+    actor: str,
+    today: date | None = None,
+) -> tuple[Order, Proforma]:
+    if not item_specs:
+        raise InvalidInput("an order needs at least one --item")
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise NotFound(f"no customer {customer_id}")
+    policy = get_brand(brand)
+    items = [catalog.parse_item(spec) for spec in item_specs]
+    today = today or utcnow().date()
+    quote = billing.price_order(
+        items,
+        catalog=catalog.DEFAULT_CATALOG,
+        policy=policy,
+        today=today,
+        discount=_discount(session, discount),
+        promo_history=_promo_history(session, items),
+    )
+    now = utcnow()
+    order = Order(
+        customer_id=customer.id,
+        brand=policy.code,
+        status="open",
+        discount_code=quote.discount_code,
+        created_at=now,
+    )
+    session.add(order)
+    session.flush()
+    item_rows = []
+    for position, item in enumerate(items, start=1):
+        row = OrderItemRow(
+            order_id=order.id,
+            position=position,
+            kind=item.kind,
+            product=item.product,
+            name=item.name,
+            period_months=item.period_months,
+            action=item.action,
+            spec=item.to_spec(),
+        )
+        session.add(row)
+        item_rows.append(row)
+    session.flush()
+    seq = next_number(session, "proforma", today.year)
+    proforma = Proforma(
+        number=billing.proforma_number(today.year, seq),
+        reference=references.proforma_reference(seq, today.year),
+        order_id=order.id,
+        state=ProformaState.OPEN.value,
+        issued_on=today,
+        due_date=quote.due_date,
+        currency="EUR",
+        net=quote.net,
+        vat=quote.vat,
+        gross=quote.gross,
+    )
+    session.add(proforma)
+    session.flush()
+    for line in quote.lines:
+        session.add(
+            ProformaLine(
+                proforma_id=proforma.id,
+                position=line.position,
+                item_id=item_rows[line.position - 1].id,
+                description=line.description,
+                unit_gross=line.unit_gross,
+                discount_gross=line.discount_gross,
+                net=line.net,
+                vat=line.vat,
+                gross=line.gross,
+                vat_rate=line.vat_rate,
+                promo=line.promo,
+            )
+        )
+    for row in item_rows:
+        session.add(
+            Service(
+                order_id=order.id,
+                item_id=row.id,
+                customer_id=customer.id,
+                kind=row.kind,
+                product=row.product,
+                name=row.name,
+                state=ServiceState.PENDING_PAYMENT.value,
+                period_months=row.period_months,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    session.flush()
+    audit(session, actor, "order.created", "order", order.id,
+          {"items": [i.to_spec() for i in items], "proforma": proforma.number})
+    record(session, order.id, plan(order_view(session, order.id)))
+    return order, proforma
+
+
+def order_view(session: Session, order_id: int) -> OrderView:
+    """The plain values `plan()` needs."""
+    order = session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"no order {order_id}")
+    proforma = session.execute(
+        select(Proforma).where(Proforma.order_id == order_id).order_by(Proforma.id.desc())
+    ).scalars().first()
+    if proforma is None:
+        raise NotFound(f"order {order_id} has no proforma")
+    if order.renewal:  # the services it renews belong to their first order
+        from provisioner.store.lifecycle import Renewal
+
+        renewed = session.execute(
+            select(Service, Renewal)
+            .join(Renewal, Renewal.service_id == Service.id)
+            .where(Renewal.order_id == order_id)
+            .order_by(Service.id)
+        ).all()
+        views = tuple(
+            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, "renew",
+                        r.item_id, r.term_expiry.isoformat(), r.months)
+            for s, r in renewed
+        )
+    else:
+        services = session.execute(
+            select(Service, OrderItemRow.action)
+            .join(OrderItemRow, OrderItemRow.id == Service.item_id)
+            .where(Service.order_id == order_id)
+            .order_by(Service.id)
+        ).all()
+        views = tuple(
+            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, action,
+                        s.item_id)
+            for s, action in services
+        )
+    return OrderView(
+        order_id=order.id,
+        proforma_id=proforma.id,
+        proforma_number=proforma.number,
+        paid=proforma.state == ProformaState.PAID.value,
+        services=views,
+    )
+
+
+def find_order(session: Session, ref: str) -> Order:
+    """An order by id, or by the number of its proforma."""
+    ref = ref.strip()
+    order: Order | None = None
+    if ref.isdigit():
+        order = session.get(Order, int(ref))
+    else:
+        proforma = session.execute(
+            select(Proforma).where(Proforma.number == ref)
+        ).scalar_one_or_none()
+        order = proforma.order if proforma else None
+    if order is None:
+        raise NotFound(f"no order {ref!r}")
+    return order

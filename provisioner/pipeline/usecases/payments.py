@@ -1,0 +1,435 @@
+"""Payments in: store the raw notification first, then record and match the payment.
+
+Webhooks (`NotificationWriter`, `store_batch`): the notification is stored raw under
+UNIQUE(provider, event_id) and the request is answered; concurrent deliveries share
+one commit. A duplicate delivery stops there and changes nothing. `process_pending`
+(a worker task, nudged by the API; the beat runs it as a backstop) then does step 2
+for every stored notification.
+
+Bank statements and manual payments (`ingest`): store, then step 2 inside a SAVEPOINT
+of the same transaction, one commit; if step 2 fails only the savepoint rolls back,
+the notification stays committed as `stored` and `process_pending` finishes it.
+
+Step 2: the payment is recorded under UNIQUE(provider, txn_id, kind) (one money
+movement reported by two events counts once), matched to its proforma (row-locked),
+and if it settles the proforma, the proforma moves OPEN -> PAID with one conditional
+UPDATE, the services move to provisioning, and the plan is written into the journal.
+Nothing here talks to the broker: the caller dispatches after the commit, and the
+re-drive does it if the caller cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.adapters.payments import PaymentNotice
+from provisioner.timeutil import utcnow
+from provisioner.domain import references
+from provisioner.domain.lifecycle import ProformaState, ServiceState
+from provisioner.domain.payments import MatchStatus, match_payment
+from provisioner.errors import InvalidInput
+from provisioner.pipeline.usecases.orders import order_view
+from provisioner.pipeline.engine.plan import plan
+from provisioner.pipeline.engine.runner import record
+from provisioner.store.audit import audit
+from provisioner.store.db import transaction
+from provisioner.store.models import Notification, Order, Payment, Proforma, Service
+
+log = logging.getLogger("provisioner.payments")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: str  # duplicate | ignored | matched | underpaid | overpaid | ... | duplicate_txn
+    notification_id: int | None
+    order_id: int | None = None
+    proforma: str | None = None
+    settled: bool = False
+
+
+def notice_to_json(notice: PaymentNotice) -> dict[str, object]:
+    data = {f.name: getattr(notice, f.name) for f in fields(notice) if f.name != "raw"}
+    data["amount"] = None if notice.amount is None else str(notice.amount)
+    data["occurred_at"] = None if notice.occurred_at is None else notice.occurred_at.isoformat()
+    return data
+
+
+def notice_from_json(data: dict[str, object]) -> PaymentNotice:
+    values = dict(data)
+    values["amount"] = None if values.get("amount") is None else Decimal(str(values["amount"]))
+    when = values.get("occurred_at")
+    values["occurred_at"] = None if when is None else datetime.fromisoformat(str(when))
+    return PaymentNotice(**values)  # type: ignore[arg-type]
+
+
+def _dialect(session: Session) -> str:
+    return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+
+
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+_PAYMENTS = cast(Table, Payment.__table__)
+_PAID_STATUSES = [MatchStatus.UNDERPAID.value, MatchStatus.MATCHED.value,
+                  MatchStatus.OVERPAID.value]
+# Built once: (dialect) -> statement; values come in as parameters.
+_STORE = {
+    name: ins(_NOTIFICATIONS)
+    .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+    .returning(_NOTIFICATIONS.c.id)
+    for name, ins in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_RECORD_PAYMENT = {
+    name: ins(_PAYMENTS)
+    .on_conflict_do_nothing(index_elements=["provider", "txn_id", "kind"])
+    .returning(_PAYMENTS.c.id)
+    for name, ins in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+# SKIP LOCKED: two processors never work on the same notification at once (PostgreSQL;
+# SQLite has one writer at a time anyway and ignores FOR UPDATE).
+_NOTIFICATION_STATUS = select(_NOTIFICATIONS.c.status).where(
+    _NOTIFICATIONS.c.id == bindparam("nid")).with_for_update(skip_locked=True)
+_SET_NOTIFICATION = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == bindparam("nid"))
+    .values(status=bindparam("new_status"))
+)
+_SET_NOTIFICATION_DETAIL = _SET_NOTIFICATION.values(detail=bindparam("new_detail"))
+# The proforma row is locked while a payment is matched against it, so two partial
+# payments processed at once see each other's amounts.
+_PROFORMA_BY_NUMBER = select(Proforma).where(
+    Proforma.number == bindparam("number")).with_for_update()
+_PROFORMA_BY_REFERENCE = select(Proforma).where(
+    Proforma.reference == bindparam("reference")).with_for_update()
+_PAID_SO_FAR = select(func.coalesce(func.sum(_PAYMENTS.c.amount), 0)).where(
+    _PAYMENTS.c.proforma_id == bindparam("pid"),
+    _PAYMENTS.c.kind == "payment",
+    _PAYMENTS.c.currency == "EUR",
+    _PAYMENTS.c.status.in_(_PAID_STATUSES),
+)
+_PROFORMAS = cast(Table, Proforma.__table__)
+_SETTLE_PROFORMA = (
+    update(_PROFORMAS)
+    .where(_PROFORMAS.c.id == bindparam("pid"), _PROFORMAS.c.state == ProformaState.OPEN.value)
+    .values(state=ProformaState.PAID.value, paid_at=bindparam("now"))
+)
+_ORDERS = cast(Table, Order.__table__)
+_ORDER_PAID = update(_ORDERS).where(_ORDERS.c.id == bindparam("oid")).values(status="paid")
+_SERVICES = cast(Table, Service.__table__)
+_SERVICES_PROVISIONING = (
+    update(_SERVICES)
+    .where(_SERVICES.c.order_id == bindparam("oid"),
+           _SERVICES.c.state == ServiceState.PENDING_PAYMENT.value)
+    .values(state=ServiceState.PROVISIONING.value, updated_at=bindparam("now"))
+)
+
+
+def _store(s: Session, notice: PaymentNotice) -> int | None:
+    row = s.execute(_STORE[_dialect(s)], {
+        "provider": notice.provider,
+        "event_id": notice.event_id,
+        "received_at": utcnow(),
+        "raw": notice.raw,
+        "notice": notice_to_json(notice),
+        "status": "stored",
+    }).first()
+    return None if row is None else int(row[0])
+
+
+_STORE_SQL = {
+    "sqlite": "INSERT INTO notifications (provider, event_id, received_at, raw, notice, status) "
+              "VALUES (?, ?, ?, ?, ?, 'stored') ON CONFLICT (provider, event_id) DO NOTHING "
+              "RETURNING id",
+    "postgresql": "INSERT INTO notifications (provider, event_id, received_at, raw, notice, status) "
+                  "VALUES (%s, %s, %s, %s, %s, 'stored') ON CONFLICT (provider, event_id) "
+                  "DO NOTHING RETURNING id",
+}
+
+
+def _store_rows(conn: Any, dialect: str, notices: list[PaymentNotice]) -> list[IngestResult]:
+    """INSERT .. ON CONFLICT DO NOTHING for each notice on a DBAPI connection, one commit."""
+    now = utcnow()
+    received: object = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else now
+    try:
+        cur = conn.cursor()
+        if dialect == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")
+        results = []
+        for notice in notices:
+            cur.execute(_STORE_SQL[dialect], (notice.provider, notice.event_id, received,
+                                              notice.raw, json.dumps(notice_to_json(notice))))
+            row = cur.fetchone()
+            results.append(IngestResult("duplicate", None) if row is None
+                           else IngestResult("accepted", int(row[0])))
+        conn.commit()
+        return results
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def store_batch(factory: sessionmaker[Session], notices: list[PaymentNotice]) -> list[IngestResult]:
+    """Store several notifications in one transaction (one commit): `accepted` or
+    `duplicate` for each, in order.
+
+    This is the hottest statement of the product (every webhook delivery), so it runs
+    on the pool's DBAPI connection with a fixed SQL text: no ORM session, no statement
+    compilation per row. The columns and formats are those of the `Notification` model
+    (SQLite keeps datetimes as UTC text in SQLAlchemy's format)."""
+    engine = factory.kw["bind"]
+    dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
+    conn = engine.raw_connection()
+    try:
+        return _store_rows(conn, dialect, notices)
+    finally:
+        conn.close()
+
+
+class NotificationWriter:
+    """Group commit for the webhook path. Each request appends its notification and
+    awaits; one flusher task stores everything that arrived meanwhile in ONE
+    transaction in a worker thread (one INSERT .. ON CONFLICT DO NOTHING each, one
+    commit), then answers every request of the batch. A notification is committed
+    before its request is answered; a burst costs one commit and one thread hop per
+    batch, not per request. A database error fails the batch's requests (the
+    providers deliver again) and stores nothing of it."""
+
+    def __init__(self, factory: sessionmaker[Session], *, max_batch: int = 256,
+                 on_accepted: Callable[[], None] | None = None) -> None:
+        self._factory = factory
+        self._max_batch = max_batch
+        self._on_accepted = on_accepted
+        self._pending: list[tuple[PaymentNotice, asyncio.Future[IngestResult]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, notice: PaymentNotice) -> IngestResult:
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((notice, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:self._max_batch]
+            del self._pending[:self._max_batch]
+            notices = [notice for notice, _ in batch]
+            try:
+                results = await asyncio.to_thread(store_batch, self._factory, notices)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                log.exception("could not store %d notification(s)", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+            if self._on_accepted is not None and any(r.status == "accepted" for r in results):
+                self._on_accepted()
+
+
+def ingest(factory: sessionmaker[Session], notice: PaymentNotice, actor: str) -> IngestResult:
+    """Store, then process in a savepoint; one commit. A processing error rolls back the
+    savepoint only, so the notification stays stored (and committed), then propagates."""
+    failure: Exception | None = None
+    with transaction(factory) as s:
+        notification_id = _store(s, notice)
+        if notification_id is None:
+            return IngestResult("duplicate", None)
+        try:
+            with s.begin_nested():
+                result = _process(s, notification_id, "stored", notice, actor)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the commit
+            failure = exc
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, str | None]:
+    if notice.proforma:
+        p = s.execute(
+            _PROFORMA_BY_NUMBER, {"number": notice.proforma.strip()}
+        ).scalar_one_or_none()
+        if p is not None:
+            return p, None
+    if notice.reference:
+        try:
+            ref = references.parse_reference(notice.reference)
+        except InvalidInput as exc:
+            return None, f"payment reference {notice.reference!r} is invalid: {exc}"
+        p = s.execute(_PROFORMA_BY_REFERENCE, {"reference": str(ref)}).scalar_one_or_none()
+        if p is not None:
+            return p, None
+        return None, f"no proforma with reference {ref}"
+    if notice.proforma:
+        return None, f"no proforma {notice.proforma!r}"
+    return None, "the payment names no proforma and no reference"
+
+
+def process(
+    factory: sessionmaker[Session], notification_id: int, notice: PaymentNotice, actor: str
+) -> IngestResult:
+    """Process a stored notification in a transaction of its own (the re-drive's way)."""
+    with transaction(factory) as s:
+        status = s.execute(_NOTIFICATION_STATUS, {"nid": notification_id}).scalar_one_or_none()
+        if status is None:  # another processor holds it right now
+            return IngestResult("busy", notification_id)
+        return _process(s, notification_id, status, notice, actor)
+
+
+def _set_status(s: Session, notification_id: int, status: str, detail: str | None = None) -> None:
+    if detail is None:
+        s.execute(_SET_NOTIFICATION, {"nid": notification_id, "new_status": status})
+    else:
+        s.execute(_SET_NOTIFICATION_DETAIL,
+                  {"nid": notification_id, "new_status": status, "new_detail": detail})
+
+
+def _process(
+    s: Session, notification_id: int, note_status: str, notice: PaymentNotice, actor: str
+) -> IngestResult:
+    if note_status != "stored":
+        return IngestResult(note_status, notification_id)
+    if notice.kind == "ignored" or notice.amount is None or not notice.txn_id:
+        _set_status(s, notification_id, "ignored")
+        return IngestResult("ignored", notification_id)
+    proforma, why = _find_proforma(s, notice)
+    kind = "reversal" if notice.kind == "reversal" else "payment"
+    paid_so_far = Decimal("0")
+    if proforma is not None:
+        paid_so_far = s.execute(_PAID_SO_FAR, {"pid": proforma.id}).scalar_one()
+    if kind == "reversal":
+        status, settles, detail = MatchStatus.REVERSAL, False, (
+            f"reversal of {notice.reverses_txn or notice.txn_id}: ops must review"
+        )
+    else:
+        outcome = match_payment(
+            amount=notice.amount,
+            currency=(notice.currency or "").upper(),
+            proforma_total=proforma.gross if proforma is not None else None,
+            paid_so_far=Decimal(paid_so_far),
+            proforma_state=proforma.state if proforma is not None else None,
+        )
+        status, settles, detail = outcome.status, outcome.settles, outcome.detail
+        if why and proforma is None:
+            detail = why
+    payment_row = s.execute(_RECORD_PAYMENT[_dialect(s)], {
+        "provider": notice.provider,
+        "txn_id": notice.txn_id,
+        "kind": kind,
+        "notification_id": notification_id,
+        "proforma_id": proforma.id if proforma is not None else None,
+        "amount": notice.amount,
+        "currency": (notice.currency or "").upper()[:3],
+        "reference": notice.reference,
+        "payer": notice.payer,
+        "status": status.value,
+        "detail": detail,
+        "received_at": utcnow(),
+    }).first()
+    if payment_row is None:
+        _set_status(s, notification_id, "duplicate_txn",
+                    f"transaction {notice.txn_id} was already recorded")
+        return IngestResult("duplicate_txn", notification_id)
+    _set_status(s, notification_id, "processed")
+    audit(s, actor, "payment.recorded", "payment", payment_row[0],
+          {"status": status.value, "amount": str(notice.amount),
+           "proforma": proforma.number if proforma else None})
+    settled = False
+    order_id = proforma.order_id if proforma is not None else None
+    if settles and proforma is not None:
+        settled = _settle(s, proforma, actor)
+    return IngestResult(
+        status.value, notification_id, order_id,
+        proforma.number if proforma is not None else None, settled,
+    )
+
+
+def _settle(s: Session, proforma: Proforma, actor: str) -> bool:
+    """OPEN -> PAID exactly once; then services and the plan."""
+    now = utcnow()
+    res = s.execute(_SETTLE_PROFORMA, {"pid": proforma.id, "now": now})
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    order_id, number = proforma.order_id, proforma.number
+    s.expire(proforma)
+    s.execute(_ORDER_PAID, {"oid": order_id})
+    s.execute(_SERVICES_PROVISIONING, {"oid": order_id, "now": now})
+    audit(s, actor, "proforma.paid", "proforma", number)
+    record(s, order_id, plan(order_view(s, order_id)))
+    return True
+
+
+def process_pending(
+    factory: sessionmaker[Session], *, limit: int = 500, older_than_s: float = 0.0,
+    actor: str = "system:payments",
+) -> list[IngestResult]:
+    """Process stored notifications, oldest first, each in a transaction of its own.
+    Run by the worker right after webhooks arrive, and by the re-drive as a backstop
+    (`older_than_s`) for any whose processing crashed."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with transaction(factory) as s:
+        rows = list(
+            s.execute(
+                select(Notification.id, Notification.notice)
+                .where(Notification.status == "stored", Notification.received_at <= cutoff)
+                .order_by(Notification.id)
+                .limit(limit)
+            ).all()
+        )
+    return [process(factory, nid, notice_from_json(data), actor) for nid, data in rows]
+
+
+def reprocess_stored(factory: sessionmaker[Session], older_than_s: float = 60.0) -> int:
+    """The re-drive's backstop: notifications still `stored` after `older_than_s`."""
+    return len(process_pending(factory, older_than_s=older_than_s, actor="system:reprocess"))
+
+
+def record_manual_payment(
+    factory: sessionmaker[Session],
+    *,
+    proforma_number: str | None,
+    reference: str | None,
+    amount: Decimal,
+    currency: str,
+    method: str,
+    txn: str,
+    actor: str,
+) -> IngestResult:
+    """`provisioner payment record`: ops enter a payment by hand (e.g. cash, Moneta)."""
+    if reference:
+        references.parse_reference(reference)  # a wrong check digit is the caller's error
+    if not txn or len(txn) > 200:
+        raise InvalidInput("--txn must be the payment's transaction id (1-200 characters)")
+    if method not in {"bank", "card", "paypal", "moneta", "cash"}:
+        raise InvalidInput(f"unknown payment method {method!r}")
+    notice = PaymentNotice(
+        provider=f"manual-{method}",
+        event_id=txn,
+        kind="payment",
+        txn_id=txn,
+        amount=amount,
+        currency=currency.upper(),
+        proforma=proforma_number,
+        reference=reference,
+        payer=None,
+        occurred_at=utcnow(),
+        raw=f"manual payment by {actor}: {proforma_number or reference} {amount} {currency}".encode(),
+    )
+    return ingest(factory, notice, actor)
