@@ -1,167 +1,203 @@
-"""Builds a Runner with the real adapters. The only place that knows them all."""
+"""The composition root: settings -> typed adapters -> planner and runner.
+
+Tasks, the CLI, the API and the beat call `bootstrap()`; nothing else constructs an
+adapter (cosmicpython's ``bootstrap.py`` is the model). A system the installation
+does not configure (no DNS server, CA or registry) is left out, and a step that needs
+it fails with a ConfigurationError naming the setting; nothing falls back to a real
+adapter quietly. Tests hand in fakes or the devstack's stand-ins as ``overrides``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.adapters.mail import Mailer, make_message_id, render_mail
-from provisioner.timeutil import utcnow
-from provisioner.config import Settings
-from provisioner.pipeline import capabilities  # noqa: F401 - registers planners and handlers
-from provisioner.pipeline.capabilities.domains import registry_client
+from provisioner.adapters.acme import AcmeClient, ChallengeSolver, IssuedCertificate, generate_key_pem
+from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
+from provisioner.adapters.hosting.accounts import HostingAccounts
+from provisioner.adapters.hosting.ansible import Target
+from provisioner.adapters.hosting.backups import HostingBackups
+from provisioner.adapters.hosting.usage import UsageReports
+from provisioner.adapters.mail import Mailer
+from provisioner.adapters.registry import EppClient, RegistryConfig
+from provisioner.adapters.tls_targets import CertificateTarget
+from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
+from provisioner.config import Settings, load_settings
+from provisioner.domain.policy import get_brand
+from provisioner.errors import ConfigurationError
+from provisioner.pipeline import capabilities
+from provisioner.pipeline.capabilities import lifecycle, quota
+from provisioner.pipeline.engine.plan import Planner, PlanOptions
+from provisioner.pipeline.engine.ports import Adapters
+from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
+from provisioner.pipeline.outbox import Outbox
 from provisioner.pipeline.usecases.payments import process_pending, reprocess_stored
-from provisioner.pipeline.engine.runner import Enqueue, Runner
 from provisioner.store.db import session_factory, transaction
+from provisioner.store.tls import account_key, fernet_for
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.alerts")
 
+# The steps the core plans itself (billing and renewal); a process that cannot run
+# them is misconfigured, whatever capabilities it leaves out.
+CORE_STEP_KINDS = frozenset({"notify.proforma", "notify.payment", "invoice.issue", "notify.invoice",
+                             "service.activate", "service.renew"})
 
-def ops_alert(settings: Settings) -> Any:
-    def alert(*, step_key: str, order_id: int, detail: str, attempts: int) -> None:
+
+@dataclass(frozen=True)
+class OpsAlerts:
+    """A failed step or check, e-mailed to ops through the outbox (and logged)."""
+
+    outbox: Outbox
+    ops_email: str
+
+    def __call__(self, *, step_key: str, order_id: int, detail: str, attempts: int) -> None:
         log.error("OPS ALERT: step %s of order %s failed after %d attempt(s): %s",
                   step_key, order_id, attempts, detail)
-        rendered = render_mail(
-            "ops_alert", "en",
-            {"step_key": step_key, "order_id": order_id, "detail": detail, "attempts": attempts},
-        )
-        Mailer(settings).send(
-            to=settings.ops_email,
-            rendered=rendered,
-            message_id=make_message_id(f"alert:{step_key}:{utcnow().isoformat()}", "provisioner"),
-        )
-
-    return alert
+        key = f"ops-alert:{step_key}#{attempts}@{self.outbox.now().isoformat()}"[:200]
+        self.outbox.send_once(key, self.ops_email, "ops_alert", "en", {
+            "step_key": step_key, "order_id": order_id, "detail": detail, "attempts": attempts})
 
 
-def dns_tls_adapters(settings: Settings, factory: sessionmaker[Session]) -> dict[str, object]:
-    """Factories for the DNS, ACME and certificate-target adapters (built on first use)."""
-    from provisioner.adapters.acme import AcmeClient, generate_key_pem
-    from provisioner.adapters.tls_targets import CertificateTarget, LocalNginx, LocalNginxTarget
-    from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
-    from provisioner.errors import ConfigurationError
-    from provisioner.store.tls import account_key, fernet_for
+class LazyAcme:
+    """The ACME client, built on first use: its account key lives (encrypted) in our
+    database, which a process that never orders a certificate need not touch."""
 
-    built: dict[str, Any] = {}
+    def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._client: AcmeClient | None = None
 
-    def dns() -> DnsServer:
-        if "dns" not in built:
-            if not settings.dns_server:
-                raise ConfigurationError("dns_server is not set: no DNS server to manage zones on")
-            creator = KnotcZoneCreator(settings.dns_knotc_socket) if settings.dns_knotc_socket else None
-            built["dns"] = DnsServer(settings.dns_server, settings.dns_port, settings.tsig_key_name,
-                                     settings.tsig_secret, settings.tsig_algorithm, creator,
-                                     timeout_s=settings.dns_timeout_s)
-        return built["dns"]
+    def client(self) -> AcmeClient:
+        if self._client is None:
+            cfg = self._settings
+            with transaction(self._factory) as s:
+                key = account_key(s, fernet_for(cfg), cfg.acme_directory, generate_key_pem)
+            self._client = AcmeClient(
+                cfg.acme_directory, key, ca_file=cfg.acme_ca_file, contact_email=cfg.acme_contact_email,
+                eab_kid=cfg.acme_eab_kid, eab_hmac=cfg.acme_eab_hmac, deadline_s=cfg.acme_deadline_s,
+                key_type=cfg.acme_key_type)
+        return self._client
 
-    def acme() -> AcmeClient:
-        if "acme" not in built:
-            if not settings.acme_directory:
-                raise ConfigurationError("acme_directory is not set: no CA to order certificates from")
-            with transaction(factory) as s:
-                key = account_key(s, fernet_for(settings), settings.acme_directory, generate_key_pem)
-            built["acme"] = AcmeClient(
-                settings.acme_directory, key, ca_file=settings.acme_ca_file,
-                contact_email=settings.acme_contact_email, eab_kid=settings.acme_eab_kid,
-                eab_hmac=settings.acme_eab_hmac, deadline_s=settings.acme_deadline_s,
-                key_type=settings.acme_key_type)
-        return built["acme"]
-
-    def cert_target(service_id: int | None) -> CertificateTarget:
-        # A hosting service's certificate (and a tls line's whose name a hosting account of
-        # the same customer serves) goes to the account's vhost on its node, over SSH;
-        # other certificates to a loopback nginx with its own prefix (tests, demo).
-        if service_id is not None:
-            on_node = node_cert_target(settings, factory, service_id)
-            if on_node is not None:
-                return on_node
-        if not settings.tls_nginx_prefix:
-            raise ConfigurationError("no certificate target: set tls_nginx_prefix (loopback nginx)")
-        nginx = LocalNginx(Path(settings.tls_nginx_prefix), settings.tls_nginx_host,
-                           settings.tls_nginx_http_port, settings.tls_nginx_https_port)
-        return LocalNginxTarget(nginx)
-
-    return {"dns": dns, "acme": acme, "cert_target": cert_target}
+    def issue(self, names: Sequence[str], solver_for: Callable[[str], ChallengeSolver],
+              key_pem: bytes | None = None) -> IssuedCertificate:
+        return self.client().issue(names, solver_for, key_pem)
 
 
-def node_cert_target(settings: Settings, factory: sessionmaker[Session], service_id: int) -> Any:
-    """The certificate target on the hosting node that serves `service_id`'s site: the
-    service's own account (hosting), or the active account of the same customer whose
-    domain is the certificate's site (tls). None when no node serves it."""
-    from sqlalchemy import select
+@dataclass(frozen=True)
+class NodeTls:
+    """Certificate targets on hosting nodes, reached with the installation's SSH key."""
 
-    from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
-    from provisioner.errors import ConfigurationError
-    from provisioner.pipeline.capabilities.hosting import default_ssh_key
-    from provisioner.store.hosting import HostingAccount, HostingNode, account_for_service
-    from provisioner.store.models import Service
+    settings: Settings
 
-    with transaction(factory) as s:
-        service = s.get(Service, service_id)
-        if service is None:
-            return None
-        account: HostingAccount | None = None
-        if service.kind == "hosting":
-            account = account_for_service(s, service_id)
-            if account is None:
-                raise ConfigurationError(f"service {service_id}: no hosting account is placed yet, "
-                                         "so there is no vhost for its certificate")
-        elif service.kind == "tls":
-            site = service.name.removeprefix("*.")
-            account = s.execute(
-                select(HostingAccount).join(Service, Service.id == HostingAccount.service_id)
-                .where(HostingAccount.domain == site, HostingAccount.state.in_(("creating", "active")),
-                       Service.customer_id == service.customer_id)
-                .order_by(HostingAccount.id.desc()).limit(1)
-            ).scalar_one_or_none()
-        if account is None:
-            return None
-        node = s.get(HostingNode, account.node_id)
-        assert node is not None
-        extra = settings.extra or {}
-        key = extra.get("hosting_ssh_key")
-        ssh_key = Path(key) if key else default_ssh_key()
-        throwaway = bool(extra.get("hosting_throwaway", ssh_key is not None and key is None))
-        access = NodeAccess(node.name, node.address, ssh_key, user=node.ssh_user, port=node.ssh_port,
-                            throwaway=throwaway)
-        return NodeNginxTarget(access, account.username, [account.domain])
+    def __call__(self, node: Target, account: str, domains: Sequence[str]) -> CertificateTarget:
+        access = NodeAccess(node.name, node.address, self.settings.node_ssh_key_path, user=node.user,
+                            port=node.port, throwaway=node.throwaway,
+                            known_hosts=self.settings.node_known_hosts_path)
+        return NodeNginxTarget(access, account, domains)
 
 
-def hosting_adapter(settings: Settings) -> Any:
-    """The shared-hosting account adapter (ansible-runner against the placed node)."""
-    from provisioner.pipeline.capabilities.hosting import make_adapter
-
-    return make_adapter(settings)
+def provider_url(settings: Settings) -> str:
+    """Where a node's "site disabled" page links: the setting, else the brand's web site."""
+    return settings.provider_url or get_brand(settings.brand).website_url
 
 
-def runner(settings: Settings, enqueue: Enqueue) -> Runner:
-    factory = session_factory(settings.effective_database_url)
-    return Runner(settings, factory, enqueue,
-                  adapters={"alert": ops_alert(settings), **dns_tls_adapters(settings, factory),
-                            "registry": lambda: registry_client(settings),
-                            "hosting": lambda: hosting_adapter(settings)})
+def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
+                   now: Callable[[], datetime] = utcnow, **overrides: Any) -> Adapters:
+    """The real adapters for ``settings``; ``overrides`` replace any of them by name
+    (a fake in a unit test, a devstack stand-in in an integration test)."""
+    mailer = overrides.pop("mailer", None) or Mailer(settings)
+    key, known_hosts = settings.node_ssh_key_path, settings.node_known_hosts_path
+    dns = None
+    if settings.dns_server:
+        creator = KnotcZoneCreator(settings.dns_knotc_socket) if settings.dns_knotc_socket else None
+        dns = DnsServer(settings.dns_server, settings.dns_port, settings.tsig_key_name, settings.tsig_secret,
+                        settings.tsig_algorithm, creator, timeout_s=settings.dns_timeout_s)
+    hosting = HostingAccounts(ssh_key=key, known_hosts=known_hosts, provider_url=provider_url(settings))
+    adapters = Adapters(
+        mailer=mailer,
+        alert=OpsAlerts(Outbox(factory, mailer, settings.mail_from, now), settings.ops_email),
+        hosting=hosting,
+        backups=HostingBackups(ssh_key=key, known_hosts=known_hosts),
+        usage=UsageReports(key, known_hosts),
+        node_tls=NodeTls(settings),
+        dns=dns,
+        acme=LazyAcme(settings, factory) if settings.acme_directory else None,
+        registry=EppClient(RegistryConfig.from_settings(settings)) if settings.registry_host else None,
+    )
+    return dataclasses.replace(adapters, **overrides)
 
 
-def process_notifications(settings: Settings, enqueue: Enqueue) -> dict[str, Any]:
-    """Match and settle the payment notifications the webhooks stored, then queue the
-    plans of the proformas they paid."""
-    factory = session_factory(settings.effective_database_url)
-    results = process_pending(factory)
-    run = runner(settings, enqueue)
-    settled = {r.order_id for r in results if r.settled and r.order_id is not None}
-    for order_id in sorted(settled):
-        run.dispatch(order_id)
-    outcomes: dict[str, int] = {}
-    for r in results:
-        outcomes[r.status] = outcomes.get(r.status, 0) + 1
-    return {"processed": len(results), "settled": len(settled), "outcomes": outcomes}
+def planner_for(settings: Settings) -> Planner:
+    return Planner(capabilities.line_planners(), PlanOptions.from_setting(settings.line_kinds))
 
 
-def redrive(settings: Settings, enqueue: Enqueue) -> dict[str, Any]:
-    factory = session_factory(settings.effective_database_url)
-    result: dict[str, Any] = dict(runner(settings, enqueue).redrive())
-    result["reprocessed"] = reprocess_stored(factory)
-    return result
+def check_handlers(handlers: Mapping[str, Handler]) -> None:
+    missing = sorted(CORE_STEP_KINDS - set(handlers))
+    if missing:
+        raise ConfigurationError(f"no handler for the core step kinds {missing}")
+
+
+@dataclass(frozen=True)
+class Provisioner:
+    """One process's wiring: what the entry points (tasks, CLI, API, beat) call."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    adapters: Adapters
+    planner: Planner
+    runner: Runner
+
+    def process_notifications(self) -> dict[str, Any]:
+        """Match and settle the payment notifications the webhooks stored, then queue the
+        plans of the proformas they paid."""
+        results = process_pending(self.factory, self.planner)
+        settled = {r.order_id for r in results if r.settled and r.order_id is not None}
+        for order_id in sorted(settled):
+            self.runner.dispatch(order_id)
+        outcomes: dict[str, int] = {}
+        for r in results:
+            outcomes[r.status] = outcomes.get(r.status, 0) + 1
+        return {"processed": len(results), "settled": len(settled), "outcomes": outcomes}
+
+    def redrive(self) -> dict[str, Any]:
+        result: dict[str, Any] = dict(self.runner.redrive())
+        result["reprocessed"] = reprocess_stored(self.factory, self.planner)
+        return result
+
+    def sweep(self, today: date | None = None) -> dict[str, Any]:
+        """The beat's daily sweep: today's due work, its steps handed to the workers."""
+        report = lifecycle.sweep(self.factory, today or utcnow().date(),
+                                 tls_renew_days=self.settings.tls_renew_days)
+        queued = self.runner.dispatch()
+        log.info("sweep %s: %s; %d step(s) queued", report.today, report.counts(), len(queued))
+        return {"today": report.today.isoformat(), "counts": report.counts(), "queued": len(queued)}
+
+    def check_quotas(self, today: date | None = None) -> dict[str, Any]:
+        """The daily quota check over every active node."""
+        return quota.check_quotas(
+            self.factory, today or utcnow().date(), reader=self.adapters.usage,
+            backups=self.adapters.backups, alert=self.adapters.alert,
+            outbox=Outbox(self.factory, self.adapters.mailer, self.settings.mail_from, self.runner.now))
+
+
+def bootstrap(settings: Settings | None = None, *, enqueue: Enqueue,
+              factory: sessionmaker[Session] | None = None, now: Callable[[], datetime] = utcnow,
+              handlers: Mapping[str, Handler] | None = None, **overrides: Any) -> Provisioner:
+    """Settings (default: from the environment) -> the process's `Provisioner`.
+
+    ``enqueue`` hands a step key to the workers (Celery's ``run_step``; a list's
+    ``append`` in tests). ``overrides`` replace adapters by name (`build_adapters`)."""
+    settings = settings or load_settings()
+    factory = factory or session_factory(settings.effective_database_url)
+    table = dict(handlers if handlers is not None else capabilities.handlers())
+    check_handlers(table)
+    adapters = build_adapters(settings, factory, now=now, **overrides)
+    runner = Runner(settings, factory, enqueue, adapters, table, now)
+    return Provisioner(settings, factory, adapters, planner_for(settings), runner)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,21 @@ class Settings:
     acme_key_type: str = "ec256"
     tls_key_encryption_key: str = ""  # Fernet key; empty: generated into data_dir/tls-fernet.key
     tls_renew_days: int = 30
-    tls_nginx_prefix: str = ""  # LocalNginxTarget (demo/tests): prefix of a loopback nginx
-    tls_nginx_host: str = "127.0.0.1"
-    tls_nginx_http_port: int = 80
-    tls_nginx_https_port: int = 443
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Hosting nodes, reached as root over SSH (Ansible and paramiko). Host keys are
+    # checked against node_known_hosts (empty: this user's ~/.ssh/known_hosts) for every
+    # node but those registered as throwaway hosts (`nodes add --throwaway`).
+    node_ssh_key: str = ""  # private key file; empty: ssh's own default keys
+    node_known_hosts: str = ""
+    # the "site disabled" page on a node links here; empty: the brand's web site
+    provider_url: str = ""
+
+    @property
+    def node_ssh_key_path(self) -> Path | None:
+        return Path(self.node_ssh_key).expanduser() if self.node_ssh_key else None
+
+    @property
+    def node_known_hosts_path(self) -> Path | None:
+        return Path(self.node_known_hosts).expanduser() if self.node_known_hosts else None
 
     @property
     def sqlite_path(self) -> Path:
@@ -129,7 +139,7 @@ def _coerce(name: str, raw: Any) -> Any:
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    known = {f.name for f in fields(Settings)} - {"extra"}
+    known = {f.name for f in fields(Settings)}
     config_file = env.get("PROVISIONER_CONFIG")
     if config_file:
         try:

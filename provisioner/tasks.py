@@ -1,5 +1,7 @@
 """Celery app and tasks: thin wrappers that call the pipeline (Weblate's tasks.py is
-the model). Tasks take step keys, never ORM objects; the journal decides what runs."""
+the model). Tasks take step keys, never ORM objects; the journal decides what runs.
+Each task's body is one call on the process's `Provisioner` (`provisioner.bootstrap`),
+built once per worker process."""
 
 from __future__ import annotations
 
@@ -11,13 +13,9 @@ from typing import Any
 from celery import Celery
 from celery.schedules import crontab
 
+from provisioner.bootstrap import Provisioner, bootstrap
 from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
-from provisioner.pipeline import capabilities
-
-from provisioner.pipeline.capabilities import lifecycle as clock
-
-from provisioner import bootstrap as wiring
 
 log = logging.getLogger("provisioner.tasks")
 
@@ -71,7 +69,12 @@ def _settings() -> Settings:
 
 
 app = make_celery(_settings())
-capabilities.configure(_settings().line_kinds)
+
+
+@lru_cache(maxsize=1)
+def provisioner() -> Provisioner:
+    """This worker process's wiring, built on its first task."""
+    return bootstrap(_settings(), enqueue=enqueue_step)
 
 
 @app.task(
@@ -83,29 +86,27 @@ capabilities.configure(_settings().line_kinds)
     acks_late=True,
 )
 def run_step(step_key: str) -> None:
-    wiring.runner(_settings(), enqueue_step).run_step(step_key)
+    provisioner().runner.run_step(step_key)
 
 
 @app.task(name="provisioner.redrive", acks_late=True)
 def redrive() -> dict[str, Any]:
-    return wiring.redrive(_settings(), enqueue_step)
+    return provisioner().redrive()
 
 
 @app.task(name="provisioner.process_notifications", acks_late=True)
 def process_notifications() -> dict[str, Any]:
-    return wiring.process_notifications(_settings(), enqueue_step)
+    return provisioner().process_notifications()
 
 
 @app.task(name="provisioner.sweep", acks_late=True)
 def sweep() -> dict[str, Any]:
-    return clock.scheduled_sweep(_settings(), enqueue_step)
+    return provisioner().sweep()
 
 
 @app.task(name="provisioner.quota", acks_late=True)
 def quota() -> dict[str, Any]:
-    from provisioner.pipeline.capabilities import quota as quota_check
-
-    return quota_check.scheduled_check(_settings())
+    return provisioner().check_quotas()
 
 
 def enqueue_step(step_key: str) -> None:

@@ -47,8 +47,10 @@ from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 LANGUAGES = ("sl", "en")
 CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice", "renewal_reminder",
                       "service_shutdown", "over_quota")
+# customer mails whose context is not a proforma's (the access-data link, a domain refused)
+SERVICE_TEMPLATES = ("credentials", "domain_failed")
 OPS_TEMPLATES = ("ops_alert",)  # English, subject and text only
-TEMPLATES = CUSTOMER_TEMPLATES + OPS_TEMPLATES
+TEMPLATES = CUSTOMER_TEMPLATES + SERVICE_TEMPLATES + OPS_TEMPLATES
 
 SMTP_TIMEOUT_S = 10.0
 

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner.adapters.tls_targets import LocalNginx, local_nginx
+from provisioner.devstack.local_nginx import LocalNginx, local_nginx
 from provisioner.errors import ConfigurationError
 
 TSIG_KEY_NAME = "provisioner-update"

@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from provisioner.domain.hosting_names import (
+    ACCOUNT_NAME_MAX_LENGTH,
+    RESERVED_ACCOUNT_NAMES,
+    account_name_problem,
+)
 from provisioner.errors import InvalidInput
 
 MAX_DOMAIN_LENGTH = 253
@@ -19,18 +24,6 @@ _MAX_RAW_LENGTH = 1000  # refuse before doing any Unicode work on absurd input
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TLD_RE = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{1,59}")
 _ASCII_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
-_USERNAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-
-#: System accounts and names that must never be handed to a customer.
-RESERVED_USERNAMES = frozenset(
-    {
-        "root", "admin", "administrator", "daemon", "bin", "sys", "sync", "games", "man",
-        "lp", "mail", "news", "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats",
-        "nobody", "systemd-network", "systemd-resolve", "messagebus", "sshd", "postfix",
-        "dovecot", "mysql", "postgres", "nginx", "apache", "ftp", "vmail", "www", "ansible",
-        "provisioner", "operator", "support", "abuse", "postmaster", "hostmaster",
-    }
-)
 
 
 def _describe(ch: str) -> str:
@@ -163,8 +156,19 @@ def tld_of(name: str) -> str:
     return normalize_domain(name).rsplit(".", 1)[1]
 
 
+def validate_account_name(name: object) -> str:
+    """A hosting account's name exactly as given, or InvalidInput: ``[a-z][a-z0-9]{0,31}``
+    and not reserved (the rule in :mod:`provisioner.domain.hosting_names`, the nodes' too)."""
+    problem = account_name_problem(name)
+    if problem is not None:
+        raise InvalidInput(f"account name {name!r} {problem}")
+    assert isinstance(name, str)  # account_name_problem refuses anything else
+    return name
+
+
 def normalize_username(name: str) -> str:
-    """A system / control-panel user name: ``[a-z][a-z0-9_-]{0,31}``, not a reserved name."""
+    """A hosting account's name from what a person typed: trimmed, lower-cased, then the
+    account-name rule (:func:`validate_account_name`), with the offending character named."""
     if not isinstance(name, str):
         raise InvalidInput(f"user name must be text, not {type(name).__name__}")
     if len(name) > _MAX_RAW_LENGTH:
@@ -172,19 +176,16 @@ def normalize_username(name: str) -> str:
     text = name.strip().lower()
     if not text:
         raise InvalidInput("user name is empty")
-    if len(text) > 32:
-        raise InvalidInput(f"user name {name!r} is longer than 32 characters")
+    if len(text) > ACCOUNT_NAME_MAX_LENGTH:
+        raise InvalidInput(f"user name {name!r} is longer than {ACCOUNT_NAME_MAX_LENGTH} characters")
     for ch in text:
-        if not (ch.isascii() and (ch.isalnum() or ch in "_-")):
+        if not (ch.isascii() and ch.isalnum()):
             raise InvalidInput(
-                f"user name {name!r} contains {_describe(ch)}; only a-z, 0-9, '_' and '-' "
-                "are allowed"
+                f"user name {name!r} contains {_describe(ch)}; only a-z and 0-9 are allowed"
             )
-    if not _USERNAME_RE.fullmatch(text):
+    if not text[0].isalpha():
         raise InvalidInput(f"user name {name!r} must start with a letter a-z")
-    if text in RESERVED_USERNAMES:
-        raise InvalidInput(f"user name {name!r} is reserved")
-    return text
+    return validate_account_name(text)
 
 
 def username_for_domain(domain: str, max_length: int = 16) -> str:
@@ -195,7 +196,7 @@ def username_for_domain(domain: str, max_length: int = 16) -> str:
     base = "".join(ch for ch in normalize_domain(domain) if ch.isalnum())
     if not base[0].isalpha():
         base = "u" + base
-    candidate = base[: max(1, min(max_length, 32))]
-    if candidate in RESERVED_USERNAMES:
-        candidate = ("u" + candidate)[:32]
+    candidate = base[: max(1, min(max_length, ACCOUNT_NAME_MAX_LENGTH))]
+    if candidate in RESERVED_ACCOUNT_NAMES:
+        candidate = ("u" + candidate)[:ACCOUNT_NAME_MAX_LENGTH]
     return normalize_username(candidate)

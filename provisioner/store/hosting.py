@@ -33,6 +33,9 @@ class HostingNode(Base):
     capacity_disk_mb: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default="active")  # active | draining
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A throwaway host of this machine's devstack (`provisioner hosts up`, the tests):
+    # its SSH host key is not checked. Set when the node is registered, never inferred.
+    throwaway: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class HostingAccount(Base):
@@ -66,8 +69,10 @@ class CredentialLink(Base):
 
 # -- repository ---------------------------------------------------------------------------
 def add_node(s: Session, name: str, address: str, *, capacity_accounts: int, capacity_disk_mb: int,
-             ssh_user: str = "root", ssh_port: int = 22) -> tuple[HostingNode, bool]:
-    """Register a node, or update the address/capacity of one with that name."""
+             ssh_user: str = "root", ssh_port: int = 22,
+             throwaway: bool = False) -> tuple[HostingNode, bool]:
+    """Register a node, or update the address/capacity of one with that name.
+    ``throwaway`` only for a throwaway host of this machine (no host-key check)."""
     if not _NODE_NAME_RE.fullmatch(name or ""):
         raise InvalidInput(f"node name {name!r} must match [a-z][a-z0-9-]{{0,62}}")
     if not _ADDRESS_RE.fullmatch(address or ""):
@@ -86,6 +91,7 @@ def add_node(s: Session, name: str, address: str, *, capacity_accounts: int, cap
     node.capacity_disk_mb = capacity_disk_mb
     node.ssh_user = ssh_user
     node.ssh_port = ssh_port
+    node.throwaway = throwaway
     s.flush()
     return node, created
 

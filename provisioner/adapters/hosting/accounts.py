@@ -24,11 +24,10 @@ from typing import Any
 
 from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 from provisioner.domain.catalog import HostingPlan
-from provisioner.domain.names import RESERVED_USERNAMES, normalize_domain
+from provisioner.domain.names import normalize_domain, validate_account_name
 from provisioner.errors import InvalidInput, StepFailed, TransientError
 
 ACTIONS = ("create", "suspend", "unsuspend", "change_plan", "reset_password", "terminate")
-ACCOUNT_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 MAILBOX_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 LIMIT_FIELDS = (
     "disk_mb", "mailbox_mb", "upload_max_mb", "database_max_mb", "message_max_mb", "recipients_max",
@@ -41,15 +40,6 @@ _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 def generate_password(length: int = 20) -> str:
     """A random password of letters and digits (safe in every login file we write)."""
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
-
-
-def validate_account_name(name: str) -> str:
-    """The account's system user name: ``[a-z][a-z0-9]{0,31}``; anything else is refused."""
-    if not isinstance(name, str) or not ACCOUNT_RE.fullmatch(name):
-        raise InvalidInput(f"account name {name!r} must match [a-z][a-z0-9]{{0,31}}")
-    if name in RESERVED_USERNAMES:
-        raise InvalidInput(f"account name {name!r} is reserved")
-    return name
 
 
 def validate_mailbox(local: str) -> str:
@@ -254,11 +244,11 @@ class HostingAccounts:
     """The hosting-account adapter: one ansible-runner run per action (per batch with
     :meth:`create_many`); the role converges each run's accounts in one module call."""
 
-    def __init__(self, *, ssh_key: Path | None = None, throwaway: bool = False,
+    def __init__(self, *, ssh_key: Path | None = None, known_hosts: Path | None = None,
                  provider_url: str = "https://www.provider.example/", timeout_s: float = 600,
                  runner: Runner = run_playbook) -> None:
         self.ssh_key = ssh_key
-        self.throwaway = throwaway
+        self.known_hosts = known_hosts  # host keys are checked unless the node is throwaway
         self.provider_url = provider_url
         self.timeout_s = timeout_s
         self._run = runner
@@ -288,7 +278,7 @@ class HostingAccounts:
                 extravars["hosting_account_secrets_file"] = str(path)
             return self._run(f"hosting_account_{action}", [node], extravars,
                              timeout_s=timeout_s or self.timeout_s, ssh_key=self.ssh_key,
-                             throwaway=self.throwaway)
+                             known_hosts=self.known_hosts)
 
     def create_many(self, node: Target, specs: Sequence[AccountSpec],
                     secrets_by_name: Mapping[str, Secrets] | None = None, *,

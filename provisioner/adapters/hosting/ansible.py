@@ -4,7 +4,10 @@ Each run gets its own temporary ``private_data_dir``; the SSH key is passed by p
 SSH master connections are shared between runs (``ControlPersist``, sockets in a
 private directory of this user), so a run against a node used in the last minute
 skips the SSH handshake; with pipelining and no fact gathering a task is one round trip;
-host-key checking is off only when the caller says the hosts are throwaway; a dead
+host keys are checked strictly (``StrictHostKeyChecking=yes`` against the
+``known_hosts`` file given, else the user's) unless every target's record says it is a
+throwaway host, and an unknown host key is a ConfigurationError naming the node and
+the key's fingerprint, not a failed run; a dead
 or unreachable host ends the run within ``timeout_s`` (ansible's connection
 ``timeout`` + SSH keep-alives + runner's own ``timeout``), never a hang.
 """
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.errors import ConfigurationError, StepFailed
+from provisioner.adapters.ssh import host_key_fingerprint, unknown_host_key
+from provisioner.errors import ConfigurationError, StepFailed, TransientError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOKS_DIR = REPO_ROOT / "playbooks"
@@ -43,6 +47,9 @@ class Target:
     user: str = "root"
     port: int = 22
     vars: Mapping[str, Any] = field(default_factory=dict)
+    # from the node's record (`hosting_nodes.throwaway`): a throwaway host of this
+    # machine's devstack, whose host key is not checked. Never inferred.
+    throwaway: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,15 @@ def build_inventory(targets: list[Target], ssh_key: Path | None) -> dict[str, An
 
 def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
                  extravars: Mapping[str, Any] | None = None, *, timeout_s: float = 900,
-                 ssh_key: Path | None = None, throwaway: bool = False,
-                 connect_timeout_s: int = 10, limit: str | None = None) -> RunResult:
+                 ssh_key: Path | None = None, throwaway: bool | None = None,
+                 known_hosts: Path | None = None, connect_timeout_s: int = 10,
+                 limit: str | None = None) -> RunResult:
     """Run ``playbook`` (a name in ``playbooks/`` or a path) against ``hosts``.
 
-    ``hosts`` is a list of :class:`Target` or a ready Ansible inventory dict.
-    ``throwaway=True`` switches host-key checking off (throwaway hosts only).
+    ``hosts`` is a list of :class:`Target` or a ready Ansible inventory dict. Host keys
+    are checked against ``known_hosts`` (default: the user's known_hosts) unless
+    ``throwaway`` is true; left at None it is true only when every target is a
+    throwaway host (a ready inventory is checked strictly unless told otherwise).
     """
     import ansible_runner  # local import: only the adapter needs ansible
 
@@ -105,11 +115,19 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
     if not path.is_file():
         raise ConfigurationError(f"playbook {path} does not exist")
     inventory = (build_inventory(hosts, ssh_key) if isinstance(hosts, list) else dict(hosts))
+    if throwaway is None:
+        throwaway = isinstance(hosts, list) and bool(hosts) and all(t.throwaway for t in hosts)
     ssh_args = (f"-o ConnectTimeout={connect_timeout_s} -o ServerAliveInterval=2 "
                 f"-o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist={CONTROL_PERSIST_S}s "
                 "-o BatchMode=yes -o PasswordAuthentication=no")
     if throwaway:
         ssh_args += " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    else:
+        if known_hosts is not None and not known_hosts.is_file():
+            raise ConfigurationError(f"node_known_hosts {known_hosts} does not exist")
+        ssh_args += " -o StrictHostKeyChecking=yes"
+        if known_hosts is not None:
+            ssh_args += f" -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"
     bindir = str(Path(sys.executable).parent)
     envvars = {
         "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
@@ -179,11 +197,35 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
                 tail = ""
             for host in stats:
                 errors[host] = f"ansible-playbook rc={r.rc}: {tail.strip() or r.status}"
+        if not throwaway:
+            _refuse_unknown_host_keys(inventory, errors, known_hosts)
         elapsed = round(time.monotonic() - started, 2)
         return RunResult(status=str(r.status), rc=int(r.rc if r.rc is not None else -1),
                          stats=stats, errors=errors, duration_s=elapsed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_HOST_KEY_FAILED = "Host key verification failed"
+
+
+def _refuse_unknown_host_keys(inventory: Mapping[str, Any], errors: Mapping[str, str],
+                              known_hosts: Path | None) -> None:
+    """A host ssh refused for its host key is a configuration error for ops (add the
+    key after checking it), not a failed run to retry: raise it, naming the node and
+    the fingerprint its sshd presents."""
+    hostvars = (inventory.get("all") or {}).get("hosts") or {}
+    for host, message in errors.items():
+        if _HOST_KEY_FAILED not in message:
+            continue
+        hv = hostvars.get(host) or {}
+        address, port = str(hv.get("ansible_host", host)), int(hv.get("ansible_port", 22))
+        where = f"node {host} ({address})"
+        try:
+            key_name, key_fingerprint = host_key_fingerprint(address, port)
+        except TransientError as exc:
+            raise ConfigurationError(f"{where}: its host key is not in known_hosts ({exc})") from None
+        raise unknown_host_key(where, key_name, key_fingerprint, known_hosts)
 
 
 def control_dir() -> Path:

@@ -30,29 +30,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
-from provisioner.domain.names import normalize_domain
+from provisioner.domain.names import normalize_domain, validate_account_name
 from provisioner.errors import InvalidInput, StepFailed, TransientError
 
 if TYPE_CHECKING:
     from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts
 
-ACCOUNT_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 STAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 Runner = Callable[..., RunResult]
 
 
-def validate_account(account: str) -> str:
-    """``[a-z][a-z0-9]{0,31}`` or InvalidInput (the node checks the same again)."""
-    if not isinstance(account, str) or not ACCOUNT_RE.fullmatch(account):
-        raise InvalidInput(f"account name {account!r} must match [a-z][a-z0-9]{{0,31}}")
-    return account
-
-
 def validate_backup_id(account: str, backup_id: str) -> str:
     """``<account>/YYYYMMDDTHHMMSSZ`` of that very account, or InvalidInput."""
-    validate_account(account)
+    validate_account_name(account)  # the node checks the same again
     if not isinstance(backup_id, str) or "/" not in backup_id:
         raise InvalidInput(f"backup id {backup_id!r} must be {account}/YYYYMMDDTHHMMSSZ")
     owner, stamp = backup_id.split("/", 1)
@@ -296,10 +288,10 @@ class AccountFootprint:
 class HostingBackups:
     """The backup adapter: one ansible-runner run per operation."""
 
-    def __init__(self, *, ssh_key: Path | None = None, throwaway: bool = False, timeout_s: float = 1800,
-                 runner: Runner = run_playbook) -> None:
+    def __init__(self, *, ssh_key: Path | None = None, known_hosts: Path | None = None,
+                 timeout_s: float = 1800, runner: Runner = run_playbook) -> None:
         self.ssh_key = ssh_key
-        self.throwaway = throwaway
+        self.known_hosts = known_hosts  # host keys are checked unless the node is throwaway
         self.timeout_s = timeout_s
         self._run = runner
 
@@ -308,7 +300,7 @@ class HostingBackups:
             result_file = Path(private) / "result.json"
             extravars = {**extravars, "hosting_backup_result_file": str(result_file)}
             run = self._run(playbook, [node], extravars, timeout_s=self.timeout_s, ssh_key=self.ssh_key,
-                            throwaway=self.throwaway)
+                            known_hosts=self.known_hosts)
             data: dict[str, Any] | None = None
             if result_file.is_file():
                 try:
@@ -329,7 +321,7 @@ class HostingBackups:
         return data
 
     def _op(self, node: Target, account: str, action: str, **more: Any) -> dict[str, Any]:
-        validate_account(account)
+        validate_account_name(account)
         playbook = {"restore": "hosting_account_restore",
                     "purge": "hosting_account_purge_backups"}.get(action, "hosting_account_backup")
         ev: dict[str, Any] = {"hosting_backup_action": action, "hosting_backup_account": account}
@@ -426,6 +418,6 @@ class HostingBackups:
 
 __all__ = [
     "AccountFootprint", "ArchiveFile", "BackupPart", "BackupRecord", "HostingBackups", "PurgeManifest",
-    "RemovalManifest", "RemovedFile", "RemovedPath", "RestoreResult", "validate_account",
+    "RemovalManifest", "RemovedFile", "RemovedPath", "RestoreResult",
     "validate_backup_id",
 ]

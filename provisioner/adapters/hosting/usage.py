@@ -13,20 +13,20 @@ warning, the 7 days to upgrade) is for the caller to decide.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from provisioner.adapters.hosting.ansible import Target
+from provisioner.adapters.ssh import node_client, paramiko_module
+from provisioner.domain.hosting_names import is_account_name
 from provisioner.errors import StepFailed, TransientError
 
 STEP_KEY = "hosting.usage"
 USAGE_COMMAND = "/usr/local/sbin/hosting-usage"
 REPORT_VERSION = 1
 MIB = 1024 * 1024
-_ACCOUNT_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _flag(value: Any, what: str) -> bool:
 
 
 def _account(name: str, entry: Any) -> AccountUsage:
-    if not isinstance(name, str) or not _ACCOUNT_RE.fullmatch(name):
+    if not is_account_name(name):
         raise _fail(f"the report names an invalid account {name!r}")
     if not isinstance(entry, Mapping):
         raise _fail(f"account {name}: expected an object, got {type(entry).__name__}")
@@ -120,25 +120,17 @@ def parse_usage(text: str) -> dict[str, AccountUsage]:
     return {name: _account(name, entry) for name, entry in accounts.items()}
 
 
-def _paramiko() -> Any:
-    from provisioner.devstack.hosts.ssh import _paramiko as load
-
-    return load()
-
-
-def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
-               throwaway: bool = False, known_hosts: Path | None = None) -> dict[str, AccountUsage]:
+def read_usage(target: Target, ssh_key: Path | None, *, timeout_s: float = 120.0,
+               known_hosts: Path | None = None) -> dict[str, AccountUsage]:
     """Run the node's usage report over SSH; return ``{account name: AccountUsage}``.
 
-    Host keys are checked against ``known_hosts`` (default: the system's and the user's
-    known_hosts files) unless ``throwaway`` is set (throwaway test hosts only).
+    Host keys are checked against ``known_hosts`` (default: this user's known_hosts)
+    unless the target is a throwaway host (its node record says so).
     """
-    from provisioner.devstack.hosts.ssh import node_client
-
-    paramiko = _paramiko()
+    paramiko = paramiko_module()
     where = f"node {target.name} ({target.address})"
     with node_client(target.address, where=where, port=target.port, user=target.user,
-                     key_path=ssh_key, timeout_s=min(timeout_s, 30.0), throwaway=throwaway,
+                     key_path=ssh_key, timeout_s=min(timeout_s, 30.0), throwaway=target.throwaway,
                      known_hosts=known_hosts) as client:
         try:
             _, stdout, stderr = client.exec_command(USAGE_COMMAND, timeout=timeout_s)  # noqa: S601
@@ -150,3 +142,15 @@ def read_usage(target: Target, ssh_key: Path, *, timeout_s: float = 120.0,
     if status != 0:
         raise _fail(f"{where}: {USAGE_COMMAND} exited {status}: {err.strip()[-400:] or out[-400:]}")
     return parse_usage(out)
+
+
+@dataclass(frozen=True)
+class UsageReports:
+    """`read_usage` with the installation's SSH key and known_hosts: the quota check's reader."""
+
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    timeout_s: float = 120.0
+
+    def __call__(self, node: Target) -> dict[str, AccountUsage]:
+        return read_usage(node, self.ssh_key, timeout_s=self.timeout_s, known_hosts=self.known_hosts)

@@ -28,7 +28,6 @@ import logging
 import ssl
 import stat
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from provisioner.adapters.hosting.accounts import validate_account_name
+from provisioner.adapters.ssh import node_client, paramiko_module
 from provisioner.adapters.tls_targets import (
     ACME_TOKEN_CHARS,
     CertificateInfo,
@@ -45,7 +46,6 @@ from provisioner.adapters.tls_targets import (
     check_key_matches,
     served_certificate,
 )
-from provisioner.adapters.hosting.accounts import validate_account_name
 from provisioner.domain.names import normalize_domain
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
@@ -76,15 +76,6 @@ ssl_certificate_key {cert_dir}/current/privkey.pem;
 """
 
 
-def _paramiko() -> Any:
-    """Import paramiko on first use, quietly (its TripleDES/Blowfish deprecations)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import paramiko
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    return paramiko
-
-
 @dataclass(frozen=True)
 class NodeAccess:
     """How to reach a node as root over SSH. `throwaway` turns host-key checking off
@@ -97,6 +88,7 @@ class NodeAccess:
     port: int = 22
     throwaway: bool = False
     timeout_s: float = 15.0
+    known_hosts: Path | None = None
 
 
 class _Remote:
@@ -226,13 +218,12 @@ class NodeNginxTarget:
     # -- connection -----------------------------------------------------------------------
     @contextmanager
     def _remote(self) -> Iterator[_Remote]:
-        from provisioner.devstack.hosts.ssh import node_client
-
-        paramiko = _paramiko()
+        paramiko = paramiko_module()
         a = self.access
         where = f"node {a.name} ({a.address})"
         with node_client(a.address, where=where, port=a.port, user=a.user, key_path=a.key_path,
-                         timeout_s=a.timeout_s, throwaway=a.throwaway) as client:
+                         timeout_s=a.timeout_s, throwaway=a.throwaway,
+                         known_hosts=a.known_hosts) as client:
             try:
                 sftp = client.open_sftp()
             except (OSError, paramiko.SSHException, EOFError) as exc:

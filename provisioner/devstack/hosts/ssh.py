@@ -2,69 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from provisioner.adapters.ssh import paramiko_module as _paramiko
 from provisioner.devstack.hosts.images import run
-from provisioner.errors import ConfigurationError, InvalidInput, TransientError
-
-
-def _paramiko() -> Any:
-    """Import paramiko on first use (the CLI should not pay for it on every start)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # its TripleDES/Blowfish use
-        import paramiko
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    return paramiko
-
-
-class UnknownHostKey:
-    """paramiko's missing-host-key policy for real nodes: refuse, as a configuration
-    error (not retried): ops must add the node's key to known_hosts."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        raise ConfigurationError(f"{self.where}: host key of {hostname} is not in known_hosts")
-
-
-@contextmanager
-def node_client(address: str, *, where: str, port: int = 22, user: str = "root",
-                key_path: Path | None = None, timeout_s: float = 30.0, throwaway: bool = False,
-                known_hosts: Path | None = None) -> Iterator[Any]:
-    """A paramiko client connected to a node, closed on exit. The host key is checked
-    against known_hosts unless ``throwaway`` (throwaway test hosts only). Connection
-    errors become ours: a refused key or an unknown or wrong host key is a
-    ConfigurationError (not retried), anything else a TransientError."""
-    paramiko = _paramiko()
-    client = paramiko.SSHClient()
-    try:
-        if throwaway:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 (throwaway)
-        else:
-            client.load_system_host_keys(str(known_hosts) if known_hosts else None)
-            client.set_missing_host_key_policy(UnknownHostKey(where))
-        try:
-            client.connect(address, port=port, username=user,
-                           key_filename=str(key_path) if key_path else None,
-                           timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
-                           allow_agent=False, look_for_keys=key_path is None)
-        except paramiko.AuthenticationException as exc:
-            raise ConfigurationError(f"{where}: SSH key {key_path} refused: {exc}") from exc
-        except paramiko.BadHostKeyException as exc:
-            raise ConfigurationError(f"{where}: wrong SSH host key: {exc}") from exc
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise TransientError(f"{where}: SSH failed: {exc}") from exc
-        yield client
-    finally:
-        client.close()
+from provisioner.errors import InvalidInput, TransientError
 
 
 def ensure_keypair(path: Path) -> Path:

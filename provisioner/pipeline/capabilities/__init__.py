@@ -1,29 +1,41 @@
-"""Imports every capability module, so that their line planners and step handlers
-are registered. Import this (not the modules one by one) wherever plans are made
-or steps are run."""
+"""The capabilities: one module per kind of line (and the clock), each listing its step
+handlers (``HANDLERS``) and line planners (``PLANNERS``). Importing this package
+registers nothing: the composition root (`provisioner.bootstrap`) asks for the lists.
 
-from provisioner.pipeline.capabilities import lifecycle as _clock  # noqa: F401 - renewals, shutdown, staged deletion
-from provisioner.pipeline.capabilities import domains as _domains  # noqa: F401 - domain.register/transfer/renew/nameservers
-from provisioner.pipeline.capabilities import hosting as _hosting  # noqa: F401 - hosting.account, notify.credentials
-from provisioner.pipeline.capabilities import billing as steps  # noqa: F401 - invoice issuance, e-mails, activation
-from provisioner.pipeline.capabilities import dns_tls as _tls_dns  # noqa: F401 - dns.zone, tls.issue, tls items
+* billing: invoice issuance, the proforma/payment/invoice e-mails, activation
+* hosting: accounts on hosting nodes, the access-data link
+* dns_tls: DNS zones (RFC 2136) and certificates (ACME)
+* domains: registration, transfer, renewal and name servers at the registry (EPP)
+* lifecycle: the clock's steps: reminders, shutdown, staged deletion, renewal
+* quota (no steps: a daily check) and placement (shared by hosting, DNS and the clock)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from provisioner.pipeline.capabilities import billing, dns_tls, domains, hosting, lifecycle
+from provisioner.pipeline.engine.plan import LinePlanner
+from provisioner.pipeline.engine.runner import Handler
+
+_MODULES = (billing, hosting, dns_tls, domains, lifecycle)
 
 
-def configure(line_kinds: str) -> None:
-    """Apply the `line_kinds` setting: "all", or a comma list ("" = none).
+def handlers() -> dict[str, Handler]:
+    """Every step kind of every capability, with its handler."""
+    out: dict[str, Handler] = {}
+    for module in _MODULES:
+        table: Mapping[str, Handler] = module.HANDLERS
+        clash = set(out) & set(table)
+        if clash:
+            raise AssertionError(f"step kinds handled twice: {sorted(clash)}")
+        out.update(table)
+    return out
 
-    "all" is every line kind, and hosting lines without a zone or a certificate (those
-    need a DNS server and a CA): name ``dns`` (no line kind of its own: the hosting
-    line's zone) and ``tls`` (a line kind, and the hosting line's certificate) to get
-    them, e.g. "all,dns,tls" or "domain,hosting,dns,tls" (`tls_dns.hosting_extras`)."""
-    from provisioner.domain.catalog import KINDS
-    from provisioner.pipeline.engine.plan import enable_line_kinds, planned_kinds
 
-    kinds = {k.strip() for k in line_kinds.split(",") if k.strip()}
-    if "all" not in kinds:
-        enable_line_kinds(sorted(kinds))
-        return
-    enable_line_kinds(None)
-    extras = kinds - {"all"}
-    if extras:  # spelled out, so that the hosting line sees which extras are on
-        enable_line_kinds(sorted(set(KINDS) | planned_kinds() | extras))
+def line_planners() -> dict[str, LinePlanner]:
+    """Every line kind that plans steps, with its planner."""
+    out: dict[str, LinePlanner] = {}
+    for module in (hosting, dns_tls, domains):
+        out.update(module.PLANNERS)
+    return out

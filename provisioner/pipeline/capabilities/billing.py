@@ -1,8 +1,9 @@
-"""The steps of this release: invoice issuance, customer e-mails, service activation.
+"""Billing steps: invoice issuance, the proforma/payment/invoice e-mails, service
+activation.
 
 Each handler observes before it acts, so running it twice changes nothing the
-second time. Later capabilities (hosting, dns, tls, domain) add their handlers
-with `@handler("kind")` in their own modules and register a line planner.
+second time. The handlers are listed in `HANDLERS` at the end; the composition root
+(`provisioner.bootstrap`) gathers every capability's list into the runner's registry.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from provisioner.adapters.mail import Mailer, make_message_id, render_mail
 from provisioner.domain import billing
 from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period, earliest_event
 from provisioner.errors import Conflict, StepFailed
-from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
+from provisioner.pipeline.outbox import step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.counters import next_number
 from provisioner.store.db import transaction
 from provisioner.store.models import (
     Customer,
     Invoice,
-    OutboxMail,
     Payment,
     Proforma,
     Service,
@@ -105,7 +105,6 @@ def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
     return invoice, True
 
 
-@handler("invoice.issue")
 def step_invoice_issue(ctx: StepContext, step: Step) -> StepResult:
     try:
         with transaction(ctx.factory) as s:
@@ -183,58 +182,34 @@ def _mail_context(ctx: StepContext, s: Session, template: str, p: Proforma) -> d
 
 def send_once(ctx: StepContext, template: str, proforma_id: int,
               extra: dict[str, Any] | None = None) -> StepResult:
-    """Send one e-mail exactly once per step key, as far as SMTP allows.
-
-    The outbox row is written before the SMTP transaction and marked `sent` after
-    the server accepted the message. A re-run finds `sent` and does nothing. If the
-    worker died during the SMTP transaction (row still `sending`), the message is
-    sent again with the same Message-ID, so a duplicate is recognisable downstream.
-    """
-    key = ctx.step_key
+    """A proforma's e-mail (the proforma, its payment, its invoice, a renewal notice),
+    once per step key (`pipeline.outbox`)."""
+    box = step_outbox(ctx)
+    sent = box.sent(ctx.step_key)
+    if sent is not None:
+        return StepResult(False, {"message_id": sent})
     with transaction(ctx.factory) as s:
-        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
-        if row is not None and row.state == "sent":
-            return StepResult(False, {"message_id": row.message_id})
         p = _proforma(s, proforma_id)
         customer = s.get(Customer, p.order.customer_id)
         assert customer is not None
-        message_id = make_message_id(key, ctx.settings.mail_from.rsplit("@", 1)[-1].strip(">"))
-        if row is None:
-            row = OutboxMail(key=key, message_id=message_id, recipient=customer.email,
-                             template=template, state="sending", attempts=0)
-            s.add(row)
-        row.attempts += 1
-        rendered = render_mail(template, customer.lang,
-                               {**_mail_context(ctx, s, template, p), **(extra or {})})
-        recipient = customer.email
-    mailer = ctx.adapters.get("mailer") or Mailer(ctx.settings)
-    assert isinstance(mailer, Mailer) or hasattr(mailer, "send")
-    mailer.send(to=recipient, rendered=rendered, message_id=message_id,
-                headers={"X-Provisioner-Step": key})
-    with transaction(ctx.factory) as s:
-        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one()
-        row.state = "sent"
-        row.sent_at = ctx.now()
-        audit(s, SYSTEM, "mail.sent", "mail", message_id, {"template": template, "step": key})
-    return StepResult(True, {"message_id": message_id})
+        recipient, lang = customer.email, customer.lang
+        context = {**_mail_context(ctx, s, template, p), **(extra or {})}
+    result = box.send_once(ctx.step_key, recipient, template, lang, context)
+    return StepResult(result.sent_now, {"message_id": result.message_id})
 
 
-@handler("notify.proforma")
 def step_notify_proforma(ctx: StepContext, step: Step) -> StepResult:
     return send_once(ctx, "proforma", int(step.params["proforma_id"]))
 
 
-@handler("notify.payment")
 def step_notify_payment(ctx: StepContext, step: Step) -> StepResult:
     return send_once(ctx, "payment_confirmation", int(step.params["proforma_id"]))
 
 
-@handler("notify.invoice")
 def step_notify_invoice(ctx: StepContext, step: Step) -> StepResult:
     return send_once(ctx, "invoice", int(step.params["proforma_id"]))
 
 
-@handler("service.activate")
 def step_service_activate(ctx: StepContext, step: Step) -> StepResult:
     """All of a service's steps are done: it is active for one period from today."""
     with transaction(ctx.factory) as s:
@@ -253,3 +228,12 @@ def step_service_activate(ctx: StepContext, step: Step) -> StepResult:
         service.updated_at = ctx.now()
         audit(s, SYSTEM, "service.activated", "service", service.id)
         return StepResult(True, {"expires_on": str(service.expires_on)})
+
+
+HANDLERS: dict[str, Handler] = {
+    "invoice.issue": step_invoice_issue,
+    "notify.proforma": step_notify_proforma,
+    "notify.payment": step_notify_payment,
+    "notify.invoice": step_notify_invoice,
+    "service.activate": step_service_activate,
+}

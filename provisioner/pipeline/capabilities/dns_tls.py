@@ -3,22 +3,18 @@
 * A stand-alone ``tls:<name>`` line item plans ``service:{id}/tls.issue`` for the name
   and ``www.<name>`` (a wildcard ``*.<name>`` covers ``<name>`` and goes through DNS-01).
 * A hosting order gets both steps from `hosting_dns_tls_steps()`, which the hosting
-  capability calls from its own planner (no planner for ``hosting`` is registered here),
-  but only where the ``line_kinds`` setting names ``dns`` / ``tls`` (e.g. "all,dns,tls";
-  `capabilities.configure`): plain "all" and a process that applied no setting
-  (library use, unit tests) plan hosting lines without a zone or a certificate, since
-  both need servers (`hosting_extras()`).
+  capability calls from its own planner, but only where the ``line_kinds`` setting names
+  ``dns`` / ``tls`` (e.g. "all,dns,tls"; `PlanOptions.extras`): plain "all" plans hosting
+  lines without a zone or a certificate, since both need servers.
 * ``dns.zone`` of a hosting service places the account first (the same, idempotent
-  placement ``hosting.account`` uses), so the zone's A/AAAA records point at the node
-  that will serve the site; a ``tls.issue`` for a hosting service (or for a ``tls`` line
-  whose name a hosting account of the same customer serves) deploys to that node's vhost
-  (`wiring.dns_tls_adapters`); other ``tls`` lines go to the loopback nginx.
+  placement ``hosting.account`` uses, `capabilities.placement`), so the zone's A/AAAA
+  records point at the node that will serve the site; a ``tls.issue`` for a hosting
+  service (or for a ``tls`` line whose name a hosting account of the same customer
+  serves) deploys to that node's vhost (``adapters.node_tls``); other ``tls`` lines go to
+  ``adapters.tls_fallback`` (none in production: a clear ConfigurationError).
 
-Handlers find their adapters in ``ctx.adapters`` as factories (so nothing is built
-until a step needs it and a unit test can hand in fakes):
-``"dns"`` -> DnsServer, ``"acme"`` -> AcmeClient, ``"cert_target"`` -> callable
-``(service_id) -> CertificateTarget``; optional ``"dkim"`` -> callable
-``(service_id) -> (selector, base64 public key) | None``.
+Handlers use the typed adapters ``ctx.adapters.dns``, ``.acme``, ``.node_tls`` and
+``.tls_fallback`` (`engine.ports`); a unit test hands in fakes.
 
 `tls.issue` observes first: a deployed certificate covering the names with more than
 `tls_renew_days` left means nothing to do; a valid certificate already in the store but
@@ -35,14 +31,27 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+from sqlalchemy import select
+
 from provisioner.adapters.acme import Dns01Solver, Http01Solver, solver_chooser
+from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.domain import dns_records
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.errors import ConfigurationError, InvalidInput
-from provisioner.pipeline.engine.plan import OrderView, ServiceView, StepSpec, register_line_planner
-from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.pipeline.capabilities.placement import place, target_of
+from provisioner.pipeline.engine.plan import (
+    LinePlanner,
+    OrderView,
+    PlanOptions,
+    ServiceView,
+    StepSpec,
+    service_step,
+)
+from provisioner.pipeline.engine.ports import need
+from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
 from provisioner.store.db import transaction
-from provisioner.store.models import Step
+from provisioner.store.hosting import HostingAccount, HostingNode, account_for_service
+from provisioner.store.models import Service, Step
 from provisioner.store.tls import TlsCertificate, decrypt, fernet_for, latest_certificate, save_certificate
 
 log = logging.getLogger("provisioner.tls")
@@ -65,11 +74,11 @@ def _names_for(service: ServiceView) -> list[str]:
     return dns_records.certificate_names(name)
 
 
-def plan_tls_line(view: OrderView, service: ServiceView) -> list[StepSpec]:
+def plan_tls_line(view: OrderView, service: ServiceView, options: PlanOptions) -> list[StepSpec]:
     """A stand-alone certificate: one step."""
     names = _names_for(service)
-    hosted = _hosting_line_step(view, service)
-    return [StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE, (hosted,) if hosted else (),
+    hosted = _hosting_line_step(view, service, options)
+    return [StepSpec(service_step(service.id, TLS_ISSUE), TLS_ISSUE, (hosted,) if hosted else (),
                      {"service_id": service.id, "names": names, "challenge": "auto"}, service.id)]
 
 
@@ -79,47 +88,34 @@ def hosting_dns_tls_steps(view: OrderView, service: ServiceView, *, zone_deps: S
     """`dns.zone` then `tls.issue` for a hosting service (either may be left out).
     `tls_deps` names the steps the certificate must wait for besides the zone (the
     account's vhost on the node)."""
-    zone_key = f"service:{service.id}/{DNS_ZONE}"
+    zone_key = service_step(service.id, DNS_ZONE)
     steps = []
     if zone:
         name = dns_records.absolute(service.name).rstrip(".")
         steps.append(StepSpec(zone_key, DNS_ZONE, tuple(zone_deps), {"service_id": service.id, "zone": name},
                               service.id))
     if certificate:
-        steps.append(StepSpec(f"service:{service.id}/{TLS_ISSUE}", TLS_ISSUE,
+        steps.append(StepSpec(service_step(service.id, TLS_ISSUE), TLS_ISSUE,
                               ((zone_key,) if zone else ()) + tuple(tls_deps),
                               {"service_id": service.id, "names": _names_for(service),
                                "challenge": challenge}, service.id))
     return steps
 
 
-def hosting_extras() -> frozenset[str]:
-    """Which of ``dns`` and ``tls`` hosting lines get (``dns.zone``, ``tls.issue``): those
-    the applied ``line_kinds`` setting names; none when no setting was applied."""
-    from provisioner.pipeline.engine import plan as _plan
-
-    enabled = _plan.enabled_kinds()
-    return frozenset() if enabled is None else frozenset({"dns", "tls"} & enabled)
-
-
-def _hosting_line_step(view: OrderView, service: ServiceView) -> str | None:
+def _hosting_line_step(view: OrderView, service: ServiceView, options: PlanOptions) -> str | None:
     """The step a ``tls`` line waits for when the same order has a hosting line for its
     site: that line's certificate (or its account), so the certificate goes to the vhost
     on the node after the account's own one (and usually finds nothing to do). Only a
     hosting line listed before this one counts (a plan lists dependencies first)."""
-    from provisioner.pipeline.capabilities.hosting import plan_hosting_line
-    from provisioner.pipeline.engine.plan import planned_kinds
-
-    if "hosting" not in planned_kinds():
+    if not options.enabled("hosting"):
         return None
     site = service.name.removeprefix("*.")
     for other in view.services:
         if other.id == service.id:
             break
-        if other.kind != "hosting" or other.name != site:
-            continue
-        keys = {st.kind: st.key for st in plan_hosting_line(view, other)}
-        return keys.get(TLS_ISSUE) or keys.get("hosting.account")
+        if other.kind == "hosting" and other.name == site and other.action != "renew":
+            kind = TLS_ISSUE if "tls" in options.extras else "hosting.account"
+            return service_step(other.id, kind)
     return None
 
 
@@ -129,34 +125,22 @@ def renewal_step(service_id: int, names: Sequence[str], not_after: date,
     or fewer left: one key per expiry date, so a renewal that keeps failing is retried
     with backoff, then dead-lettered with an ops alert, weeks before the certificate
     expires, and the next certificate gets a step of its own."""
-    return StepSpec(f"service:{service_id}/{TLS_ISSUE}@{not_after.isoformat()}", TLS_ISSUE, (),
+    return StepSpec(service_step(service_id, TLS_ISSUE, not_after.isoformat()), TLS_ISSUE, (),
                     {"service_id": service_id, "names": list(names), "challenge": challenge}, service_id)
 
 
-register_line_planner("tls", plan_tls_line)
-
-
 # -- handlers ---------------------------------------------------------------------------
-def _adapter(ctx: StepContext, name: str) -> Any:
-    factory = ctx.adapters.get(name)
-    if factory is None:
-        raise ConfigurationError(f"no {name!r} adapter is configured")
-    return factory() if callable(factory) else factory
-
-
 def _split(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@handler(DNS_ZONE)
 def ensure_zone(ctx: StepContext, step: Step) -> StepResult:
     params = step.params
     service_id = params.get("service_id")
     zone = params["zone"]
-    dkim = None
-    dkim_source = ctx.adapters.get("dkim")
-    if callable(dkim_source) and service_id is not None:
-        dkim = dkim_source(service_id)
+    dns = need(ctx.adapters.dns, "a DNS server (setting dns_server)")
+    dkim = ctx.adapters.dkim(service_id) if ctx.adapters.dkim is not None and service_id is not None \
+        else None
     settings = ctx.settings
     ipv4, ipv6 = _split(settings.dns_site_ipv4), _split(settings.dns_site_ipv6)
     node_address = _place_hosting(ctx, step.key, service_id) if service_id is not None else None
@@ -174,7 +158,7 @@ def ensure_zone(ctx: StepContext, step: Step) -> StepResult:
         serial=dns_records.serial_for(ctx.now()),
     )
     records = dns_records.hosting_zone_records(spec)
-    result = _adapter(ctx, "dns").ensure_zone(zone, records)
+    result = dns.ensure_zone(zone, records)
     details = {**result.details, "records": len(records), "dkim": bool(dkim)}
     if node_address is not None:
         details["node_address"] = node_address
@@ -196,8 +180,6 @@ def _place_hosting(ctx: StepContext, step_key: str, service_id: int) -> str | No
     """For a hosting service: its node's address, placing the account on a node first
     if ``hosting.account`` has not yet (the same idempotent placement, recorded once per
     service). None for other services."""
-    from provisioner.pipeline.capabilities.hosting import place
-
     with transaction(ctx.factory) as s:
         placement = place(s, service_id, step_key)
         if placement is None:
@@ -217,7 +199,43 @@ def _covers(have: Sequence[str], want: Sequence[str]) -> bool:
     return True
 
 
-@handler(TLS_ISSUE)
+def certificate_target(ctx: StepContext, service_id: int | None) -> CertificateTarget:
+    """Where the certificate goes: the vhost on its node of the hosting account that
+    serves the site (the service's own account, or for a ``tls`` line the active
+    account of the same customer whose domain is the certificate's site); else the
+    installation's fallback target, if it has one."""
+    if service_id is not None:
+        with transaction(ctx.factory) as s:
+            account = _serving_account(s, service_id)
+            node = s.get(HostingNode, account.node_id) if account is not None else None
+            if account is not None and node is not None:
+                return ctx.adapters.node_tls(target_of(node), account.username, [account.domain])
+    return need(ctx.adapters.tls_fallback,
+                "a certificate target for a site no hosting account of ours serves")
+
+
+def _serving_account(s: Any, service_id: int) -> HostingAccount | None:
+    service = s.get(Service, service_id)
+    if service is None:
+        return None
+    if service.kind == "hosting":
+        account = account_for_service(s, service_id)
+        if account is None:
+            raise ConfigurationError(f"service {service_id}: no hosting account is placed yet, "
+                                     "so there is no vhost for its certificate")
+        return account
+    if service.kind != "tls":
+        return None
+    site = service.name.removeprefix("*.")
+    found: HostingAccount | None = s.execute(
+        select(HostingAccount).join(Service, Service.id == HostingAccount.service_id)
+        .where(HostingAccount.domain == site, HostingAccount.state.in_(("creating", "active")),
+               Service.customer_id == service.customer_id)
+        .order_by(HostingAccount.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    return found
+
+
 def issue_certificate(ctx: StepContext, step: Step) -> StepResult:
     params = step.params
     names = [dns_records.absolute(n).rstrip(".") for n in params["names"]]
@@ -227,10 +245,7 @@ def issue_certificate(ctx: StepContext, step: Step) -> StepResult:
     service_id = params.get("service_id")
     now = ctx.now()
     renew_days = ctx.settings.tls_renew_days
-    target_factory = ctx.adapters.get("cert_target")
-    if not callable(target_factory):
-        raise ConfigurationError("no 'cert_target' adapter is configured")
-    target = target_factory(service_id)
+    target = certificate_target(ctx, service_id)
 
     # Observe: deployed and good for long enough -> nothing to do.
     current = target.current_certificate(primary)
@@ -256,8 +271,8 @@ def issue_certificate(ctx: StepContext, step: Step) -> StepResult:
                                  "reason": "deployed stored certificate"})
 
     # Act: order a new certificate.
-    acme = _adapter(ctx, "acme")
-    dns = _adapter(ctx, "dns") if ctx.adapters.get("dns") is not None else None
+    acme = need(ctx.adapters.acme, "an ACME CA (setting acme_directory)")
+    dns = ctx.adapters.dns
     zones: dict[str, bool] = {}
 
     def hosted(name: str) -> bool:
@@ -290,3 +305,7 @@ def _mark_deployed(ctx: StepContext, row_id: int) -> None:
         row = s.get(TlsCertificate, row_id)
         if row is not None:
             row.deployed_at = ctx.now()
+
+
+PLANNERS: dict[str, LinePlanner] = {"tls": plan_tls_line}
+HANDLERS: dict[str, Handler] = {DNS_ZONE: ensure_zone, TLS_ISSUE: issue_certificate}

@@ -31,8 +31,6 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioner.adapters import mail as mail_adapter
-from provisioner.adapters.mail import Mailer, RenderedMail, make_message_id, render_mail
 from provisioner.adapters.registry import (
     AuthorizationFailed,
     DomainInfo,
@@ -40,12 +38,10 @@ from provisioner.adapters.registry import (
     ObjectExists,
     ObjectNotFound,
     OutcomeUnknown,
-    RegistryConfig,
     RegistryContact,
     TldProfile,
     profile_for,
 )
-from provisioner.timeutil import utcnow
 from provisioner.config import Settings
 from provisioner.domain import customers as dc
 from provisioner.domain.lifecycle import add_period, earliest_event
@@ -59,34 +55,41 @@ from provisioner.errors import (
     StepFailed,
     TransientError,
 )
-from provisioner.pipeline.engine.plan import OrderView, ServiceView, StepSpec, register_line_planner
-from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.pipeline.engine.plan import (
+    LinePlanner,
+    OrderView,
+    PlanOptions,
+    ServiceView,
+    StepSpec,
+    service_step,
+)
+from provisioner.pipeline.engine.ports import need
+from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
+from provisioner.pipeline.outbox import step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.domains import DomainRecord
-from provisioner.store.models import Contact, Customer, Order, OutboxMail, Service, Step
+from provisioner.store.models import Contact, Customer, Order, Service, Step
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.domains")
 SYSTEM = "system:pipeline"
 
 
 # -- plan ------------------------------------------------------------------------------
-def plan_domain(view: OrderView, service: ServiceView) -> list[StepSpec]:
-    base = f"service:{service.id}"
+def plan_domain(view: OrderView, service: ServiceView, options: PlanOptions) -> list[StepSpec]:
     params: dict[str, Any] = {"service_id": service.id, "name": service.name,
                               "years": max(service.period_months // 12, 1)}
     if service.action == "renew":  # one key per term: next year's renewal is a new step
-        term = f"@{service.term_expiry}" if service.term_expiry else ""
-        return [StepSpec(f"{base}/domain.renew{term}", "domain.renew", (), params, service.id)]
+        return [StepSpec(service_step(service.id, "domain.renew", service.term_expiry),
+                         "domain.renew", (), params, service.id)]
     first = "domain.transfer" if service.action == "transfer" else "domain.register"
+    first_key = service_step(service.id, first)
     return [
-        StepSpec(f"{base}/{first}", first, (), params, service.id),
-        StepSpec(f"{base}/domain.nameservers", "domain.nameservers", (f"{base}/{first}",),
+        StepSpec(first_key, first, (), params, service.id),
+        StepSpec(service_step(service.id, "domain.nameservers"), "domain.nameservers", (first_key,),
                  {"service_id": service.id, "name": service.name}, service.id),
     ]
-
-
-register_line_planner("domain", plan_domain)
 
 
 # -- pure helpers ----------------------------------------------------------------------
@@ -182,29 +185,8 @@ def _transfer_code(settings: Settings, record: DomainRecord) -> str | None:
 
 
 # -- adapters and records --------------------------------------------------------------
-_DEFAULT_CLIENTS: dict[RegistryConfig, EppClient] = {}
-
-
-def registry_client(settings: Settings) -> EppClient:
-    """The process's kept-alive registry session for these settings (wiring uses it)."""
-    config = RegistryConfig.from_settings(settings)
-    client = _DEFAULT_CLIENTS.get(config)
-    if client is None:
-        client = _DEFAULT_CLIENTS[config] = EppClient(config)
-    return client
-
-
 def _client(ctx: StepContext) -> EppClient:
-    adapter = ctx.adapters.get("registry")
-    if adapter is None:
-        return registry_client(ctx.settings)
-    if isinstance(adapter, EppClient):
-        return adapter
-    if callable(adapter):
-        made = adapter()
-        assert isinstance(made, EppClient)
-        return made
-    raise ConfigurationError(f"registry adapter {adapter!r} is not an EPP client")
+    return need(ctx.adapters.registry, "a domain registry (settings registry_*)")
 
 
 def _record(s: Session, service: Service) -> DomainRecord:
@@ -347,21 +329,6 @@ class _Job:
 
 
 # -- customer e-mail -------------------------------------------------------------------
-def _render(lang: str, context: dict[str, Any]) -> RenderedMail:
-    if "domain_failed" in mail_adapter.TEMPLATES:
-        return render_mail("domain_failed", lang, context)
-    # The mail adapter's template list predates this template; render it the same way.
-    env = mail_adapter._environment()
-    values = {**context, "lang": lang if lang in ("sl", "en") else "sl"}
-    folder = values["lang"]
-    subject = env.get_template(f"{folder}/domain_failed.subject.j2").render(values)
-    return RenderedMail(
-        subject=" ".join(subject.split()),
-        text=env.get_template(f"{folder}/domain_failed.txt.j2").render(values),
-        html=env.get_template(f"{folder}/domain_failed.html.j2").render(values),
-    )
-
-
 def display_name(name: str) -> str:
     try:
         return name.encode("ascii").decode("idna")
@@ -373,33 +340,16 @@ def notify_failed(ctx: StepContext, key: str, customer_id: int, name: str, actio
                   reason: str) -> bool:
     """E-mail "we could not register/transfer X; you will be refunded", once per key."""
     with transaction(ctx.factory) as s:
-        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
-        if row is not None and row.state == "sent":
-            return False
         customer = s.get(Customer, customer_id)
         assert customer is not None
-        message_id = make_message_id(key, ctx.settings.mail_from.rsplit("@", 1)[-1].strip(">"))
-        if row is None:
-            row = OutboxMail(key=key, message_id=message_id, recipient=customer.email,
-                             template="domain_failed", state="sending", attempts=0)
-            s.add(row)
-        row.attempts += 1
-        rendered = _render(customer.lang, {
+        recipient, lang = customer.email, customer.lang
+        context = {
             "customer": {"name": customer.name, "company": customer.company,
                          "email": customer.email, "lang": customer.lang},
             "domain": {"name": name, "display": display_name(name), "action": action,
                        "reason": reason},
-        })
-        recipient = customer.email
-    mailer = ctx.adapters.get("mailer") or Mailer(ctx.settings)
-    mailer.send(to=recipient, rendered=rendered, message_id=message_id,  # type: ignore[attr-defined]
-                headers={"X-Provisioner-Step": key})
-    with transaction(ctx.factory) as s:
-        row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one()
-        row.state = "sent"
-        row.sent_at = ctx.now()
-        audit(s, SYSTEM, "mail.sent", "mail", message_id, {"template": "domain_failed", "step": key})
-    return True
+        }
+    return step_outbox(ctx).send_once(key, recipient, "domain_failed", lang, context).sent_now
 
 
 # -- registry helpers ------------------------------------------------------------------
@@ -432,7 +382,6 @@ def ensure_hosts(client: EppClient, hosts: Sequence[str]) -> None:
 
 
 # -- handlers --------------------------------------------------------------------------
-@handler("domain.register")
 def step_domain_register(ctx: StepContext, step: Step) -> StepResult:
     job = _Job(ctx, step)
     client = job.client
@@ -472,7 +421,6 @@ def step_domain_register(ctx: StepContext, step: Step) -> StepResult:
                              "roid": info.roid})
 
 
-@handler("domain.transfer")
 def step_domain_transfer(ctx: StepContext, step: Step) -> StepResult:
     job = _Job(ctx, step)
     client = job.client
@@ -507,7 +455,6 @@ def step_domain_transfer(ctx: StepContext, step: Step) -> StepResult:
     return StepResult(True, {"name": job.name, "expires_on": str(info.expires)})
 
 
-@handler("domain.nameservers")
 def step_domain_nameservers(ctx: StepContext, step: Step) -> StepResult:
     job = _Job(ctx, step)
     client = job.client
@@ -527,7 +474,6 @@ def step_domain_nameservers(ctx: StepContext, step: Step) -> StepResult:
     return StepResult(bool(add or rem), {"nameservers": list(info.nameservers)})
 
 
-@handler("domain.renew")
 def step_domain_renew(ctx: StepContext, step: Step) -> StepResult:
     job = _Job(ctx, step)
     client = job.client
@@ -583,3 +529,12 @@ def drain_poll(client: EppClient, factory: Any, limit: int = 100) -> list[dict[s
         client.poll_ack(message.id)
         seen.append(entry)
     return seen
+
+
+PLANNERS: dict[str, LinePlanner] = {"domain": plan_domain}
+HANDLERS: dict[str, Handler] = {
+    "domain.register": step_domain_register,
+    "domain.transfer": step_domain_transfer,
+    "domain.nameservers": step_domain_nameservers,
+    "domain.renew": step_domain_renew,
+}

@@ -36,17 +36,15 @@ pending clock steps are withdrawn until ``release``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.timeutil import utcnow
 from provisioner.domain import billing, catalog, references
 from provisioner.domain.lifecycle import (
     RUNNING_STATES,
@@ -64,13 +62,18 @@ from provisioner.domain.lifecycle import (
 from provisioner.domain.money import split_gross
 from provisioner.domain.policy import BrandPolicy, get_brand
 from provisioner.errors import Conflict, NotFound, StepFailed
+from provisioner.pipeline.capabilities.billing import send_once
+from provisioner.pipeline.capabilities.dns_tls import renewal_step
+from provisioner.pipeline.capabilities.placement import account_and_node, spec_of, target_of
 from provisioner.pipeline.engine.plan import OrderView, StepSpec, plan
-from provisioner.pipeline.engine.runner import StepContext, StepResult, handler
+from provisioner.pipeline.engine.runner import Handler, Runner, StepContext, StepResult, run_queued
 from provisioner.store.audit import audit
-from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.counters import next_number
 from provisioner.store.db import transaction
+from provisioner.store.hosting import HostingAccount, HostingNode
+from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.models import (
+    Counter,
     Order,
     OrderItemRow,
     Proforma,
@@ -78,6 +81,8 @@ from provisioner.store.models import (
     Service,
     Step,
 )
+from provisioner.store.tls import TlsCertificate, latest_certificate
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.timeutil")
 SYSTEM = "system:clock"
@@ -159,8 +164,6 @@ def _certificates(factory: sessionmaker[Session], today: date, dry_run: bool,
     certificate of a running service with ``renew_days`` or fewer left (one key per
     expiry, so a failing renewal retries, alerts ops, and is not written twice). Read
     through the ``not_after`` index, in a window: its cost grows with what is due."""
-    from provisioner.pipeline.capabilities.dns_tls import renewal_step
-    from provisioner.store.tls import TlsCertificate, latest_certificate
 
     # due during today: at most `renew_days` left at some moment of the day
     horizon = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(
@@ -511,8 +514,8 @@ class _Stage:
     service: Service
     term: date
     due_on: date
-    node: Any  # HostingNode | None
-    account: Any  # HostingAccount | None
+    node: HostingNode | None
+    account: HostingAccount | None
 
 
 def _load_stage(ctx: StepContext, step: Step, expect: ServiceState) -> _Stage | StepResult:
@@ -532,7 +535,7 @@ def _load_stage(ctx: StepContext, step: Step, expect: ServiceState) -> _Stage | 
         if service.expires_on != term or service.state != expect.value:
             return StepResult(False, {"skipped": f"service is {service.state}, "
                                                  f"expires {service.expires_on}"})
-        account, node = _account_and_node(s, service_id)
+        account, node = account_and_node(s, service_id)
         s.expunge(service)
         return _Stage(service, term, due_on, node, account)
 
@@ -555,35 +558,7 @@ def _finish_stage(ctx: StepContext, st: _Stage, stage: str, target: ServiceState
         audit(s, SYSTEM, f"service.{stage}", "service", st.service.id, manifest)
 
 
-def _hosting_spec(account: Any) -> Any:
-    from provisioner.pipeline.capabilities.hosting import spec_of
-
-    return spec_of(account)
-
-
-def _target(node: Any) -> Any:
-    from provisioner.pipeline.capabilities.hosting import target_of
-
-    return target_of(node)
-
-
-def _account_and_node(s: Session, service_id: int) -> tuple[Any, Any]:
-    """The service's hosting account and its node (detached), or (None, None)."""
-    from provisioner.store.hosting import HostingAccount, HostingNode
-
-    account = s.execute(select(HostingAccount).where(HostingAccount.service_id == service_id)
-                        ).scalar_one_or_none()
-    node = s.get(HostingNode, account.node_id) if account is not None else None
-    for row in (account, node):
-        if row is not None:
-            s.expunge(row)
-    return account, node
-
-
-@handler("clock.reminder")
 def step_reminder(ctx: StepContext, step: Step) -> StepResult:
-    from provisioner.pipeline.capabilities.billing import send_once
-
     proforma_id = int(step.params["proforma_id"])
     with transaction(ctx.factory) as s:
         p = s.get(Proforma, proforma_id)
@@ -596,27 +571,23 @@ def step_reminder(ctx: StepContext, step: Step) -> StepResult:
     return send_once(ctx, "renewal_reminder", proforma_id, extra)
 
 
-@handler("clock.shutdown")
 def step_shutdown(ctx: StepContext, step: Step) -> StepResult:
     """Suspend an expired service on its node (the disabled page; no FTP or mail logins;
     all data kept) and tell the customer, with the proforma that reactivates it."""
-    from provisioner.pipeline.capabilities.hosting import hosting_adapter
-    from provisioner.pipeline.capabilities.billing import send_once
-
     st = _load_stage(ctx, step, ServiceState.EXPIRED)
     if isinstance(st, StepResult):
         return st
     manifest: dict[str, Any] = {"kind": st.service.kind}
     if st.account is not None and st.node is not None and st.account.state != "removed":
         ctx.heartbeat()
-        adapter = hosting_adapter(ctx)
-        result = adapter.suspend(_target(st.node), _hosting_spec(st.account))
+        adapter = ctx.adapters.hosting
+        result = adapter.suspend(target_of(st.node), spec_of(st.account))
         result.raise_for_status(step.key)
         manifest.update({"node": st.node.name, "account": st.account.username, "suspended": True})
         with transaction(ctx.factory) as s:
             now_state = _service(s, st.service.id).state
         if now_state != ServiceState.EXPIRED.value:  # paid while we were suspending it
-            adapter.unsuspend(_target(st.node), _hosting_spec(st.account)).raise_for_status(step.key)
+            adapter.unsuspend(target_of(st.node), spec_of(st.account)).raise_for_status(step.key)
             return StepResult(True, {"skipped": "renewed during the shutdown; unsuspended"})
     else:
         manifest["note"] = "nothing runs on a node for this service"
@@ -637,20 +608,16 @@ def _policy(ctx: StepContext, service: Service) -> BrandPolicy:
         return get_brand(order.brand)
 
 
-@handler("clock.delete_data")
 def step_delete_data(ctx: StepContext, step: Step) -> StepResult:
     """Stage 1: a last backup, then the account is removed from its node."""
-    from provisioner.pipeline.capabilities.hosting import hosting_adapter
-    from provisioner.store.hosting import HostingAccount
-
     st = _load_stage(ctx, step, ServiceState.EXPIRED)
     if isinstance(st, StepResult):
         return st
     manifest: dict[str, Any] = {"kind": st.service.kind}
     if st.account is not None and st.node is not None and st.account.state != "removed":
         ctx.heartbeat()
-        removal = backups_adapter(ctx).remove_account(_target(st.node), _hosting_spec(st.account),
-                                                      hosting_adapter(ctx))
+        removal = ctx.adapters.backups.remove_account(target_of(st.node), spec_of(st.account),
+                                                      ctx.adapters.hosting)
         manifest.update({"node": st.node.name, "account": st.account.username,
                          **removal.as_dict()})
         with transaction(ctx.factory) as s:
@@ -664,7 +631,6 @@ def step_delete_data(ctx: StepContext, step: Step) -> StepResult:
     return StepResult(True, manifest)
 
 
-@handler("clock.purge_backups")
 def step_purge_backups(ctx: StepContext, step: Step) -> StepResult:
     """Stage 2: every backup of the account is purged; what was removed is recorded."""
     st = _load_stage(ctx, step, ServiceState.DELETED)
@@ -673,7 +639,7 @@ def step_purge_backups(ctx: StepContext, step: Step) -> StepResult:
     manifest: dict[str, Any] = {"kind": st.service.kind}
     if st.account is not None and st.node is not None:
         ctx.heartbeat()
-        purged = backups_adapter(ctx).purge(_target(st.node), st.account.username)
+        purged = ctx.adapters.backups.purge(target_of(st.node), st.account.username)
         manifest.update({"node": st.node.name, "account": st.account.username, **purged.as_dict()})
     else:
         manifest["note"] = "no backups on a node for this service"
@@ -683,12 +649,9 @@ def step_purge_backups(ctx: StepContext, step: Step) -> StepResult:
     return StepResult(True, manifest)
 
 
-@handler("service.renew")
 def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
     """A paid renewal: the term runs on from the ORIGINAL expiry (RULES 001 §2.4), also
     when paid late; a service shut down for expiry is switched on again."""
-    from provisioner.pipeline.capabilities.hosting import hosting_adapter
-
     service_id = int(step.params["service_id"])
     term = date.fromisoformat(str(step.params["term_expiry"]))
     months = int(step.params["months"])
@@ -710,54 +673,19 @@ def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
         service.clock_on = next_clock_on(service.state, new_expiry, service.kind, service.name,
                                          policy, today) or earliest_event(new_expiry)
         service.updated_at = ctx.now()
-        account, node = _account_and_node(s, service_id)
+        account, node = account_and_node(s, service_id)
         if changed:
             audit(s, SYSTEM, "service.renewed", "service", service_id,
                   {"from": term.isoformat(), "to": new_expiry.isoformat(), "was": was})
     if was == ServiceState.EXPIRED.value and account is not None and node is not None \
             and account.state != "removed":
         ctx.heartbeat()
-        hosting_adapter(ctx).unsuspend(_target(node), _hosting_spec(account)).raise_for_status(step.key)
+        ctx.adapters.hosting.unsuspend(target_of(node), spec_of(account)).raise_for_status(step.key)
     return StepResult(changed, {"expires_on": new_expiry.isoformat(), "was": was})
 
 
-# -- adapters -------------------------------------------------------------------------------
-def backups_adapter(ctx: StepContext) -> Any:
-    adapter = ctx.adapters.get("backups")
-    if adapter is None:
-        adapter = make_backups_adapter(ctx.settings)
-        ctx.adapters["backups"] = adapter
-    elif callable(adapter) and not hasattr(adapter, "purge"):
-        adapter = adapter()
-        ctx.adapters["backups"] = adapter
-    return adapter
-
-
-def make_backups_adapter(settings: Any) -> Any:
-    from provisioner.adapters.hosting.backups import HostingBackups
-    from provisioner.pipeline.capabilities.hosting import default_ssh_key
-
-    extra = getattr(settings, "extra", {}) or {}
-    key = extra.get("hosting_ssh_key")
-    ssh_key = Path(key) if key else default_ssh_key()
-    throwaway = bool(extra.get("hosting_throwaway", ssh_key is not None and key is None))
-    return HostingBackups(ssh_key=ssh_key, throwaway=throwaway)
-
-
-def scheduled_sweep(settings: Any, enqueue: Callable[[str], None]) -> dict[str, Any]:
-    """The beat's daily sweep: today's due work, its steps handed to the workers."""
-    from provisioner import bootstrap as wiring
-    from provisioner.store.db import session_factory
-
-    factory = session_factory(settings.effective_database_url)
-    report = sweep(factory, utcnow().date())
-    queued = wiring.runner(settings, enqueue).dispatch()
-    log.info("sweep %s: %s; %d step(s) queued", report.today, report.counts(), len(queued))
-    return {"today": report.today.isoformat(), "counts": report.counts(), "queued": len(queued)}
-
-
 # -- the whole loop, for ops and tests: sweep, then run what it queued ---------------------
-def run_day(factory: sessionmaker[Session], runner: Any, today: date, *,
+def run_day(factory: sessionmaker[Session], runner: Runner, today: date, *,
             max_rounds: int = 50) -> SweepReport:
     """Sweep ``today`` and run every step that became ready, in this process (what the
     workers do in production). ``runner`` is a ``Runner`` whose clock says ``today``."""
@@ -766,49 +694,16 @@ def run_day(factory: sessionmaker[Session], runner: Any, today: date, *,
         report = sweep(factory, today)
         total.looked_at += report.looked_at
         total.actions += report.actions
-        drain(runner, max_rounds=max_rounds)
+        run_queued(runner, max_rounds=max_rounds)
         if not report.actions:
             break
     return total
 
 
-def drain(runner: Any, *, max_rounds: int = 50) -> int:
-    ran = 0
-    for _ in range(max_rounds):
-        keys = runner.dispatch()
-        keys += _queued(runner.factory)
-        if not keys:
-            return ran
-        for key in dict.fromkeys(keys):
-            runner.run_step(key)
-            ran += 1
-    return ran
-
-
-def _queued(factory: sessionmaker[Session]) -> list[str]:
-    with transaction(factory) as s:
-        return list(s.execute(select(Step.key).where(Step.state == "queued")).scalars())
-
-
-def iter_days(start: date, end: date) -> Iterator[date]:
-    day = start
-    while day <= end:
-        yield day
-        day += timedelta(days=1)
-
-
-def parse_day(value: str | None) -> date:
-    if not value:
-        return utcnow().date()
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        from provisioner.errors import InvalidInput
-
-        raise InvalidInput(f"--now must be a date YYYY-MM-DD, not {value!r}") from None
-
-
-def now_at(day: date) -> Callable[[], datetime]:
-    """A clock fixed at noon UTC of ``day`` (for ``sweep --now`` and simulations)."""
-    moment = datetime(day.year, day.month, day.day, 12, 0, tzinfo=UTC)
-    return lambda: moment
+HANDLERS: dict[str, Handler] = {
+    "clock.reminder": step_reminder,
+    "clock.shutdown": step_shutdown,
+    "clock.delete_data": step_delete_data,
+    "clock.purge_backups": step_purge_backups,
+    "service.renew": step_service_renew,
+}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,8 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioner.timeutil import utcnow
 from provisioner.config import Settings
 from provisioner.domain.lifecycle import ServiceState, StepState
-from provisioner.errors import Conflict, InvalidInput, StepFailed, TransientError
+from provisioner.errors import ConfigurationError, Conflict, InvalidInput, StepFailed, TransientError
 from provisioner.pipeline.engine.plan import StepSpec
+from provisioner.pipeline.engine.ports import Adapters
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import Order, Service, Step
@@ -49,17 +50,17 @@ class StepResult:
     details: dict[str, object]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepContext:
-    """What a handler gets: the settings, a session factory, the clock, and a way to
-    extend its lease during long work. Adapters are looked up from here, so a unit
-    test can hand in recording fakes."""
+    """What a handler gets: the settings, a session factory, the typed adapters, the
+    clock, and a way to extend its lease during long work. A unit test hands in
+    recording fakes of the adapters (`engine.ports`)."""
 
     settings: Settings
     factory: sessionmaker[Session]
     step_key: str
     owner: str
-    adapters: dict[str, object]
+    adapters: Adapters
     now: Callable[[], datetime] = utcnow
 
     def heartbeat(self) -> None:
@@ -72,15 +73,7 @@ class StepContext:
 
 
 Handler = Callable[[StepContext, Step], StepResult]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handler(kind: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[kind] = fn
-        return fn
-
-    return register
+Handlers = Mapping[str, Handler]
 
 
 @dataclass(frozen=True)
@@ -121,19 +114,34 @@ def record(session: Session, order_id: int, specs: Iterable[StepSpec]) -> int:
 
 
 class Runner:
+    """Runs the journal's steps with an explicit handler registry (kind -> handler) and
+    typed adapters; the composition root (`provisioner.bootstrap`) builds it."""
+
     def __init__(
         self,
         settings: Settings,
         factory: sessionmaker[Session],
         enqueue: Enqueue,
-        adapters: dict[str, object] | None = None,
+        adapters: Adapters,
+        handlers: Handlers,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.factory = factory
         self.enqueue = enqueue
-        self.adapters = adapters if adapters is not None else {}
+        self.adapters = adapters
+        self.handlers = dict(handlers)
         self.now = now
+
+    def check_journal(self) -> None:
+        """A step waiting in the journal whose kind this process cannot run is a
+        configuration error at start-up (an old or partial install), not a failed service."""
+        with transaction(self.factory) as s:
+            kinds = set(s.execute(select(Step.kind).distinct().where(Step.state.in_(
+                (StepState.PENDING.value, StepState.QUEUED.value, StepState.RUNNING.value)))).scalars())
+        unknown = sorted(kinds - set(self.handlers))
+        if unknown:
+            raise ConfigurationError(f"the journal holds steps of kinds no handler runs here: {unknown}")
 
     # -- dispatch -------------------------------------------------------------
     def dispatch(self, order_id: int | None = None) -> list[str]:
@@ -199,17 +207,24 @@ class Runner:
                 return None
             return s.execute(select(Step).where(Step.key == key)).scalar_one()
 
+    def _kind(self, key: str) -> str | None:
+        with transaction(self.factory) as s:
+            return s.execute(select(Step.kind).where(Step.key == key)).scalar_one_or_none()
+
     def run_step(self, key: str) -> RunOutcome:
         """Run one step if it is ours to run. Raises TransientError when the step
         should be retried (the Celery task retries it with backoff)."""
         owner = uuid.uuid4().hex
+        kind = self._kind(key)
+        if kind is not None and kind not in self.handlers:
+            # This process cannot run it (an older worker during a deploy, a capability
+            # left out): a configuration error for ops, not a failed service or a refund.
+            # The step stays queued; the re-drive offers it again.
+            raise ConfigurationError(f"step {key}: no handler for step kind {kind!r} in this process")
         step = self._claim(key, owner)
         if step is None:
             return RunOutcome(key, "skipped", "not queued, already running or finished")
-        fn = HANDLERS.get(step.kind)
-        if fn is None:
-            self._fail(step, owner, f"no handler for step kind {step.kind!r}")
-            return RunOutcome(key, "failed", "no handler")
+        fn = self.handlers[step.kind]
         ctx = StepContext(self.settings, self.factory, key, owner, self.adapters, self.now)
         log.info("step %s: attempt %d", key, step.attempts)
         try:
@@ -312,13 +327,11 @@ class Runner:
             if order is not None and order.status == "paid":
                 order.status = "failed"
         log.error("step %s FAILED: %s", step.key, detail)
-        alert = self.adapters.get("alert")
-        if callable(alert):
-            try:
-                alert(step_key=step.key, order_id=step.order_id, detail=detail,
-                      attempts=step.attempts)
-            except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
-                log.exception("could not e-mail the ops alert for %s", step.key)
+        try:
+            self.adapters.alert(step_key=step.key, order_id=step.order_id, detail=detail,
+                                attempts=step.attempts)
+        except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
+            log.exception("could not e-mail the ops alert for %s", step.key)
 
     # -- re-drive -------------------------------------------------------------
     def redrive(self) -> dict[str, int]:
@@ -372,3 +385,20 @@ class Runner:
         self._send(keys)
         dispatched = self.dispatch()
         return {"redriven": len(keys), "dispatched": len(dispatched)}
+
+
+def run_queued(runner: Runner, *, max_rounds: int = 50) -> int:
+    """Run every ready step in this process until none is left (what the workers do in
+    production): for ``sweep --now``, ``apply --wait`` without workers, and tests.
+    Returns how many runs it made."""
+    ran = 0
+    for _ in range(max_rounds):
+        keys = runner.dispatch()
+        with transaction(runner.factory) as s:
+            keys += list(s.execute(select(Step.key).where(Step.state == StepState.QUEUED.value)).scalars())
+        if not keys:
+            return ran
+        for key in dict.fromkeys(keys):
+            runner.run_step(key)
+            ran += 1
+    return ran

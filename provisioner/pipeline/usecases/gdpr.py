@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.timeutil import utcnow
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.policy import get_brand
 from provisioner.errors import Conflict, NotFound
@@ -34,6 +33,7 @@ from provisioner.store.models import (
     Proforma,
     Service,
 )
+from provisioner.timeutil import utcnow
 
 #: A customer with a service in one of these states still has a service with us.
 UNFINISHED = frozenset({ServiceState.PROVISIONING, ServiceState.ACTIVE, ServiceState.SUSPENDED,
@@ -50,8 +50,8 @@ def _customer(s: Session, customer_id: int) -> Customer:
 
 
 def export_customer(factory: sessionmaker[Session], customer_id: int, actor: str) -> dict[str, Any]:
-    from provisioner.store.lifecycle import StageRecord
     from provisioner.store.hosting import HostingAccount
+    from provisioner.store.lifecycle import StageRecord
 
     with transaction(factory) as s:
         c = _customer(s, customer_id)

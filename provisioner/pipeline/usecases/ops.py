@@ -4,6 +4,7 @@ data and runs in its own transaction; reads of personal data are audited."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,10 +17,9 @@ from provisioner.adapters.payments import camt053 as bank
 from provisioner.domain.billing import DiscountCode
 from provisioner.domain.lifecycle import StepState
 from provisioner.errors import InvalidInput, NotFound
-from provisioner.pipeline import capabilities  # noqa: F401 - capabilities registers
-from provisioner.pipeline.usecases import orders  # noqa: F401 - capabilities registers
+from provisioner.pipeline.engine.plan import Planner, plan
+from provisioner.pipeline.usecases import orders
 from provisioner.pipeline.usecases.payments import ingest
-from provisioner.pipeline.engine.plan import plan, planned_kinds
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import (
@@ -115,9 +115,11 @@ def show_proforma(factory: Factory, number: str) -> dict[str, Any]:
         return proforma_dict(p)
 
 
-def service_dict(sv: Service) -> dict[str, Any]:
+def service_dict(sv: Service, planned: frozenset[str] | None = None) -> dict[str, Any]:
+    """A service for ops; ``planned`` (the installation's planned kinds) adds a note to
+    one that stays in provisioning because no capability plans its kind."""
     note = sv.detail
-    if sv.state == "provisioning" and sv.kind not in planned_kinds() and not note:
+    if sv.state == "provisioning" and planned is not None and sv.kind not in planned and not note:
         note = (f"no provisioning steps for {sv.kind!r} services here "
                 "(capability not installed, or turned off in line_kinds)")
     return jsonable({
@@ -135,7 +137,8 @@ def step_dict(st: Step) -> dict[str, Any]:
     })
 
 
-def show_order(factory: Factory, ref: str, actor: str) -> dict[str, Any]:
+def show_order(factory: Factory, ref: str, actor: str,
+               planned: frozenset[str] | None = None) -> dict[str, Any]:
     with transaction(factory) as s:
         order = orders.find_order(s, ref)
         audit(s, actor, "customer.read", "customer", order.customer_id, {"via": f"order {order.id}"})
@@ -149,22 +152,20 @@ def show_order(factory: Factory, ref: str, actor: str) -> dict[str, Any]:
             "customer": customer_dict(order.customer),
             "items": [i.spec for i in order.items],
             "proformas": [proforma_dict(p) for p in proformas],
-            "services": [service_dict(sv) for sv in services],
+            "services": [service_dict(sv, planned) for sv in services],
             "steps": [step_dict(st) for st in steps],
         })
 
 
-def plan_order(factory: Factory, ref: str) -> dict[str, Any]:
+def plan_order(factory: Factory, ref: str, planner: Planner) -> dict[str, Any]:
     """The plan for an order as it stands, plus, for an unpaid one, the plan it will
     get once paid. Nothing is written."""
     with transaction(factory) as s:
         order = orders.find_order(s, ref)
         view = orders.order_view(s, order.id)
-        current = plan(view)
+        current = plan(view, planner)
         if not view.paid:
-            from dataclasses import replace
-
-            current = plan(replace(view, paid=True))
+            current = plan(replace(view, paid=True), planner)
         journal = {st.key: st.state for st in s.execute(
             select(Step).where(Step.order_id == order.id)).scalars()}
         return {
@@ -178,21 +179,23 @@ def plan_order(factory: Factory, ref: str) -> dict[str, Any]:
         }
 
 
-def show_service(factory: Factory, service_id: int, actor: str) -> dict[str, Any]:
+def show_service(factory: Factory, service_id: int, actor: str,
+                 planned: frozenset[str] | None = None) -> dict[str, Any]:
     with transaction(factory) as s:
         sv = s.get(Service, service_id)
         if sv is None:
             raise NotFound(f"no service {service_id}")
         audit(s, actor, "service.read", "service", sv.id)
-        data = service_dict(sv)
+        data = service_dict(sv, planned)
         data["steps"] = [step_dict(st) for st in s.execute(
             select(Step).where(Step.service_id == sv.id)).scalars()]
         return data
 
 
-def list_services(factory: Factory) -> list[dict[str, Any]]:
+def list_services(factory: Factory, planned: frozenset[str] | None = None) -> list[dict[str, Any]]:
     with transaction(factory) as s:
-        return [service_dict(sv) for sv in s.execute(select(Service).order_by(Service.id)).scalars()]
+        return [service_dict(sv, planned)
+                for sv in s.execute(select(Service).order_by(Service.id)).scalars()]
 
 
 def list_jobs(factory: Factory, order_ref: str | None, failed: bool) -> list[dict[str, Any]]:
@@ -249,13 +252,13 @@ def list_invoices(factory: Factory) -> list[dict[str, Any]]:
         ]
 
 
-def import_statement(factory: Factory, data: bytes, actor: str) -> dict[str, Any]:
+def import_statement(factory: Factory, data: bytes, actor: str, planner: Planner) -> dict[str, Any]:
     """Import a camt.053 statement: every entry is a notification of its own."""
     notices = bank.parse_camt053(data)
     counts: dict[str, int] = {}
     settled: list[int] = []
     for notice in notices:
-        result = ingest(factory, notice, actor)
+        result = ingest(factory, notice, actor, planner)
         counts[result.status] = counts.get(result.status, 0) + 1
         if result.settled and result.order_id is not None:
             settled.append(result.order_id)

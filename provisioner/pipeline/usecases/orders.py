@@ -12,7 +12,6 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioner.timeutil import utcnow
 from provisioner.domain import billing, catalog, customers, references
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.policy import get_brand
@@ -31,6 +30,7 @@ from provisioner.store.models import (
     ProformaLine,
     Service,
 )
+from provisioner.timeutil import utcnow
 
 
 def add_customer(session: Session, data: Mapping[str, object], actor: str) -> Customer:

@@ -35,17 +35,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.payments import PaymentNotice
-from provisioner.timeutil import utcnow
 from provisioner.domain import references
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.payments import MatchStatus, match_payment
 from provisioner.errors import InvalidInput
-from provisioner.pipeline.usecases.orders import order_view
-from provisioner.pipeline.engine.plan import plan
+from provisioner.pipeline.engine.plan import Planner
 from provisioner.pipeline.engine.runner import record
+from provisioner.pipeline.usecases.orders import order_view
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import Notification, Order, Payment, Proforma, Service
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.payments")
 
@@ -243,7 +243,8 @@ class NotificationWriter:
                 self._on_accepted()
 
 
-def ingest(factory: sessionmaker[Session], notice: PaymentNotice, actor: str) -> IngestResult:
+def ingest(factory: sessionmaker[Session], notice: PaymentNotice, actor: str,
+           planner: Planner) -> IngestResult:
     """Store, then process in a savepoint; one commit. A processing error rolls back the
     savepoint only, so the notification stays stored (and committed), then propagates."""
     failure: Exception | None = None
@@ -253,7 +254,7 @@ def ingest(factory: sessionmaker[Session], notice: PaymentNotice, actor: str) ->
             return IngestResult("duplicate", None)
         try:
             with s.begin_nested():
-                result = _process(s, notification_id, "stored", notice, actor)
+                result = _process(s, notification_id, "stored", notice, actor, planner)
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the commit
             failure = exc
     if failure is not None:
@@ -283,14 +284,15 @@ def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, 
 
 
 def process(
-    factory: sessionmaker[Session], notification_id: int, notice: PaymentNotice, actor: str
+    factory: sessionmaker[Session], notification_id: int, notice: PaymentNotice, actor: str,
+    planner: Planner,
 ) -> IngestResult:
     """Process a stored notification in a transaction of its own (the re-drive's way)."""
     with transaction(factory) as s:
         status = s.execute(_NOTIFICATION_STATUS, {"nid": notification_id}).scalar_one_or_none()
         if status is None:  # another processor holds it right now
             return IngestResult("busy", notification_id)
-        return _process(s, notification_id, status, notice, actor)
+        return _process(s, notification_id, status, notice, actor, planner)
 
 
 def _set_status(s: Session, notification_id: int, status: str, detail: str | None = None) -> None:
@@ -302,7 +304,8 @@ def _set_status(s: Session, notification_id: int, status: str, detail: str | Non
 
 
 def _process(
-    s: Session, notification_id: int, note_status: str, notice: PaymentNotice, actor: str
+    s: Session, notification_id: int, note_status: str, notice: PaymentNotice, actor: str,
+    planner: Planner,
 ) -> IngestResult:
     if note_status != "stored":
         return IngestResult(note_status, notification_id)
@@ -354,15 +357,15 @@ def _process(
     settled = False
     order_id = proforma.order_id if proforma is not None else None
     if settles and proforma is not None:
-        settled = _settle(s, proforma, actor)
+        settled = _settle(s, proforma, actor, planner)
     return IngestResult(
         status.value, notification_id, order_id,
         proforma.number if proforma is not None else None, settled,
     )
 
 
-def _settle(s: Session, proforma: Proforma, actor: str) -> bool:
-    """OPEN -> PAID exactly once; then services and the plan."""
+def _settle(s: Session, proforma: Proforma, actor: str, planner: Planner) -> bool:
+    """OPEN -> PAID exactly once; then services and the plan (in the same transaction)."""
     now = utcnow()
     res = s.execute(_SETTLE_PROFORMA, {"pid": proforma.id, "now": now})
     if res.rowcount != 1:  # type: ignore[attr-defined]
@@ -372,12 +375,12 @@ def _settle(s: Session, proforma: Proforma, actor: str) -> bool:
     s.execute(_ORDER_PAID, {"oid": order_id})
     s.execute(_SERVICES_PROVISIONING, {"oid": order_id, "now": now})
     audit(s, actor, "proforma.paid", "proforma", number)
-    record(s, order_id, plan(order_view(s, order_id)))
+    record(s, order_id, planner.plan(order_view(s, order_id)))
     return True
 
 
 def process_pending(
-    factory: sessionmaker[Session], *, limit: int = 500, older_than_s: float = 0.0,
+    factory: sessionmaker[Session], planner: Planner, *, limit: int = 500, older_than_s: float = 0.0,
     actor: str = "system:payments",
 ) -> list[IngestResult]:
     """Process stored notifications, oldest first, each in a transaction of its own.
@@ -393,16 +396,17 @@ def process_pending(
                 .limit(limit)
             ).all()
         )
-    return [process(factory, nid, notice_from_json(data), actor) for nid, data in rows]
+    return [process(factory, nid, notice_from_json(data), actor, planner) for nid, data in rows]
 
 
-def reprocess_stored(factory: sessionmaker[Session], older_than_s: float = 60.0) -> int:
+def reprocess_stored(factory: sessionmaker[Session], planner: Planner, older_than_s: float = 60.0) -> int:
     """The re-drive's backstop: notifications still `stored` after `older_than_s`."""
-    return len(process_pending(factory, older_than_s=older_than_s, actor="system:reprocess"))
+    return len(process_pending(factory, planner, older_than_s=older_than_s, actor="system:reprocess"))
 
 
 def record_manual_payment(
     factory: sessionmaker[Session],
+    planner: Planner,
     *,
     proforma_number: str | None,
     reference: str | None,
@@ -432,4 +436,4 @@ def record_manual_payment(
         occurred_at=utcnow(),
         raw=f"manual payment by {actor}: {proforma_number or reference} {amount} {currency}".encode(),
     )
-    return ingest(factory, notice, actor)
+    return ingest(factory, notice, actor, planner)

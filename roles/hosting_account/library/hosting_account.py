@@ -40,7 +40,8 @@ options:
     required: true
     suboptions:
       name:
-        description: The system user name, C([a-z][a-z0-9]{0,31}), not a reserved name.
+        description: The system user name, C([a-z][a-z0-9]{0,31}), not a reserved name (the rule is
+          module_utils/hosting_names.py, the controller's too).
         type: str
         required: true
       domains:
@@ -199,18 +200,15 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hosting_names import ACCOUNT_NAME_PATTERN, RESERVED_ACCOUNT_NAMES, account_name_problem
 
 STARTED = time.monotonic()
 
-NAME_RE = re.compile(r"[a-z][a-z0-9]{0,31}\Z")
 DOMAIN_RE = re.compile(r"(?=.{4,253}\Z)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}\Z")
 LOCAL_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
 PLAN_RE = re.compile(r"[a-z0-9_-]{1,32}\Z")
 MEMORY_RE = re.compile(r"[0-9]{1,6}[KMG]?\Z")
 DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9/_-]{1,64}\Z")
-RESERVED = frozenset("""root admin daemon bin sys sync games man lp mail news uucp proxy backup list irc
-gnats nobody messagebus sshd postfix dovecot dovenull mysql postgres nginx apache ftp vmail www ansible
-provisioner operator support abuse postmaster hostmaster hosting systemd _apt ftpuser""".split())
 LIMITS = ("disk_mb", "mailbox_mb", "upload_max_mb", "database_max_mb", "message_max_mb", "recipients_max",
           "mail_per_hour", "mail_per_month", "cron_min_interval_min", "cpu_percent", "memory_mb", "vmem_mb",
           "iops", "tasks_max")
@@ -224,6 +222,7 @@ NGINX_ENABLED = "/etc/nginx/sites-enabled"
 POSTFIX_DOMAINS = "/etc/postfix/virtual_mailbox_domains"
 POSTFIX_MAILBOXES = "/etc/postfix/virtual_mailbox_maps"
 SUPPORT_STAMP = "/etc/hosting/.support-version"
+NAMES_FILE = "/usr/local/lib/hosting/hosting_names.py"  # the helpers' copy of module_utils/hosting_names.py
 LOCK = "/run/hosting-account.lock"
 
 
@@ -368,10 +367,9 @@ def positive_int(value, what):
 def normalize(raw, p, helper):
     """Check one account and fill in what follows from it; raise Refused on anything bad."""
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise Refused("Refused: bad account name %r (names are checked, never escaped)" % (name,))
-    if name in RESERVED:
-        raise Refused("Refused: account name %r is reserved" % name)
+    problem = account_name_problem(name)
+    if problem is not None:
+        raise Refused("Refused: account name %r %s (names are checked, never escaped)" % (name, problem))
     domains = raw.get("domains") or []
     if not domains:
         raise Refused("Refused: account %s has no domain" % name)
@@ -825,15 +823,31 @@ def support_ok(version):
     main_cf = read_text("/etc/postfix/main.cf") or ""
     return ("BEGIN ANSIBLE MANAGED: hosting_account limits" in main_cf
             and os.path.isfile("/etc/dovecot/conf.d/95-hosting-account.conf")
-            and os.path.isfile("/etc/pure-ftpd/conf/DontResolve"))
+            and os.path.isfile("/etc/pure-ftpd/conf/DontResolve")
+            and names_current())
+
+
+def names_current():
+    """The account-name rule the node's scripts import is the one shipped with this module
+    (a changed rule reinstalls the support even when nobody bumped its version)."""
+    try:
+        installed = load_source("hosting_names_installed", NAMES_FILE)
+    except Exception:  # missing, unreadable or broken: install it again
+        return False
+    return (getattr(installed, "ACCOUNT_NAME_PATTERN", None) == ACCOUNT_NAME_PATTERN
+            and getattr(installed, "RESERVED_ACCOUNT_NAMES", None) == RESERVED_ACCOUNT_NAMES)
+
+
+def load_source(name, path):
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def load_helper(path):
-    loader = importlib.machinery.SourceFileLoader("hosting_account_helper", path)
-    spec = importlib.util.spec_from_loader("hosting_account_helper", loader)
-    helper = importlib.util.module_from_spec(spec)
-    loader.exec_module(helper)
-    return helper
+    return load_source("hosting_account_helper", path)
 
 
 def main():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.adapters.acme import AcmeClient, generate_key_pem
-from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget, local_nginx
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget, local_nginx
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
 from provisioner.devstack.dns_tls import KnotServer, PebbleServer
 from provisioner.devstack.dns_tls import knot_server as _knot

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from provisioner.adapters.acme import AcmeClient
-from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
 from provisioner.devstack.dns_tls import PebbleServer
 from provisioner.config import Settings

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from provisioner.adapters.acme import AcmeClient
-from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
 from provisioner.devstack.dns_tls import PebbleServer
 from provisioner.timeutil import utcnow

@@ -21,7 +21,7 @@ from provisioner.adapters.acme import (
     generate_key_pem,
     solver_chooser,
 )
-from provisioner.adapters.tls_targets import LocalNginx, LocalNginxTarget
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
 from provisioner.devstack.dns_tls import KnotServer, PebbleServer, free_port
 from provisioner.devstack.dns_tls import pebble_server as start_pebble

@@ -1,0 +1,130 @@
+"""What handlers may call: the outside systems as typed interfaces (certbot's
+`interfaces.py` is the model), gathered in one `Adapters` value.
+
+The composition root (`provisioner.bootstrap`) builds the real ones from settings;
+unit tests hand in recording fakes that meet the same Protocols, and mypy checks
+every handler against them. A system the installation does not run (no DNS server,
+no CA, no registry contract) is ``None`` here, and `need()` turns its use into a
+ConfigurationError that names the setting: nothing falls back to a real adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from provisioner.errors import ConfigurationError
+
+if TYPE_CHECKING:  # types only: the pipeline does not import adapter code for these
+    from provisioner.adapters.acme import ChallengeSolver, IssuedCertificate
+    from provisioner.adapters.dns import DnsResult
+    from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
+    from provisioner.adapters.hosting.ansible import Target
+    from provisioner.adapters.hosting.backups import PurgeManifest, RemovalManifest
+    from provisioner.adapters.hosting.usage import AccountUsage
+    from provisioner.adapters.mail import RenderedMail
+    from provisioner.adapters.registry import EppClient
+    from provisioner.adapters.tls_targets import CertificateTarget
+
+T = TypeVar("T")
+
+
+class Mailer(Protocol):
+    def send(self, *, to: str, rendered: RenderedMail, message_id: str,
+             headers: Mapping[str, str] | None = None) -> None: ...
+
+
+class OpsAlert(Protocol):
+    def __call__(self, *, step_key: str, order_id: int, detail: str, attempts: int) -> None: ...
+
+
+class HostingAccounts(Protocol):
+    """Accounts on hosting nodes (`adapters.hosting.accounts.HostingAccounts`)."""
+
+    def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
+               timeout_s: float | None = None) -> AccountResult: ...
+
+    def reset_password(self, node: Target, spec: AccountSpec, secret: Secrets,
+                       parts: Sequence[str] = ...) -> AccountResult: ...
+
+    def suspend(self, node: Target, spec: AccountSpec) -> AccountResult: ...
+
+    def unsuspend(self, node: Target, spec: AccountSpec) -> AccountResult: ...
+
+    def terminate(self, node: Target, spec: AccountSpec) -> AccountResult: ...
+
+
+class HostingBackups(Protocol):
+    """Backups of accounts on their node (`adapters.hosting.backups.HostingBackups`)."""
+
+    def remove_account(self, node: Target, spec: AccountSpec,
+                       accounts: Any) -> RemovalManifest: ...
+
+    def purge(self, node: Target, account: str) -> PurgeManifest: ...
+
+    def set_free_backups(self, node: Target, account: str, enabled: bool) -> bool: ...
+
+
+class UsageReader(Protocol):
+    """A node's usage report: ``{account name: AccountUsage}``."""
+
+    def __call__(self, node: Target) -> Mapping[str, AccountUsage]: ...
+
+
+class DnsZones(Protocol):
+    """Our authoritative DNS server (`adapters.dns.DnsServer`)."""
+
+    def ensure_zone(self, zone: str, records: Sequence[Any]) -> DnsResult: ...
+
+    def zone_for(self, name: str) -> str | None: ...
+
+    def set_txt(self, name: str, value: str, ttl: int = ..., zone: str | None = ...) -> str: ...
+
+    def delete_txt(self, name: str, value: str, zone: str | None = ...) -> None: ...
+
+
+class CertificateAuthority(Protocol):
+    """An ACME CA (`adapters.acme.AcmeClient`)."""
+
+    def issue(self, names: Sequence[str], solver_for: Callable[[str], ChallengeSolver],
+              key_pem: bytes | None = None) -> IssuedCertificate: ...
+
+
+class NodeTlsTargets(Protocol):
+    """The certificate target of an account's vhost on its node."""
+
+    def __call__(self, node: Target, account: str, domains: Sequence[str]) -> CertificateTarget: ...
+
+
+class DkimKeys(Protocol):
+    """The DKIM selector and base64 public key a hosting service's zone publishes."""
+
+    def __call__(self, service_id: int) -> tuple[str, str] | None: ...
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Every outside system a handler may reach, typed. Built once per process."""
+
+    mailer: Mailer
+    alert: OpsAlert
+    hosting: HostingAccounts
+    backups: HostingBackups
+    usage: UsageReader
+    node_tls: NodeTlsTargets
+    dns: DnsZones | None = None
+    acme: CertificateAuthority | None = None
+    registry: EppClient | None = None
+    dkim: DkimKeys | None = None
+    # where a certificate goes when no account of ours serves its site: None in
+    # production (such an order is a clear error); the devstack's loopback nginx in tests
+    tls_fallback: CertificateTarget | None = None
+
+
+def need(adapter: T | None, what: str) -> T:
+    """The adapter, or a ConfigurationError saying which setting is missing."""
+    if adapter is None:
+        raise ConfigurationError(f"{what} is not configured here")
+    return adapter
+

@@ -1,0 +1,1 @@
+../../../provisioner/domain/hosting_names.py

@@ -1,0 +1,1 @@
+../../hosting_account/test_plugins/hosting_account_tests.py
