@@ -31,9 +31,8 @@ from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
 from provisioner.config import Settings, load_settings
 from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError
-from provisioner.pipeline import capabilities
-from provisioner.pipeline.capabilities import lifecycle, quota
-from provisioner.pipeline.engine.plan import Planner, PlanOptions
+from provisioner.pipeline.capabilities import billing, dns_tls, domains, hosting, lifecycle, quota
+from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
 from provisioner.pipeline.engine.ports import Adapters
 from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
 from provisioner.pipeline.outbox import Outbox
@@ -134,8 +133,32 @@ def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
     return dataclasses.replace(adapters, **overrides)
 
 
+# The installed capabilities: each module lists its step handlers and line planners.
+CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle)
+
+
+def handlers() -> dict[str, Handler]:
+    """The handler registry: every step kind of every capability, with its handler."""
+    out: dict[str, Handler] = {}
+    for module in CAPABILITIES:
+        table: Mapping[str, Handler] = module.HANDLERS
+        clash = set(out) & set(table)
+        if clash:
+            raise ConfigurationError(f"step kinds handled twice: {sorted(clash)}")
+        out.update(table)
+    return out
+
+
+def line_planners() -> dict[str, LinePlanner]:
+    """Every line kind that plans steps, with its planner."""
+    out: dict[str, LinePlanner] = {}
+    for module in CAPABILITIES:
+        out.update(module.PLANNERS)
+    return out
+
+
 def planner_for(settings: Settings) -> Planner:
-    return Planner(capabilities.line_planners(), PlanOptions.from_setting(settings.line_kinds))
+    return Planner(line_planners(), PlanOptions.from_setting(settings.line_kinds))
 
 
 def check_handlers(handlers: Mapping[str, Handler]) -> None:
@@ -187,6 +210,9 @@ class Provisioner:
             outbox=Outbox(self.factory, self.adapters.mailer, self.settings.mail_from, self.runner.now))
 
 
+_all_handlers = handlers
+
+
 def bootstrap(settings: Settings | None = None, *, enqueue: Enqueue,
               factory: sessionmaker[Session] | None = None, now: Callable[[], datetime] = utcnow,
               handlers: Mapping[str, Handler] | None = None, **overrides: Any) -> Provisioner:
@@ -196,7 +222,7 @@ def bootstrap(settings: Settings | None = None, *, enqueue: Enqueue,
     ``append`` in tests). ``overrides`` replace adapters by name (`build_adapters`)."""
     settings = settings or load_settings()
     factory = factory or session_factory(settings.effective_database_url)
-    table = dict(handlers if handlers is not None else capabilities.handlers())
+    table = dict(handlers if handlers is not None else _all_handlers())
     check_handlers(table)
     adapters = build_adapters(settings, factory, now=now, **overrides)
     runner = Runner(settings, factory, enqueue, adapters, table, now)

@@ -3,27 +3,19 @@ and a live API + Celery worker stack for the end-to-end pipeline tests."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
-from provisioner.config import Settings
-from provisioner.pipeline.engine.plan import enable_line_kinds
+from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.store.db import dispose_all, upgrade
+from tests.helpers import VENV_BIN, Stack, make_settings, settings_env
 from tests.servers import PgServer, free_port, postgres_server, redis_server, wait_for
 
-__all__ = ["PgServer", "free_port", "wait_for"]  # re-exported for the tests
-
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
@@ -65,81 +57,7 @@ def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
         yield sink
 
 
-# -- settings and a live stack ---------------------------------------------------------------
-STRIPE_SECRET = "whsec_test_" + "k" * 24
-API_TOKEN = "test-token-" + "t" * 20
-
-
-def make_settings(tmp_path: Path, db: str, smtp_port: int, **over: object) -> Settings:
-    values: dict[str, object] = dict(
-        data_dir=tmp_path / "data",
-        database_url=db,
-        broker_url=f"filesystem://{tmp_path / 'broker'}",
-        api_token=API_TOKEN,
-        stripe_webhook_secret=STRIPE_SECRET,
-        smtp_port=smtp_port,
-        step_lease_s=30,
-        step_backoff_s=0.2,
-        redrive_interval_s=1.0,
-        line_kinds="",  # the core's tests: billing steps only; capabilities test themselves
-    )
-    values.update(over)
-    return Settings().with_overrides(**values)
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    for name in ("data_dir", "database_url", "broker_url", "api_token", "stripe_webhook_secret",
-                 "smtp_host", "smtp_port", "step_lease_s", "step_max_attempts", "step_backoff_s",
-                 "redrive_interval_s", "max_body_bytes", "braintree_merchant_id",
-                 "braintree_public_key", "braintree_private_key", "paypal_webhook_id",
-                 "paypal_cert_hosts", "paypal_ca_file", "ops_email", "line_kinds"):
-        env[f"PROVISIONER_{name.upper()}"] = str(getattr(s, name))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    api: str
-    maildir: Path
-    logs: Path
-    env: dict[str, str]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=30,
-                            headers={"Authorization": f"Bearer {API_TOKEN}"})
-
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own fd
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "celery"), "-A", "provisioner.tasks", "worker", "-B",
-                 "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner",
-                 "--pool", "prefork", "-s", str(self.logs / f"{name}-beat"), "-n",
-                 f"{name}@%h"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        proc.wait(30)
-
-    def mails(self) -> list:  # type: ignore[type-arg]
-        return read_maildir(self.maildir)
-
-    def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM if name == "api" else signal.SIGKILL)
-
-
+# -- a live stack ----------------------------------------------------------------------
 @pytest.fixture
 def stack_factory(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
@@ -183,4 +101,3 @@ def stack_factory(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Callable[...,
 def _dispose_engines() -> Iterator[None]:
     yield
     dispose_all()
-    enable_line_kinds(None)

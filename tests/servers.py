@@ -9,7 +9,8 @@ Plain context managers (no pytest), so ``bench/`` can use them too::
 
 PostgreSQL is Debian's (``/usr/lib/postgresql/*/bin``), initialised with trust
 auth and run as the ``postgres`` user when we are root, on 127.0.0.1 with a free
-port and durability switched off (these are throwaway servers).
+port and durability switched off (these are throwaway servers). ``free_port``,
+``port_open`` and ``wait_for`` are provisioner.devstack.net's, re-exported.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from provisioner.devstack.net import free_port, port_open, wait_for
 
 __all__ = [
     "PgServer",
@@ -41,36 +41,12 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def self_signed_tls_context() -> ssl.SSLContext:
     """A client context for the throwaway nodes' self-signed FTPS/IMAPS/SMTP certificates."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
@@ -146,7 +122,7 @@ def redis_server() -> Iterator[RedisServer]:
                              "--appendonly", "no", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: port_open(port), 10, "redis-server")
+        wait_for(lambda: port_open("127.0.0.1", port), 10, "redis-server")
         yield RedisServer(port)
     finally:
         proc.terminate()

@@ -1,4 +1,4 @@
-"""``provisioner registry-sandbox``: the sandbox EPP registry (mounted by cli.py).
+"""``provisioner registry-sandbox``: the sandbox EPP registry (devstack).
 
     provisioner registry-sandbox [--data-dir DIR] [--host H] [--port P]   # serve (foreground)
     provisioner registry-sandbox faults --set '{"fail": {"domain:create": [2400, 1]}}'
@@ -17,23 +17,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from provisioner.config import load_settings
+from provisioner.cli.common import JsonOpt, err, out, settings
 from provisioner.devstack.registry import OTHER_LOGIN, OTHER_PASSWORD, make_server
 from provisioner.devstack.registry.faults import Faults
 from provisioner.devstack.registry.store import Store
 
 app = typer.Typer(help="The sandbox EPP registry (tests and demo).")
-_out = Console()
-_err = Console(stderr=True)
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="state, TLS files, faults.json")]
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    return data_dir or load_settings().data_dir / "registry"
+    return data_dir or settings().data_dir / "registry"
 
 
 @app.callback(invoke_without_command=True)
@@ -46,15 +43,15 @@ def registry_sandbox(
     """Run the sandbox registry in the foreground (Ctrl-C stops it)."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = load_settings()
+    cfg = settings()
     directory = _data_dir(data_dir)
     server, ca_file = make_server(
-        directory, host or settings.registry_host, settings.registry_port if port is None else port,
-        {settings.registry_login: settings.registry_password, OTHER_LOGIN: OTHER_PASSWORD},
+        directory, host or cfg.registry_host, cfg.registry_port if port is None else port,
+        {cfg.registry_login: cfg.registry_password, OTHER_LOGIN: OTHER_PASSWORD},
     )
-    _out.print(json.dumps({"host": server.server_address[0], "port": server.server_address[1],
-                           "ca_file": str(ca_file), "login": settings.registry_login,
-                           "data_dir": str(directory)}))
+    out.print(json.dumps({"host": server.server_address[0], "port": server.server_address[1],
+                          "ca_file": str(ca_file), "login": cfg.registry_login,
+                          "data_dir": str(directory)}))
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -77,18 +74,17 @@ def faults(
         try:
             changes: Any = json.loads(set_)
         except ValueError as exc:
-            _err.print(f"[red]error:[/red] --set is not JSON: {exc}")
+            err.print(f"[red]error:[/red] --set is not JSON: {exc}")
             raise typer.Exit(2) from None
         if not isinstance(changes, dict):
-            _err.print("[red]error:[/red] --set must be a JSON object")
+            err.print("[red]error:[/red] --set must be a JSON object")
             raise typer.Exit(2)
         switches.set(**changes)
     print(json.dumps(switches.snapshot()))
 
 
 @app.command()
-def domains(data_dir: DataDirOpt = None,
-            as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False) -> None:
+def domains(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """The domains the sandbox holds."""
     store = Store(_data_dir(data_dir) / "registry.sqlite")
     try:
@@ -102,4 +98,4 @@ def domains(data_dir: DataDirOpt = None,
     for r in rows:
         table.add_row(r["name"], r["cl_id"], r["state"], r["ex_date"][:10], ", ".join(r["ns"]),
                       ", ".join(r["statuses"]))
-    _out.print(table)
+    out.print(table)

@@ -15,10 +15,10 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,9 +28,13 @@ import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.config import Settings, load_settings
+from provisioner.devstack.hosts import NspawnHosts
+from provisioner.devstack.net import free_port
+from provisioner.devstack.nodes import ensure_demo_node, live_site
+from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.store.db import session_factory, upgrade
 
 DEMO_CUSTOMER = {
@@ -56,6 +60,9 @@ DEMO_NODE = "demo-node"
 _DNS_TLS_SETTINGS = ("dns_server", "dns_port", "dns_knotc_socket", "tsig_key_name", "tsig_secret",
                      "tsig_algorithm", "dns_nameservers", "dns_site_ipv4", "acme_directory", "acme_ca_file",
                      "tls_nginx_prefix", "tls_nginx_http_port", "tls_nginx_https_port")
+# Shows an order's steps until all are done or one failed (or the timeout, in seconds,
+# passed) and returns their counts by state: the CLI hands in its progress display.
+Follow = Callable[[sessionmaker[Session], int, float], dict[str, int]]
 
 
 def _hosts_dir() -> Path:
@@ -71,13 +78,6 @@ def demo_line_kinds() -> str:
     if os.geteuid() == 0 and shutil.which("systemd-nspawn"):
         return "domain,hosting,dns,tls"
     return "domain"
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stripe_payload(event_id: str, intent_id: str, proforma: str, amount: Decimal) -> bytes:
@@ -127,6 +127,7 @@ class DemoStack:
             "PROVISIONER_LINE_KINDS": s.line_kinds,
             # the throwaway hosts' image cache and SSH key: machine-wide, not the demo's
             "PROVISIONER_HOSTS_DIR": str(HOSTS_DIR),
+            "PROVISIONER_NODE_SSH_KEY": s.node_ssh_key,
             "PROVISIONER_REGISTRY_HOST": s.registry_host,
             "PROVISIONER_REGISTRY_PORT": str(s.registry_port),
             "PROVISIONER_REGISTRY_LOGIN": s.registry_login,
@@ -161,7 +162,7 @@ class DemoStack:
             self.sink.stop()
 
 
-def run_demo(out: Console) -> int:
+def run_demo(out: Console, follow: Follow) -> int:
     base = load_settings()
     root = base.data_dir / "demo"
     if root.exists():
@@ -199,10 +200,13 @@ def run_demo(out: Console) -> int:
         stripe_webhook_secret="whsec_" + secrets.token_hex(16),
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
+        # the demo's hosting node is a throwaway host: the key those accept reaches it
+        node_ssh_key=(str(NspawnHosts(HOSTS_DIR).key_path) if "hosting" in line_kinds.split(",")
+                      else base.node_ssh_key),
     )
     stack = DemoStack(settings, root, sink=sink, dns_tls=dns_tls)
     try:
-        return _run(out, stack)
+        return _run(out, stack, follow)
     finally:
         stack.stop()
         if dns_tls_cm is not None:
@@ -210,12 +214,12 @@ def run_demo(out: Console) -> int:
         sandbox_cm.__exit__(None, None, None)
 
 
-def _run(out: Console, stack: DemoStack) -> int:
+def _run(out: Console, stack: DemoStack, follow: Follow) -> int:
     s = stack.settings
     root = stack.root
     out.rule("[bold]Provisioner demo[/] (embedded defaults)")
     upgrade(s.effective_database_url)
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
     stack.start("api", [str(bindir / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
@@ -245,9 +249,6 @@ def _run(out: Console, stack: DemoStack) -> int:
 
     node: dict[str, str] | None = None
     if "hosting" in s.line_kinds:
-        from provisioner.devstack.hosts import NspawnHosts
-        from provisioner.pipeline.capabilities.hosting import ensure_demo_node
-
         NspawnHosts(HOSTS_DIR).down(DEMO_NODE)  # a clean node for a clean demo
 
         out.print("booting a throwaway hosting node (the first run builds its image: "
@@ -279,10 +280,8 @@ def _run(out: Console, stack: DemoStack) -> int:
         "Content-Type": "application/json"})
     out.print(f"the same webhook with a forged signature: HTTP {forged.status_code} (refused)")
 
-    from provisioner.cli import follow
-
     factory = session_factory(s.effective_database_url)
-    counts = follow(factory, created["order"], 300, console=out)
+    counts = follow(factory, created["order"], 300)
     order = _check(client.get(f"/orders/{created['order']}"))
     steps = Table(title=f"Plan of order {order['id']}: {order['status']}")
     for col in ("key", "state", "attempts"):
@@ -315,8 +314,6 @@ def _run(out: Console, stack: DemoStack) -> int:
         out.print(reg)
     site_ok = True
     if node is not None:
-        from provisioner.pipeline.capabilities.hosting import live_site
-
         site = live_site(node["address"], DEMO_ITEMS[0].split(":")[2])
         try:
             answer = httpx.get(f"http://{node['address']}/", timeout=10,

@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -42,34 +41,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from provisioner.devstack.local_nginx import LocalNginx, local_nginx
+from provisioner.devstack.net import free_port, port_open, wait_for
 from provisioner.errors import ConfigurationError
 
 TSIG_KEY_NAME = "provisioner-update"
 TSIG_ALGORITHM = "hmac-sha256"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
 def _wait(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes],
           log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
+    def ready() -> bool:
         if proc.poll() is not None:
             raise ConfigurationError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise ConfigurationError(f"timed out waiting for {what}: {tail}")
-        time.sleep(0.02)
+        return predicate()
+
+    try:
+        wait_for(ready, timeout, what, interval=0.02)
+    except TimeoutError:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise ConfigurationError(f"timed out waiting for {what}: {tail}") from None
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -162,7 +152,7 @@ def knot_server(base: Path | None = None, host: str = "127.0.0.1", port: int = 0
     server = KnotServer(host, port, str(base / "run" / "knot.sock"), TSIG_KEY_NAME, secret,
                         TSIG_ALGORITHM, base)
     try:
-        _wait(lambda: _port_open(port, host) and Path(server.socket).exists(), 20, "knotd", proc, log)
+        _wait(lambda: port_open(host, port) and Path(server.socket).exists(), 20, "knotd", proc, log)
         _wait(lambda: server.knotc("status") == "Running", 20, "knotd control socket", proc, log)
         yield server
     finally:
@@ -253,7 +243,7 @@ def pebble_server(base: Path | None, dns_port: int, http_port: int, tls_port: in
                                  f"127.0.0.1:{dns_port}"], stdout=out, stderr=subprocess.STDOUT,
                                 env=environ, cwd=base, start_new_session=True)
     try:
-        _wait(lambda: _port_open(port) and _port_open(mgmt), 30, "pebble", proc, log)
+        _wait(lambda: port_open("127.0.0.1", port) and port_open("127.0.0.1", mgmt), 30, "pebble", proc, log)
         root = httpx.get(f"https://127.0.0.1:{mgmt}/roots/0", verify=_ssl_context(ca_path), timeout=10)
         root.raise_for_status()
         root_file = base / "pebble-root.pem"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 ACCOUNT_NAME_MAX_LENGTH = 32
-ACCOUNT_NAME_PATTERN = "[a-z][a-z0-9]{0,%d}" % (ACCOUNT_NAME_MAX_LENGTH - 1)
+ACCOUNT_NAME_PATTERN = f"[a-z][a-z0-9]{{0,{ACCOUNT_NAME_MAX_LENGTH - 1}}}"
 ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
 
 #: Names an account can never have: the node's system users and groups, the services'
@@ -44,9 +44,9 @@ RESERVED_ACCOUNT_NAMES = frozenset(
 def account_name_problem(name: object) -> str | None:
     """Why ``name`` cannot be an account's name (a phrase to follow the name), or None."""
     if not isinstance(name, str):
-        return "must be text, not %s" % type(name).__name__
+        return f"must be text, not {type(name).__name__}"
     if not ACCOUNT_NAME_RE.fullmatch(name):
-        return "must match %s" % ACCOUNT_NAME_PATTERN
+        return f"must match {ACCOUNT_NAME_PATTERN}"
     if name in RESERVED_ACCOUNT_NAMES:
         return "is reserved"
     return None

@@ -16,7 +16,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TypeVar
 
-from provisioner.domain.policy import BrandPolicy
+from provisioner.domain.policy import BRANDS, BrandPolicy
 from provisioner.errors import Conflict, InvalidInput
 
 
@@ -273,8 +273,6 @@ def next_clock_on(state: ServiceState | str, expiry: date | None, kind: str, nam
 
 def earliest_event(expiry: date) -> date:
     """A day no brand has an event of the term before (for a first look by the sweep)."""
-    from provisioner.domain.policy import BRANDS
-
     lead = max(p.renewal_notice_days + max(p.domain_early_renew_days.values(), default=0)
                for p in BRANDS.values())
     return expiry - timedelta(days=lead)

@@ -7,19 +7,19 @@ Several keys may be given comma-separated: the first encrypts, all decrypt (rota
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from provisioner.timeutil import utcnow
 from provisioner.config import Settings
 from provisioner.errors import ConfigurationError
+from provisioner.keyfiles import fernet_from
 from provisioner.store.models import Base, UtcDateTime
+from provisioner.timeutil import utcnow
 
 KEY_FILE = "tls-fernet.key"
 
@@ -58,26 +58,8 @@ class AcmeAccount(Base):
 
 
 def fernet_for(settings: Settings) -> MultiFernet:
-    raw = settings.tls_key_encryption_key.strip()
-    if not raw:
-        raw = _embedded_key(settings.data_dir)
-    try:
-        return MultiFernet([Fernet(k.strip().encode()) for k in raw.split(",") if k.strip()])
-    except ValueError as exc:
-        raise ConfigurationError(f"tls_key_encryption_key is not a Fernet key: {exc}") from exc
-
-
-def _embedded_key(data_dir: Path) -> str:
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(Fernet.generate_key().decode())
-    return path.read_text().strip()
+    return fernet_from(settings.tls_key_encryption_key, Path(settings.data_dir) / KEY_FILE,
+                       "tls_key_encryption_key")
 
 
 def decrypt(fernet: MultiFernet, token: bytes) -> bytes:

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.nodes import testinfra_host
+
 E2E_PREFIX = "t-"
 
 
@@ -73,15 +75,8 @@ def node(hosts: Any) -> Iterator[Node]:
 
 @pytest.fixture(scope="session")
 def node_host(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import testinfra
-
-    # Throwaway hosts get a new host key each time: do not check it (tests only).
-    ssh_config = tmp_path_factory.mktemp("ssh") / "config"
-    ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n"
-                          "  UserKnownHostsFile /dev/null\n")
-    return testinfra.get_host(f"paramiko://root@{node.info.address}",
-                              ssh_identity_file=node.info.ssh_key,
-                              ssh_config=str(ssh_config))
+    """testinfra over SSH (paramiko) to the session's node."""
+    return testinfra_host(node.info, tmp_path_factory.mktemp("ssh"))
 
 
 @pytest.fixture

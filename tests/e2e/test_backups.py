@@ -26,7 +26,7 @@ from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, 
 from provisioner.adapters.hosting.backups import HostingBackups, RemovalManifest
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
-from tests.e2e.nodes import reused_node
+from tests.e2e.nodes import reused_node, testinfra_host
 from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,16 +98,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(hosts: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    import testinfra
-
     info = reused_node(hosts) or request.getfixturevalue("node").info
-    ssh_config = tmp_path_factory.mktemp("ssh") / "config"
-    ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
-    host = testinfra.get_host(f"paramiko://root@{info.address}", ssh_identity_file=info.ssh_key,
-                              ssh_config=str(ssh_config))
+    host = testinfra_host(info, tmp_path_factory.mktemp("ssh"))
     key = Path(info.ssh_key)
-    return Env(Target(info.name, info.address), info.address, host,
-               HostingAccounts(ssh_key=key, throwaway=True), HostingBackups(ssh_key=key, throwaway=True))
+    # info.target() is a throwaway host: its host key is not checked
+    return Env(info.target(), info.address, host, HostingAccounts(ssh_key=key), HostingBackups(ssh_key=key))
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +340,7 @@ def test_the_adapter_refuses_hostile_account_names_before_anything_runs(name: st
 def test_the_playbook_refuses_a_hostile_name_given_by_hand(env: Env) -> None:
     result = run_playbook("hosting_account_backup", [env.node],
                           {"hosting_backup_account": "a;touch /tmp/owned"},
-                          ssh_key=env.backups.ssh_key, throwaway=True, timeout_s=120)
+                          ssh_key=env.backups.ssh_key, timeout_s=120)
     assert not result.ok
     assert "hosting_backup_account must match" in " ".join(result.errors.values())
     assert not env.host.file("/tmp/owned").exists

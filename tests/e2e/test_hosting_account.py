@@ -36,7 +36,7 @@ from provisioner.adapters.hosting.accounts import (
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
-from tests.e2e.nodes import own_node
+from tests.e2e.nodes import own_node, testinfra_host
 from tests.servers import self_signed_tls_context, wait_for
 
 NODE_NAME = "t-acct"
@@ -136,15 +136,9 @@ def acct_node(hosts: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def env(acct_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    import testinfra
-
-    ssh_config = tmp_path_factory.mktemp("ssh") / "config"
-    ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
-    host = testinfra.get_host(f"paramiko://root@{acct_node.address}", ssh_identity_file=acct_node.ssh_key,
-                              ssh_config=str(ssh_config))
-    node = Target(acct_node.name, acct_node.address)
-    accounts = HostingAccounts(ssh_key=Path(acct_node.ssh_key), throwaway=True,
-                               provider_url="https://www.provider.example/")
+    host = testinfra_host(acct_node, tmp_path_factory.mktemp("ssh"))
+    node = acct_node.target()  # a throwaway host: its host key is not checked
+    accounts = HostingAccounts(ssh_key=Path(acct_node.ssh_key), provider_url="https://www.provider.example/")
     site_spec = AccountSpec("examplesi", ("example.si", "example-shop.si"), CATALOG.hosting_plan("giga5"),
                             mailboxes=("info", "tiny"), mailbox_quota_mb={"tiny": 1},
                             cron=(CronEntry("date >> cron.log", minute="0,30"),))
@@ -377,8 +371,7 @@ def test_a_cron_entry_every_5_minutes_is_rejected(env: Env) -> None:
     ev = env.site.spec.extravars("create", None, "https://www.provider.example/")
     ev["hosting_account_cron"] = [every5.as_dict()]
     before = env.host.file("/etc/cron.d/hosting-examplesi").content_string
-    result = run_playbook("hosting_account_create", [env.node], ev, ssh_key=env.accounts.ssh_key,
-                          throwaway=True)
+    result = run_playbook("hosting_account_create", [env.node], ev, ssh_key=env.accounts.ssh_key)
     assert not result.ok
     assert "every 5 minutes" in " ".join(result.errors.values())
     assert env.host.file("/etc/cron.d/hosting-examplesi").content_string == before
@@ -588,8 +581,7 @@ def test_hostile_domains_are_refused_before_anything_runs(env: Env, bad: str) ->
 def test_the_role_refuses_hostile_input_when_run_by_hand(env: Env, name: str, domain: str) -> None:
     ev = {"hosting_account_name": name, "hosting_account_domains": [domain],
           "hosting_account_password": "Aa1" * 6, "hosting_account_db_password": "Bb2" * 6}
-    result = run_playbook("hosting_account_create", [env.node], ev, ssh_key=env.accounts.ssh_key,
-                          throwaway=True)
+    result = run_playbook("hosting_account_create", [env.node], ev, ssh_key=env.accounts.ssh_key)
     assert not result.ok
     assert "Refused" in " ".join(result.errors.values())
     assert not env.host.file("/tmp/pwned").exists

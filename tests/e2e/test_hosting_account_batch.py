@@ -16,6 +16,7 @@ from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Ho
 from provisioner.adapters.hosting.ansible import ROLES_DIR
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
+from tests.e2e.nodes import testinfra_host
 
 NODE_NAME = "t-acctbatch"
 BATCH = 20
@@ -35,12 +36,13 @@ def batch_node(hosts: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def accounts(batch_node: Any) -> HostingAccounts:
-    return HostingAccounts(ssh_key=Path(batch_node.ssh_key), throwaway=True)
+    return HostingAccounts(ssh_key=Path(batch_node.ssh_key))
 
 
 @pytest.fixture(scope="module")
 def target(batch_node: Any) -> Target:
-    return Target(batch_node.name, batch_node.address)
+    target: Target = batch_node.target()  # a throwaway host: its host key is not checked
+    return target
 
 
 def specs(prefix: str, n: int) -> list[AccountSpec]:
@@ -76,14 +78,8 @@ def test_every_account_of_the_batch_answers_http_with_its_host_header(
 
 
 def test_the_batch_has_its_users_services_and_logins(
-        batch: tuple[list[AccountSpec], AccountResult], accounts: HostingAccounts, target: Target,
-        tmp_path: Path) -> None:
-    import testinfra
-
-    ssh_config = tmp_path / "ssh_config"  # throwaway host: a new host key each time
-    ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
-    host = testinfra.get_host(f"paramiko://root@{target.address}", ssh_identity_file=str(accounts.ssh_key),
-                              ssh_config=str(ssh_config))
+        batch: tuple[list[AccountSpec], AccountResult], batch_node: Any, tmp_path: Path) -> None:
+    host = testinfra_host(batch_node, tmp_path)
     made, _ = batch
     hosting = host.group("hosting").members
     ftp = host.file("/etc/pure-ftpd/pureftpd.passwd").content_string
@@ -119,7 +115,7 @@ def test_check_mode_reports_a_new_account_and_writes_nothing(
     ev = spec.extravars("create", None, accounts.provider_url)
     ev.update({"hosting_account_password": "Aa1" * 6, "hosting_account_db_password": "Bb2" * 6,
                "hosting_account_mailboxes": [{"local": "info", "password": "Cc3" * 6}]})
-    result = run_playbook(str(playbook), [target], ev, ssh_key=accounts.ssh_key, throwaway=True)
+    result = run_playbook(str(playbook), [target], ev, ssh_key=accounts.ssh_key)
     assert result.ok, result.errors
     assert result.changed == 1  # it would create the account ...
     r = httpx.get(f"http://{target.address}/", headers={"Host": spec.domains[0]}, timeout=20)
@@ -153,7 +149,7 @@ def test_the_role_refuses_a_hostile_batch_when_run_by_hand(
              "limits": good["hosting_account_limits"], "password": "Aa1" * 6, "db_password": "Bb2" * 6}
     bad = dict(entry, name="x/../../etc", domains=["evil.si"])
     result = run_playbook("hosting_account_create", [target], {"hosting_account_batch": [entry, bad]},
-                          ssh_key=accounts.ssh_key, throwaway=True)
+                          ssh_key=accounts.ssh_key)
     assert not result.ok
     assert "Refused" in " ".join(result.errors.values())
     r = httpx.get(f"http://{target.address}/", headers={"Host": "byhand0.si"}, timeout=20)

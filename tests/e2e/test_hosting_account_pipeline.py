@@ -8,9 +8,8 @@ from __future__ import annotations
 import ftplib
 import json
 import re
-import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,35 +20,24 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from provisioner.adapters.hosting.accounts import HostingAccounts
-from provisioner.adapters.payments import PaymentNotice
-from provisioner.config import Settings
 from provisioner.errors import InvalidInput
-from provisioner.pipeline import (
-    capabilities,  # noqa: F401 - planners and handlers
-    ops,
-)
 from provisioner.pipeline.capabilities.hosting import open_link
-from provisioner.pipeline.usecases.payments import ingest
-from provisioner.pipeline.engine.runner import Runner
-from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
-from provisioner.store.hosting import CredentialLink, HostingAccount
+from provisioner.store.db import dispose_all, transaction, upgrade
+from provisioner.store.hosting import CredentialLink, HostingAccount, HostingNode
 from provisioner.store.models import Step
 from tests.e2e.nodes import own_node
+from tests.helpers import MemoryMailer, World, customer, make_settings, stripe_notice, wire
+from tests.servers import self_signed_tls_context
 
 NODE_NAME = "t-acctpipe"
-CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
-            "city": "Ljubljana", "country": "SI", "email": "ana@example.si", "phone": "+386.41123456",
-            "lang": "en"}
 
 
-@dataclass
-class Outbox:
-    sent: list[dict[str, Any]] = field(default_factory=list)
+class HtmlMailer(MemoryMailer):
+    """The recording mailer, keeping the HTML part too (no password may be in it)."""
 
     def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
-        self.sent.append({"to": to, "subject": rendered.subject, "text": rendered.text,
-                          "html": rendered.html, "message_id": message_id})
+        super().send(to=to, rendered=rendered, message_id=message_id, headers=headers)
+        self.sent[-1]["html"] = rendered.html
 
 
 @pytest.fixture(scope="module")
@@ -59,95 +47,79 @@ def pipe_node(hosts: Any) -> Iterator[Any]:
 
 
 @dataclass
-class World:
-    url: str
-    db_file: Path
-    runner: Runner
-    queue: list[str]
-    outbox: Outbox
-    node: Any
+class PipeWorld(World):
+    url: str = ""
+    db_file: Path = Path()
+    mailer: HtmlMailer | None = None
+    node: Any = None
 
-    def drain(self) -> None:
-        while self.queue:
-            outcome = self.runner.run_step(self.queue.pop(0))
-            assert outcome.status in ("done", "skipped"), outcome
+    def run_all(self, order_id: int) -> None:
+        """Run what is queued; no step of the order may have failed or be left to retry."""
+        self.drain()
+        bad = {k: (st.state, st.last_error) for k, st in self.steps(order_id).items()
+               if st.state in ("failed", "queued", "running")}
+        assert not bad, bad
 
 
 @pytest.fixture(scope="module")
-def world(pipe_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(pipe_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipeWorld]:
     work = tmp_path_factory.mktemp("pipe")
     db_file = work / "p.sqlite"
     url = f"sqlite:///{db_file}"
     upgrade(url)
-    settings = Settings(data_dir=work, database_url=url, public_base_url="https://panel.provider.example")
-    factory = session_factory(url)
-    queue: list[str] = []
-    outbox = Outbox()
-    adapter = HostingAccounts(ssh_key=Path(pipe_node.ssh_key), throwaway=True)
-    runner = Runner(settings, factory, queue.append, adapters={"hosting": adapter, "mailer": outbox})
-    # Register the node through the CLI, as ops would.
+    # The product's own wiring: the hosting adapter comes from these settings (the
+    # node's SSH key); whether the node's host key is checked comes from its record.
+    settings = make_settings(work, url, 1, public_base_url="https://panel.provider.example",
+                             line_kinds="hosting", node_ssh_key=str(pipe_node.ssh_key))
+    mailer = HtmlMailer()
+    app, queue = wire(settings, mailer=mailer)
+    # Register the nodes through the CLI, as ops would (the throwaway host as one).
     env = {"PROVISIONER_DATABASE_URL": url, "PROVISIONER_DATA_DIR": str(work)}
-    from provisioner.cli.nodes import app
+    from provisioner.cli.nodes import app as nodes_cli
 
     cli = CliRunner()
-    res = cli.invoke(app, ["add", "full-node", "--address", "192.0.2.10", "--capacity-accounts", "1",
-                           "--capacity-disk-mb", "100000", "--json"], env=env)
+    res = cli.invoke(nodes_cli, ["add", "full-node", "--address", "192.0.2.10", "--capacity-accounts", "1",
+                                 "--capacity-disk-mb", "100000", "--json"], env=env)
     assert res.exit_code == 0, res.output
-    res = cli.invoke(app, ["add", pipe_node.name, "--address", pipe_node.address, "--capacity-accounts",
-                           "50", "--capacity-disk-mb", "500000", "--json"], env=env)
+    res = cli.invoke(nodes_cli, ["add", pipe_node.name, "--address", pipe_node.address, "--capacity-accounts",
+                                 "50", "--capacity-disk-mb", "500000", "--throwaway", "--json"], env=env)
     assert res.exit_code == 0, res.output
     # The first node is full: one account already placed there (a fake, not on a real host).
-    with transaction(factory) as s:
-        from provisioner.store.hosting import HostingNode
-
+    with transaction(app.factory) as s:
         full = s.execute(select(HostingNode).where(HostingNode.name == "full-node")).scalar_one()
         full.capacity_accounts = 0
-    yield World(url, db_file, runner, queue, outbox, pipe_node)
+    yield PipeWorld(app, queue, url=url, db_file=db_file, mailer=mailer, node=pipe_node)
     dispose_all()
 
 
-def _pay(world: World, domain: str) -> int:
-    customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
-    order = ops.create_order(world.runner.factory, customer["id"], [f"hosting:giga5:{domain}"], None, "fcb",
-                             "test")
-    world.runner.dispatch(order["order"])
-    world.drain()
+def _pay(world: PipeWorld, domain: str) -> int:
+    order = world.order([f"hosting:giga5:{domain}"], who=customer("en"))
+    order_id = int(order["order"])
+    world.run_all(order_id)
     proforma = order["proforma"]
-    notice = PaymentNotice(provider="stripe", event_id=f"evt_{domain}", kind="payment",
-                           txn_id=f"pi_{domain}", amount=Decimal(str(proforma["gross"])), currency="EUR",
-                           proforma=proforma["number"], reference=None, payer="Ana Novak",
-                           occurred_at=datetime.now(UTC), raw=b"{}")
-    result = ingest(world.runner.factory, notice, "test")
+    result = world.ingest(stripe_notice(f"evt_{domain}", f"pi_{domain}", proforma["number"],
+                                        Decimal(str(proforma["gross"]))))
     assert result.settled
-    assert result.order_id is not None
-    world.runner.dispatch(result.order_id)
-    world.drain()
-    return int(order["order"])
+    assert result.order_id == order_id
+    world.runner.dispatch(order_id)
+    world.run_all(order_id)
+    return order_id
 
 
 @pytest.fixture(scope="module")
-def paid(world: World) -> dict[str, Any]:
+def paid(world: PipeWorld) -> dict[str, Any]:
     order_id = _pay(world, "pipeline-shop.si")
     return {"order_id": order_id, "domain": "pipeline-shop.si"}
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def test_after_payment_the_site_answers_on_the_least_full_node(world: World, paid: dict[str, Any]) -> None:
+def test_after_payment_the_site_answers_on_the_least_full_node(world: PipeWorld, paid: dict[str, Any]) -> None:
     r = httpx.get(f"http://{world.node.address}/", headers={"Host": paid["domain"]}, timeout=20)
     assert r.status_code == 200
     assert paid["domain"] in r.text
-    with transaction(world.runner.factory) as s:
+    with transaction(world.factory) as s:
         account = s.execute(select(HostingAccount)).scalars().one()
         steps = {st.kind: st.state for st in s.execute(select(Step).where(Step.order_id == paid["order_id"]))
                  .scalars()}
-        from provisioner.store.hosting import HostingNode
-
         node = s.get(HostingNode, account.node_id)
         assert node is not None and node.name == world.node.name  # not the full one
     assert account.state == "active" and account.username == "pipelineshopsi"
@@ -155,7 +127,7 @@ def test_after_payment_the_site_answers_on_the_least_full_node(world: World, pai
     assert steps["service.activate"] == "done"
 
 
-def test_nodes_list_shows_the_placed_account(world: World, paid: dict[str, Any]) -> None:
+def test_nodes_list_shows_the_placed_account(world: PipeWorld, paid: dict[str, Any]) -> None:
     from provisioner.cli.nodes import app
 
     res = CliRunner().invoke(app, ["list", "--json"], env={"PROVISIONER_DATABASE_URL": world.url})
@@ -166,16 +138,17 @@ def test_nodes_list_shows_the_placed_account(world: World, paid: dict[str, Any])
     assert rows["full-node"]["accounts"] == 0
 
 
-def test_credentials_arrive_as_a_one_time_link_and_work(world: World, paid: dict[str, Any]) -> None:
-    mails = [m for m in world.outbox.sent if "access data" in m["subject"]]
+def test_credentials_arrive_as_a_one_time_link_and_work(world: PipeWorld, paid: dict[str, Any]) -> None:
+    assert world.mailer is not None
+    mails = [m for m in world.mailer.sent if "access data" in m["subject"]]
     assert len(mails) == 1
     text = mails[0]["text"]
     match = re.search(r"https://panel\.provider\.example/credentials/([A-Za-z0-9_-]{20,})", text)
     assert match, text
     token = match.group(1)
-    data = open_link(world.runner.factory, token, datetime.now(UTC))
+    data = open_link(world.factory, token, datetime.now(UTC))
     # The passwords in the link are the ones the node accepts.
-    ftp = ftplib.FTP_TLS(world.node.address, timeout=20, context=_tls())  # noqa: S321
+    ftp = ftplib.FTP_TLS(world.node.address, timeout=20, context=self_signed_tls_context())  # noqa: S321
     try:
         ftp.login(data["ftp"]["user"], data["ftp"]["password"])
         ftp.prot_p()
@@ -188,50 +161,48 @@ def test_credentials_arrive_as_a_one_time_link_and_work(world: World, paid: dict
         assert secret not in text and secret not in (mails[0]["html"] or "")
         assert secret.encode() not in raw
     with pytest.raises(InvalidInput, match="already used"):
-        open_link(world.runner.factory, token, datetime.now(UTC))
+        open_link(world.factory, token, datetime.now(UTC))
 
 
-def test_an_expired_link_shows_nothing(world: World, paid: dict[str, Any]) -> None:
+def test_an_expired_link_shows_nothing(world: PipeWorld, paid: dict[str, Any]) -> None:
     from provisioner.pipeline.capabilities.hosting import seal, token_hash
 
     token = "t" * 43
-    with transaction(world.runner.factory) as s:
+    with transaction(world.factory) as s:
         service_id = s.execute(select(HostingAccount.service_id)).scalar_one()
         s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
                              sealed=seal(token, {"x": 1}), created_at=datetime.now(UTC),
                              expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     with pytest.raises(InvalidInput, match="expired"):
-        open_link(world.runner.factory, token, datetime.now(UTC))
+        open_link(world.factory, token, datetime.now(UTC))
     with pytest.raises(InvalidInput):
-        open_link(world.runner.factory, "u" * 43, datetime.now(UTC))
+        open_link(world.factory, "u" * 43, datetime.now(UTC))
 
 
-def test_running_the_account_step_again_creates_nothing(world: World, paid: dict[str, Any]) -> None:
-    with transaction(world.runner.factory) as s:
+def test_running_the_account_step_again_creates_nothing(world: PipeWorld, paid: dict[str, Any]) -> None:
+    with transaction(world.factory) as s:
         step = s.execute(select(Step).where(Step.kind == "hosting.account")).scalar_one()
         step.state = "queued"  # as if the broker delivered it again after a crash
         key = step.key
     outcome = world.runner.run_step(key)
     assert outcome.status == "done" and outcome.detail == "unchanged"
-    with transaction(world.runner.factory) as s:
+    with transaction(world.factory) as s:
         assert len(s.execute(select(HostingAccount)).scalars().all()) == 1
 
 
-def test_the_link_endpoint_shows_the_data_once(world: World, paid: dict[str, Any]) -> None:
+def test_the_link_endpoint_shows_the_data_once(world: PipeWorld, paid: dict[str, Any]) -> None:
     import anyio
-    from fastapi import FastAPI
 
-    from provisioner.api.credentials import router
+    from provisioner.api.app import create_app
     from provisioner.pipeline.capabilities.hosting import seal, token_hash
 
     token = "k" * 43
-    with transaction(world.runner.factory) as s:
+    with transaction(world.factory) as s:
         service_id = s.execute(select(HostingAccount.service_id)).scalar_one()
         s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
                              sealed=seal(token, {"ftp": {"user": "u1", "password": "Secret<b>Pw123"}}),
                              created_at=datetime.now(UTC), expires_at=datetime.now(UTC) + timedelta(hours=1)))
-    app = FastAPI()
-    app.include_router(router(world.runner.factory))
+    app = create_app(world.app.settings, enqueue=world.queue)  # the customer pages as served
 
     async def visit() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -247,7 +218,7 @@ def test_the_link_endpoint_shows_the_data_once(world: World, paid: dict[str, Any
     assert shown.status_code == 200
     assert "Secret&lt;b&gt;Pw123" in shown.text  # escaped
     assert again.status_code == 410 and "Secret" not in again.text
-    with transaction(world.runner.factory) as s:
+    with transaction(world.factory) as s:
         link = s.execute(select(CredentialLink).where(CredentialLink.token_sha256 == token_hash(token))
                          ).scalar_one()
         assert link.used_at is not None and link.sealed == b"-"

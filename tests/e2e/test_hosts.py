@@ -114,8 +114,8 @@ def test_unreachable_address_is_a_clear_error_within_the_timeout(hosts: Any) -> 
 
 def test_unreachable_address_fails_the_ansible_run_naming_the_host(hosts: Any) -> None:
     started = time.monotonic()
-    result = run_playbook("hosting_node", [Target("ghost", "10.213.0.254")],
-                          ssh_key=hosts.key_path, throwaway=True, timeout_s=60,
+    result = run_playbook("hosting_node", [Target("ghost", "10.213.0.254", throwaway=True)],
+                          ssh_key=hosts.key_path, timeout_s=60,
                           connect_timeout_s=3)
     assert time.monotonic() - started < 30
     assert not result.ok
@@ -126,8 +126,8 @@ def test_unreachable_address_fails_the_ansible_run_naming_the_host(hosts: Any) -
 
 def test_wrong_key_fails_the_ansible_run_naming_the_host(fresh_host: Any, tmp_path: Path) -> None:
     other_key = ensure_keypair(tmp_path / "other")
-    result = run_playbook("hosting_node", [Target(fresh_host.name, fresh_host.address)],
-                          ssh_key=other_key, throwaway=True, timeout_s=60, connect_timeout_s=3)
+    result = run_playbook("hosting_node", [fresh_host.target()],
+                          ssh_key=other_key, timeout_s=60, connect_timeout_s=3)
     assert result.stats[fresh_host.name]["unreachable"] == 1
     assert fresh_host.name in result.errors
 
@@ -162,8 +162,8 @@ def test_host_killed_mid_run_is_a_clear_error_not_a_hang(hosts: Any, fresh_host:
     killer = threading.Thread(target=kill_when_started, daemon=True)
     killer.start()
     started = time.monotonic()
-    result = run_playbook(str(playbook), [Target(fresh_host.name, fresh_host.address)],
-                          ssh_key=hosts.key_path, throwaway=True, timeout_s=120,
+    result = run_playbook(str(playbook), [fresh_host.target()],
+                          ssh_key=hosts.key_path, timeout_s=120,
                           connect_timeout_s=3)
     killer.join(timeout=30)
     assert time.monotonic() - started < 60

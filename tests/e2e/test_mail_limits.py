@@ -93,7 +93,7 @@ class Env:
             imap.logout()
 
     def usage(self) -> dict[str, AccountUsage]:
-        return read_usage(self.target, self.ssh_key, throwaway=True)
+        return read_usage(self.target, self.ssh_key)  # the target is a throwaway host
 
     def python(self, script: str, *args: str) -> str:
         """Run a Python script on the node as root; return its output."""
@@ -125,9 +125,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(node: Any, node_host: Any) -> Iterator[Env]:
-    target = Target(node.info.name, node.info.address)
+    target = node.info.target()  # a throwaway host: its host key is not checked
     ssh_key = Path(node.info.ssh_key)
-    accounts = HostingAccounts(ssh_key=ssh_key, throwaway=True, provider_url="https://www.provider.example/")
+    accounts = HostingAccounts(ssh_key=ssh_key, provider_url="https://www.provider.example/")
     tag = uuid.uuid4().hex[:8]
     sender = AccountSpec(f"mls{tag}", (f"mls{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
     counted = AccountSpec(f"mlc{tag}", (f"mlc{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",),

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from typer.core import TyperGroup
+from typer.main import get_command
 from typer.testing import CliRunner
 
+import provisioner
 from provisioner.cli import app
+from provisioner.config import load_settings
+from provisioner.store.db import session_factory, transaction
+from provisioner.store.hosting import HostingNode
+from provisioner.timeutil import utcnow
 
 CUSTOMER = {
     "name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
@@ -34,6 +43,19 @@ def run(cli: CliRunner, *args: str, code: int = 0) -> str:
 
 def as_json(cli: CliRunner, *args: str) -> object:
     return json.loads(run(cli, *args, "--json"))
+
+
+def paid_order(cli: CliRunner, tmp_path: Path) -> dict[str, object]:
+    path = tmp_path / "customer.json"
+    path.write_text(json.dumps(CUSTOMER))
+    customer = as_json(cli, "customer", "add", str(path))
+    order = as_json(cli, "order", "create", "--customer", str(customer["id"]),
+                    "--item", "hosting:giga5:example.si")
+    proforma = order["proforma"]
+    paid = as_json(cli, "payment", "record", "--proforma", proforma["number"], "--amount",
+                   proforma["gross"], "--txn", "cash-1", "--method", "cash")
+    assert paid["settled"] is True
+    return order
 
 
 def test_a_whole_order_through_the_cli(cli: CliRunner, tmp_path: Path) -> None:
@@ -78,6 +100,8 @@ def test_a_whole_order_through_the_cli(cli: CliRunner, tmp_path: Path) -> None:
          "check digit"),
         (["payment", "record", "--proforma", "X", "--amount", "-5", "--txn", "x"], "amount"),
         (["customer", "add", "/nonexistent.json"], "cannot read"),
+        (["sweep", "--now", "2026-13-01"], "--now must be a date"),
+        (["nodes", "add", "Bad_Name", "--address", "192.0.2.10"], "node name"),
     ],
 )
 def test_bad_input_is_a_clear_error(cli: CliRunner, args: list[str], message: str) -> None:
@@ -88,3 +112,58 @@ def test_hostile_customer_file_is_refused(cli: CliRunner, tmp_path: Path) -> Non
     path = tmp_path / "c.json"
     path.write_text(json.dumps({**CUSTOMER, "email": "a@b.si\r\nBcc: all@x.si"}))
     assert "e-mail" in run(cli, "customer", "add", str(path), code=2)
+
+
+def test_sweep_runs_the_queued_steps_here_with_its_clock(cli: CliRunner, tmp_path: Path) -> None:
+    paid_order(cli, tmp_path)
+    assert as_json(cli, "invoices", "list") == []  # the steps wait for a worker
+    today = utcnow().date().isoformat()
+    assert as_json(cli, "sweep", "--now", today, "--dry-run")["dry_run"] is True
+    report = as_json(cli, "sweep", "--now", today)
+    assert report["today"] == today and report["dry_run"] is False
+    invoices = as_json(cli, "invoices", "list")  # invoice.issue ran in this process
+    assert len(invoices) == 1
+
+
+def test_nodes_add_registers_a_throwaway_host(cli: CliRunner) -> None:
+    row = as_json(cli, "nodes", "add", "demo-node", "--address", "192.0.2.10", "--throwaway")
+    assert row["created"] is True
+    as_json(cli, "nodes", "add", "real-node", "--address", "192.0.2.11")
+    assert [n["name"] for n in as_json(cli, "nodes", "list")] == ["demo-node", "real-node"]
+    with transaction(session_factory(load_settings().effective_database_url)) as s:
+        flags = {name: flag for name, flag in s.execute(select(HostingNode.name, HostingNode.throwaway))}
+    assert flags == {"demo-node": True, "real-node": False}
+
+
+def test_the_command_tree(cli: CliRunner) -> None:
+    root = get_command(app)
+    assert isinstance(root, TyperGroup)
+    assert set(root.commands) == {
+        "db", "catalog", "customer", "order", "proforma", "payment", "payments", "bank",
+        "invoices", "discount", "services", "hosts", "nodes", "registry-sandbox", "plan",
+        "apply", "jobs", "redrive", "sweep", "quota", "serve", "worker", "beat", "demo",
+    }
+    assert "--keep" not in run(cli, "demo", "--help")
+
+
+def _cli_imports(path: Path) -> set[str]:
+    """The modules of the CLI package that ``path`` imports (at any level of the file)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {".".join(n.split(".")[:3]) for n in names
+            if n == "provisioner.cli" or n.startswith("provisioner.cli.")}
+
+
+def test_only_the_entry_point_imports_the_cli_and_groups_share_only_common() -> None:
+    package = Path(provisioner.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package).as_posix()
+        if where in ("cli/__init__.py", "cli/__main__.py"):  # the root and the entry point
+            continue
+        group = where.startswith("cli/") and where != "cli/common.py"
+        assert _cli_imports(path) <= ({"provisioner.cli.common"} if group else set()), where

@@ -17,12 +17,13 @@ from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import Conflict
 from provisioner.pipeline.capabilities import lifecycle as clock
-from provisioner.pipeline.usecases import gdpr
-from provisioner.pipeline.usecases import ops
-from provisioner.store.lifecycle import Renewal, StageRecord
+from provisioner.pipeline.usecases import gdpr, ops
 from provisioner.store.db import transaction
+from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.models import Invoice, OutboxMail, Proforma, ProformaLine, Service, Step
-from tests.clock_world import ClockWorld, make_world
+from provisioner.timeutil import iter_days
+from tests.helpers import ClockWorld
+from tests.helpers import make_clock_world as make_world
 
 E = date(2027, 3, 31)  # the expiry of the term under test
 
@@ -33,7 +34,7 @@ def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> ClockWorld:
 
 
 def days(start: date, end: date) -> list[date]:
-    return list(clock.iter_days(start, end))
+    return list(iter_days(start, end))
 
 
 def subjects(world: ClockWorld) -> list[str]:
@@ -229,7 +230,7 @@ def test_two_sweeps_at_once_bill_each_term_once(world: ClockWorld) -> None:
         t.join()
     assert not errors
     assert count(world, Renewal) == len(ids)
-    clock.drain(world.runner)
+    world.run_queued()
     with transaction(world.factory) as s:
         numbers = list(s.execute(select(Proforma.number).join(
             Renewal, Renewal.proforma_id == Proforma.id)).scalars())

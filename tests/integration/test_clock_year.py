@@ -17,11 +17,11 @@ from sqlalchemy import select, update
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period, renew_by
 from provisioner.domain.policy import get_brand
-from provisioner.pipeline.capabilities import lifecycle as clock
-from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.db import transaction
+from provisioner.store.lifecycle import Renewal, StageRecord
 from provisioner.store.models import Order, OutboxMail, Proforma, Service, Step
-from tests.clock_world import make_world
+from provisioner.timeutil import iter_days
+from tests.helpers import make_clock_world as make_world
 
 START = date(2027, 1, 1)
 SERVICES = 1000
@@ -47,7 +47,7 @@ def test_a_simulated_year_over_1000_services(sqlite_url: str, tmp_path: Path,
     plan: dict[int, tuple[str, date | None]] = {}  # renewal id -> (behaviour, pay day)
     paid_on: dict[int, date] = {}  # renewal id -> simulated day it was paid
     end = START + timedelta(days=365)
-    for day in clock.iter_days(START, end):
+    for day in iter_days(START, end):
         world.at(day)
         for rid, (_behaviour, pay_day) in list(plan.items()):
             if pay_day == day and rid not in paid_on:

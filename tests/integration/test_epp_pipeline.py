@@ -13,7 +13,7 @@ registry (a real TLS EPP server on 127.0.0.1, in a thread), on SQLite and Postgr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,57 +26,40 @@ from sqlalchemy import select
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.adapters.registry import EppClient, ObjectNotFound
 from provisioner.adapters.registry.profiles import RegistryContact
+from provisioner.devstack.registry import Sandbox, run_sandbox
 from provisioner.devstack.smtp_sink import SmtpSink
-from provisioner.timeutil import utcnow
 from provisioner.domain.lifecycle import add_period
-from provisioner.errors import InvalidInput, TransientError
+from provisioner.errors import InvalidInput
 from provisioner.pipeline.capabilities import domains
 from provisioner.pipeline.usecases import ops
 from provisioner.pipeline.usecases.payments import ingest
-from provisioner.pipeline.engine.runner import Runner
-from provisioner.devstack.registry import Sandbox, run_sandbox
-from provisioner.store.db import session_factory, transaction
+from provisioner.store.db import transaction
 from provisioner.store.domains import DomainRecord
 from provisioner.store.models import Service, Step
-from tests.conftest import make_settings
+from provisioner.timeutil import utcnow
+from tests.helpers import World, customer, make_settings, wire
 
-CUSTOMER = {
-    "name": "Ana Novak",
-    "address": "Slovenska cesta 1",
-    "postal_code": "1000",
-    "city": "Ljubljana",
-    "country": "SI",
-    "email": "ana@example.si",
-    "phone": "+386.41123456",
-    "lang": "sl",
-}
+CUSTOMER = customer()
 OUR_NS = ["ns1.provider.example", "ns2.provider.example"]
 
 
 @dataclass
-class World:
-    runner: Runner
-    sandbox: Sandbox
-    sink: SmtpSink
-    client: EppClient
-    queue: list[str] = field(default_factory=list)
+class EppWorld(World):
+    sandbox: Sandbox | None = None
+    sink: SmtpSink | None = None
+    client: EppClient | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
-    def drain(self, limit: int = 100) -> None:
+    def drain(self, limit: int = 100, *, retry: bool = True) -> list[str]:
         """Run queued steps; a step the runner retries goes back on the queue (the backoff
         is the runner's business, not this test's)."""
-        while self.queue and limit:
-            limit -= 1
-            key = self.queue.pop(0)
-            try:
-                self.runner.run_step(key)
-            except TransientError:
-                self.queue.append(key)
+        return super().drain(limit, retry=retry)
 
-    def order(self, items: list[str], before_payment: Any = None) -> dict[str, Any]:
+    def order(self, items: Iterable[str], *, who: dict[str, str] | None = None, brand: str = "fcb",
+              discount: str | None = None, before_payment: Any = None) -> dict[str, Any]:
         factory = self.runner.factory
-        customer = ops.add_customer(factory, CUSTOMER, "test")
-        result = ops.create_order(factory, customer["id"], items, None, "fcb", "test")
+        customer = ops.add_customer(factory, who or CUSTOMER, "test")
+        result = ops.create_order(factory, customer["id"], list(items), discount, brand, "test")
         if before_payment is not None:
             before_payment(result)
         number, gross = result["proforma"]["number"], result["proforma"]["gross"]
@@ -85,7 +68,7 @@ class World:
             amount=Decimal(gross), currency="EUR", proforma=number, reference=None,
             payer="Ana Novak", occurred_at=datetime.now(UTC), raw=b"{}",
         )
-        outcome = ingest(factory, notice, "test")
+        outcome = ingest(factory, notice, "test", self.app.planner)
         assert outcome.settled
         self.runner.dispatch(outcome.order_id)
         self.drain()
@@ -97,7 +80,7 @@ class World:
             return {r.kind: r for r in rows}
 
     def commands(self, key: str) -> int:
-        assert self.sandbox.server.trace is not None
+        assert self.sandbox is not None and self.sandbox.server.trace is not None
         return sum(1 for m in self.sandbox.server.trace if f"<{key}".encode() in m)
 
 
@@ -109,13 +92,13 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink, sandbox: Sandbox) -> Iterator[World]:
-    settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3,
+def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink, sandbox: Sandbox) -> Iterator[EppWorld]:
+    settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3, line_kinds="domain",
                              **sandbox.settings_overrides())
     client = EppClient(sandbox.config())
-    w = World(Runner(settings, session_factory(db_url), lambda k: None), sandbox, smtp_sink, client)
-    w.runner.enqueue = w.queue.append
-    w.runner.adapters.update({"registry": client, "alert": lambda **kw: w.alerts.append(kw)})
+    alerts: list[dict[str, Any]] = []
+    app, queue = wire(settings, registry=client, alert=lambda **kw: alerts.append(kw))
+    w = EppWorld(app, queue, sandbox, smtp_sink, client, alerts)
     yield w
     client.close()
 
@@ -135,7 +118,7 @@ def _service(order: dict[str, Any]) -> dict[str, Any]:
     return service
 
 
-def test_free_si_name_is_registered_with_our_nameservers_contacts_and_expiry(world: World) -> None:
+def test_free_si_name_is_registered_with_our_nameservers_contacts_and_expiry(world: EppWorld) -> None:
     order = world.order(["domain:novak.si:2y"])
     assert order["status"] == "completed", world.steps(order["id"])
     service = _service(order)
@@ -159,7 +142,7 @@ def test_free_si_name_is_registered_with_our_nameservers_contacts_and_expiry(wor
         "domain.register": 1, "domain.nameservers": 1}
 
 
-def test_taken_name_fails_once_flags_refund_and_tells_the_customer(world: World,
+def test_taken_name_fails_once_flags_refund_and_tells_the_customer(world: EppWorld,
                                                                    other: EppClient) -> None:
     other.create_domain("zaseden.si", 1, "OTHER1", {"tech": "OTHER1"})
     assert world.sandbox.server.trace is not None
@@ -178,7 +161,7 @@ def test_taken_name_fails_once_flags_refund_and_tells_the_customer(world: World,
     assert other.info_domain("zaseden.si").sponsor == "otherreg"
 
 
-def test_connection_dropped_after_create_completes_exactly_once(world: World) -> None:
+def test_connection_dropped_after_create_completes_exactly_once(world: EppWorld) -> None:
     # the registry executes the create, then the connection dies before the answer; the
     # first look afterwards fails too, so the runner retries the step
     world.sandbox.faults.set(drop_after={"domain:create": 1})
@@ -190,7 +173,7 @@ def test_connection_dropped_after_create_completes_exactly_once(world: World) ->
     assert world.steps(order["id"])["domain.register"].attempts == 1
 
 
-def test_lost_answer_and_failed_lookup_retry_without_a_second_create(world: World) -> None:
+def test_lost_answer_and_failed_lookup_retry_without_a_second_create(world: EppWorld) -> None:
     world.sandbox.faults.set(drop_after={"domain:create": 1}, drop_before={"domain:info": 2})
     order = world.order(["domain:dvakrat.si:1y"])
     assert order["status"] == "completed", world.steps(order["id"])
@@ -199,7 +182,7 @@ def test_lost_answer_and_failed_lookup_retry_without_a_second_create(world: Worl
     assert world.commands("domain:create") == 1  # ... which observed first and created nothing
 
 
-def _transfer_order(world: World, name: str, code: str) -> dict[str, Any]:
+def _transfer_order(world: EppWorld, name: str, code: str) -> dict[str, Any]:
     def give_code(result: dict[str, Any]) -> None:
         order = ops.show_order(world.runner.factory, str(result["order"]), "test")
         domains.set_transfer_code(world.runner.factory, world.runner.settings,
@@ -208,7 +191,7 @@ def _transfer_order(world: World, name: str, code: str) -> dict[str, Any]:
     return world.order([f"domain:{name}:1y:transfer"], before_payment=give_code)
 
 
-def test_transfer_with_wrong_code_is_a_clear_error(world: World, other: EppClient) -> None:
+def test_transfer_with_wrong_code_is_a_clear_error(world: EppWorld, other: EppClient) -> None:
     other.create_domain("selitev.si", 1, "OTHER1", {"tech": "OTHER1"})
     order = _transfer_order(world, "selitev.si", "not-the-code")
     step = world.steps(order["id"])["domain.transfer"]
@@ -221,7 +204,7 @@ def test_transfer_with_wrong_code_is_a_clear_error(world: World, other: EppClien
         assert s.execute(select(DomainRecord.transfer_auth)).scalar_one() is None  # forgotten
 
 
-def test_transfer_with_right_code_makes_it_ours_and_extends_expiry(world: World,
+def test_transfer_with_right_code_makes_it_ours_and_extends_expiry(world: EppWorld,
                                                                    other: EppClient) -> None:
     other.create_host("ns.other.example")
     other.create_domain("selitev.si", 1, "OTHER1", {"tech": "OTHER1"}, ["ns.other.example"])
@@ -241,7 +224,7 @@ def test_transfer_with_right_code_makes_it_ours_and_extends_expiry(world: World,
         assert s.execute(select(DomainRecord.transfer_auth)).scalar_one() is None
 
 
-def test_idn_name_is_registered_in_punycode(world: World) -> None:
+def test_idn_name_is_registered_in_punycode(world: EppWorld) -> None:
     order = world.order(["domain:žabica.si:1y"])
     assert order["status"] == "completed", world.steps(order["id"])
     punycode = "žabica".encode("idna").decode() + ".si"
@@ -254,7 +237,7 @@ def test_idn_name_is_registered_in_punycode(world: World) -> None:
      "a" * 64 + ".si",  # label over 63 characters
      "bad_name!.si", "evil.si;rm -rf", "spaces in.si", "null\x00.si"],
 )
-def test_hostile_names_fail_before_any_epp_traffic(world: World, name: str) -> None:
+def test_hostile_names_fail_before_any_epp_traffic(world: EppWorld, name: str) -> None:
     with pytest.raises(InvalidInput):
         ops.create_order(world.runner.factory,
                          ops.add_customer(world.runner.factory, CUSTOMER, "t")["id"],
@@ -280,7 +263,7 @@ def test_hostile_names_fail_before_any_epp_traffic(world: World, name: str) -> N
     assert world.sandbox.server.trace == []
 
 
-def test_renew_extends_expiry_once(world: World) -> None:
+def test_renew_extends_expiry_once(world: EppWorld) -> None:
     order = world.order(["domain:podaljsaj.si:1y"])
     before = world.client.info_domain("podaljsaj.si").expires
     assert before is not None
@@ -298,12 +281,12 @@ def test_renew_extends_expiry_once(world: World) -> None:
     del order
 
 
-def test_info_of_unknown_domain_is_not_found(world: World) -> None:
+def test_info_of_unknown_domain_is_not_found(world: EppWorld) -> None:
     with pytest.raises(ObjectNotFound):
         world.client.info_domain("nobody.si")
 
 
-def test_poll_marks_a_domain_transferred_away(world: World, other: EppClient) -> None:
+def test_poll_marks_a_domain_transferred_away(world: EppWorld, other: EppClient) -> None:
     world.order(["domain:odhaja.si:1y"])
     code = world.client.info_domain("odhaja.si").auth_info
     assert code
@@ -316,7 +299,7 @@ def test_poll_marks_a_domain_transferred_away(world: World, other: EppClient) ->
     assert world.client.poll_request() is None
 
 
-def test_the_clock_renews_a_domain_at_the_registry_once(world: World) -> None:
+def test_the_clock_renews_a_domain_at_the_registry_once(world: EppWorld) -> None:
     from datetime import timedelta
 
     from provisioner.pipeline.capabilities import lifecycle as clock
@@ -339,7 +322,7 @@ def test_the_clock_renews_a_domain_at_the_registry_once(world: World) -> None:
                            txn_id=f"pi_{number}", amount=gross, currency="EUR", proforma=number,
                            reference=None, payer="Ana Novak", occurred_at=datetime.now(UTC),
                            raw=b"{}")
-    outcome = ingest(world.runner.factory, notice, "test")
+    outcome = world.ingest(notice)
     assert outcome.settled
     world.runner.dispatch(outcome.order_id)
     world.drain()

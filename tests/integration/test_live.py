@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from provisioner.bootstrap import planner_for
 from provisioner.devstack.smtp_sink import MaildirHandler, SmtpSink
 from provisioner.pipeline.usecases.payments import process_pending
 from provisioner.store.db import session_factory, transaction
@@ -26,8 +27,9 @@ from provisioner.store.models import (
     Payment,
     Step,
 )
-from tests.conftest import STRIPE_SECRET, VENV_BIN, Stack, wait_for
+from tests.helpers import STRIPE_SECRET, VENV_BIN, Stack
 from tests.payloads import camt053_statement, stripe_event, stripe_signature
+from tests.servers import wait_for
 
 CUSTOMER = {
     "name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
@@ -175,7 +177,8 @@ def test_forged_and_bad_input_is_refused_and_nothing_is_lost(stack_factory, sqli
     assert bad_xml.status_code == 400 and bomb.status_code == 400
     assert no_token.status_code == 401
     # no worker runs here: process what the webhooks stored, as the worker would
-    results = process_pending(session_factory(stack.settings.effective_database_url))
+    results = process_pending(session_factory(stack.settings.effective_database_url),
+                              planner_for(stack.settings))
     assert [r.status for r in results] == ["wrong_currency"]
     got = counts(stack)
     assert got["payments"] == 1  # only the USD one, recorded for ops, settling nothing
@@ -285,3 +288,22 @@ def test_ops_api_needs_the_bearer_token(stack_factory, sqlite_url, path: str) ->
         assert c.get(path).status_code == 200
         spec = c.get("/openapi.json").json()
     assert "/webhooks/stripe" in spec["paths"]
+
+
+# Every route of the HTTP interface (DESIGN.md, "The ops interface"), and nothing else:
+# the customer pages (/credentials/...) stay out of the spec.
+API_ROUTES = {
+    ("/webhooks/stripe", "post"), ("/webhooks/paypal", "post"), ("/webhooks/braintree", "post"),
+    ("/bank-statements", "post"), ("/customers", "post"), ("/orders", "post"),
+    ("/orders/{order_id}", "get"), ("/orders/{order_id}/plan", "get"),
+    ("/services/{service_id}", "get"), ("/health", "get"), ("/metrics", "get"),
+}
+
+
+def test_openapi_lists_every_route(stack_factory, sqlite_url) -> None:
+    stack = stack_factory(sqlite_url, worker=False)
+    with httpx.Client(base_url=stack.api, timeout=30) as c:
+        spec = c.get("/openapi.json")
+    assert spec.status_code == 200
+    routes = {(path, method) for path, methods in spec.json()["paths"].items() for method in methods}
+    assert routes == API_ROUTES

@@ -5,105 +5,70 @@ the Celery path is covered by tests/integration/test_live.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from provisioner import bootstrap as capabilities
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.errors import InvalidInput, TransientError
-from provisioner.pipeline import capabilities
+from provisioner.pipeline.engine.plan import OrderView, Planner, ServiceView, StepSpec, plan
+from provisioner.pipeline.engine.runner import StepResult, record
 from provisioner.pipeline.usecases import ops
-from provisioner.pipeline.capabilities import billing as _steps  # noqa: F401 - registers handlers
-from provisioner.pipeline.usecases.payments import ingest
-from provisioner.pipeline.engine.plan import OrderView, ServiceView, StepSpec, plan
-from provisioner.pipeline.engine.runner import HANDLERS, Runner, StepResult
-from provisioner.store.db import session_factory, transaction
+from provisioner.store.db import transaction
 from provisioner.store.models import AuditEntry, Invoice, OutboxMail, Payment, Step
-from tests.conftest import make_settings
-
-CUSTOMER = {
-    "name": "Ana Novak",
-    "address": "Slovenska cesta 1",
-    "postal_code": "1000",
-    "city": "Ljubljana",
-    "country": "SI",
-    "email": "ana@example.si",
-    "phone": "+386.41123456",
-    "lang": "sl",
-}
+from tests.helpers import CUSTOMER, World, make_settings, make_world
+from tests.helpers import stripe_notice as _stripe_notice
 
 
 @dataclass
-class Queue:
-    keys: list[str] = field(default_factory=list)
+class SinkWorld(World):
+    sink: SmtpSink | None = None
 
-    def __call__(self, key: str) -> None:
-        self.keys.append(key)
-
-
-@dataclass
-class World:
-    runner: Runner
-    queue: Queue
-    factory: Callable[..., object]
-    sink: SmtpSink
-
-    def drain(self, limit: int = 100) -> list[str]:
-        ran: list[str] = []
-        while self.queue.keys and limit:
-            limit -= 1
-            key = self.queue.keys.pop(0)
-            self.runner.run_step(key)
-            ran.append(key)
-        return ran
+    def messages(self) -> list[Any]:
+        assert self.sink is not None
+        return self.sink.messages()
 
 
 @pytest.fixture
-def world(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> World:
-    settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3)
-    capabilities.configure(settings.line_kinds)
-    queue = Queue()
-    factory = session_factory(db_url)
-    return World(Runner(settings, factory, queue), queue, factory, smtp_sink)
+def make(db_url: str, tmp_path: Path, smtp_sink: SmtpSink) -> Callable[..., SinkWorld]:
+    def build(**overrides: Any) -> SinkWorld:
+        settings = make_settings(tmp_path, db_url, smtp_sink.port, step_max_attempts=3)
+        w = make_world(settings, **overrides)
+        return SinkWorld(w.app, w.queue, smtp_sink)
+
+    return build
 
 
-def _order(world: World, items: list[str] | None = None) -> dict:
-    customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
-    result = ops.create_order(world.runner.factory, customer["id"],
-                              items or ["hosting:giga5:example.si", "domain:example.si:1y"],
-                              None, "fcb", "test")
-    world.runner.dispatch(result["order"])
-    return result
+@pytest.fixture
+def world(make: Callable[..., SinkWorld]) -> SinkWorld:
+    return make()
 
 
-def _stripe_notice(event: str, txn: str, proforma: str, amount: str,
-                   currency: str = "EUR") -> PaymentNotice:
-    return PaymentNotice(
-        provider="stripe", event_id=event, kind="payment", txn_id=txn,
-        amount=Decimal(amount), currency=currency, proforma=proforma, reference=None,
-        payer="Ana Novak", occurred_at=datetime.now(UTC), raw=b"{}",
-    )
+def _order(world: SinkWorld, items: list[str] | None = None) -> dict:
+    return world.order(items or ["hosting:giga5:example.si", "domain:example.si:1y"])
 
 
-def test_order_to_invoice_runs_every_effect_once(world: World) -> None:
+def test_order_to_invoice_runs_every_effect_once(world: SinkWorld) -> None:
     result = _order(world)
     number, gross = result["proforma"]["number"], result["proforma"]["gross"]
     world.drain()
-    assert [m["Subject"] for m in world.sink.messages()][0].startswith("Predračun")
+    assert [m["Subject"] for m in world.messages()][0].startswith("Predračun")
 
-    outcome = ingest(world.runner.factory, _stripe_notice("evt_1", "pi_1", number, gross), "t")
+    outcome = world.ingest(_stripe_notice("evt_1", "pi_1", number, gross), "t")
     assert outcome.settled and outcome.status == "matched"
     world.runner.dispatch(outcome.order_id)
     world.drain()
     # a second delivery of the same event, and a second event for the same money
-    assert ingest(world.runner.factory, _stripe_notice("evt_1", "pi_1", number, gross),
+    assert world.ingest(_stripe_notice("evt_1", "pi_1", number, gross),
                   "t").status == "duplicate"
-    assert ingest(world.runner.factory, _stripe_notice("evt_2", "pi_1", number, gross),
+    assert world.ingest(_stripe_notice("evt_2", "pi_1", number, gross),
                   "t").status == "duplicate_txn"
     world.runner.dispatch(outcome.order_id)
     assert world.drain() == []
@@ -112,7 +77,7 @@ def test_order_to_invoice_runs_every_effect_once(world: World) -> None:
         assert s.execute(select(func.count()).select_from(Invoice)).scalar_one() == 1
         states = dict(s.execute(select(Step.kind, Step.state)).all())
     assert set(states.values()) == {"done"}
-    subjects = sorted(m["Subject"] for m in world.sink.messages())
+    subjects = sorted(m["Subject"] for m in world.messages())
     assert len(subjects) == 3, subjects
     assert any("Račun" in s for s in subjects)
     assert any("Potrdilo o plačilu" in s for s in subjects)
@@ -121,14 +86,14 @@ def test_order_to_invoice_runs_every_effect_once(world: World) -> None:
     assert {sv["state"] for sv in order["services"]} == {"provisioning"}
 
 
-def test_rerunning_a_done_step_changes_nothing(world: World) -> None:
+def test_rerunning_a_done_step_changes_nothing(world: SinkWorld) -> None:
     result = _order(world)
     world.drain()
     with transaction(world.runner.factory) as s:
         step = s.execute(select(Step).where(Step.kind == "notify.proforma")).scalar_one()
         step.state = "queued"  # as if the broker delivered the message again after a crash
     world.runner.run_step(step.key)
-    assert len(world.sink.messages()) == 1
+    assert len(world.messages()) == 1
     with transaction(world.runner.factory) as s:
         row = s.execute(select(OutboxMail)).scalar_one()
         assert row.state == "sent" and row.attempts == 1
@@ -149,38 +114,37 @@ def test_mismatched_payments_are_recorded_and_listed(
     result = _order(world)
     number = result["proforma"]["number"]
     paid = amount or result["proforma"]["gross"]
-    outcome = ingest(world.runner.factory,
-                     _stripe_notice("evt_x", "pi_x", number, paid, currency), "t")
+    outcome = world.ingest(_stripe_notice("evt_x", "pi_x", number, paid, currency), "t")
     assert outcome.status == status
     assert outcome.settled is settles
     unmatched = ops.list_payments(world.runner.factory, unmatched=True)
     assert [p["status"] for p in unmatched] == [status]
 
 
-def test_unknown_reference_is_recorded_not_provisioned(world: World) -> None:
+def test_unknown_reference_is_recorded_not_provisioned(world: SinkWorld) -> None:
     _order(world)
     notice = PaymentNotice(
         provider="bank", event_id="SI56..:1", kind="payment", txn_id="e1",
         amount=Decimal("10.00"), currency="EUR", proforma=None, reference="SI12 1234567",
         payer="X", occurred_at=datetime.now(UTC), raw=b"<Ntry/>",
     )
-    outcome = ingest(world.runner.factory, notice, "t")
+    outcome = world.ingest(notice, "t")
     assert outcome.status == "unknown_reference" and not outcome.settled
     assert ops.list_payments(world.runner.factory, unmatched=True)[0]["status"] == (
         "unknown_reference")
 
 
-def test_second_payment_for_a_paid_proforma_is_flagged(world: World) -> None:
+def test_second_payment_for_a_paid_proforma_is_flagged(world: SinkWorld) -> None:
     result = _order(world)
     number, gross = result["proforma"]["number"], result["proforma"]["gross"]
-    assert ingest(world.runner.factory, _stripe_notice("e1", "t1", number, gross), "t").settled
-    second = ingest(world.runner.factory, _stripe_notice("e2", "t2", number, gross), "t")
+    assert world.ingest(_stripe_notice("e1", "t1", number, gross), "t").settled
+    second = world.ingest(_stripe_notice("e2", "t2", number, gross), "t")
     assert second.status == "already_paid" and not second.settled
     with transaction(world.runner.factory) as s:
         assert s.execute(select(func.count()).select_from(Payment)).scalar_one() == 2
 
 
-def test_transient_failures_retry_then_dead_letter(world: World, monkeypatch) -> None:
+def test_transient_failures_retry_then_dead_letter(make: Callable[..., SinkWorld]) -> None:
     calls: list[str] = []
     alerts: list[dict] = []
 
@@ -188,14 +152,12 @@ def test_transient_failures_retry_then_dead_letter(world: World, monkeypatch) ->
         calls.append(step.key)
         raise TransientError("registry busy")
 
-    monkeypatch.setitem(HANDLERS, "test.flaky", flaky)
-    world.runner.adapters["alert"] = lambda **kw: alerts.append(kw)
+    world = make(handlers={**capabilities.handlers(), "test.flaky": flaky},
+                 alert=lambda **kw: alerts.append(kw))
     result = _order(world)
     order_id = result["order"]
     with transaction(world.runner.factory) as s:
         service_id = ops.show_order(world.runner.factory, str(order_id), "t")["services"][0]["id"]
-        from provisioner.pipeline.engine.runner import record
-
         record(s, order_id, [StepSpec(f"service:{service_id}/test.flaky", "test.flaky", (), {},
                                       service_id)])
     world.runner.dispatch(order_id)
@@ -217,7 +179,7 @@ def test_transient_failures_retry_then_dead_letter(world: World, monkeypatch) ->
         assert s.execute(select(Step.state).where(Step.key == key)).scalar_one() == "failed"
 
 
-def test_redrive_requeues_a_step_whose_worker_died(world: World) -> None:
+def test_redrive_requeues_a_step_whose_worker_died(world: SinkWorld) -> None:
     result = _order(world)
     key = world.queue.keys.pop(0)
     with transaction(world.runner.factory) as s:
@@ -228,14 +190,15 @@ def test_redrive_requeues_a_step_whose_worker_died(world: World) -> None:
     assert world.runner.redrive()["redriven"] == 1
     assert world.queue.keys == [key]
     world.drain()
-    assert len(world.sink.messages()) == 1
+    assert len(world.messages()) == 1
     del result
 
 
 def test_plan_is_pure_and_orders_dependencies() -> None:
     view = OrderView(1, 2, "PR-2026-000002", True,
                      (ServiceView(5, "hosting", "giga5", "example.si", 12, "provisioning"),))
-    first, second = plan(view), plan(view)
+    planner = Planner(capabilities.line_planners())
+    first, second = plan(view, planner), plan(view, planner)
     assert first == second
     keys = [s.key for s in first]
     assert keys.index("proforma:PR-2026-000002/invoice.issue") < keys.index(
@@ -244,10 +207,10 @@ def test_plan_is_pure_and_orders_dependencies() -> None:
     assert [s.kind for s in unpaid] == ["notify.proforma"]
 
 
-def test_every_state_change_is_audited(world: World) -> None:
+def test_every_state_change_is_audited(world: SinkWorld) -> None:
     result = _order(world)
     number, gross = result["proforma"]["number"], result["proforma"]["gross"]
-    ingest(world.runner.factory, _stripe_notice("e1", "t1", number, gross), "webhook:stripe")
+    world.ingest(_stripe_notice("e1", "t1", number, gross), "webhook:stripe")
     world.runner.dispatch(result["order"])
     world.drain()
     ops.show_order(world.runner.factory, str(result["order"]), "cli:ops")
@@ -257,7 +220,7 @@ def test_every_state_change_is_audited(world: World) -> None:
             "invoice.issued", "mail.sent", "step.done", "customer.read"} <= actions
 
 
-def test_hostile_order_items_are_refused(world: World) -> None:
+def test_hostile_order_items_are_refused(world: SinkWorld) -> None:
     customer = ops.add_customer(world.runner.factory, CUSTOMER, "test")
     for spec in ["hosting:giga5:../etc", "hosting:giga5:a;rm -rf /", "domain:" + "a" * 300 + ".si:1y",
                  "hosting:nope:example.si"]:

@@ -7,20 +7,20 @@ import random
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
+from provisioner.bootstrap import planner_for
+from provisioner.pipeline.capabilities.billing import issue_invoice
 from provisioner.pipeline.usecases import ops
 from provisioner.pipeline.usecases.payments import ingest
-from provisioner.pipeline.capabilities.billing import issue_invoice
-from provisioner.bootstrap import ops_alert
 from provisioner.store.counters import next_number
 from provisioner.store.db import session_factory, transaction
-from provisioner.store.models import Counter, Invoice
-from tests.conftest import make_settings
-from tests.integration.test_pipeline import CUSTOMER, _stripe_notice
+from provisioner.store.models import Counter, Invoice, OutboxMail
+from tests.helpers import CUSTOMER, make_settings, make_world, stripe_notice
 
 
 class Rollback(Exception):
@@ -67,7 +67,8 @@ def _paid_proforma(factory, n: int) -> int:  # noqa: ANN001
     order = ops.create_order(factory, customer["id"], [f"hosting:mega:site{n}.si"], None,
                              "fcb", "t")
     p = order["proforma"]
-    ingest(factory, _stripe_notice(f"e{n}", f"t{n}", p["number"], p["gross"]), "t")
+    ingest(factory, stripe_notice(f"e{n}", f"t{n}", p["number"], p["gross"]), "t",
+           planner_for(make_settings(Path("/nonexistent"), "sqlite://", 25)))
     with transaction(factory) as s:
         return int(s.execute(text("SELECT id FROM proformas WHERE number = :n"),
                              {"n": p["number"]}).scalar_one())
@@ -92,10 +93,14 @@ def test_invoices_are_immutable_and_one_per_proforma(db_url: str) -> None:
     assert inv.gross > Decimal("0") and inv.number == f"{datetime.now(UTC).year}-000001"
 
 
-def test_ops_alert_is_emailed(tmp_path, smtp_sink) -> None:  # noqa: ANN001
-    settings = make_settings(tmp_path, "sqlite://", smtp_sink.port, ops_email="ops@host.example")
-    ops_alert(settings)(step_key="service:7/hosting.account", order_id=3,
-                        detail="node unreachable", attempts=5)
+def test_ops_alert_is_emailed_through_the_outbox(sqlite_url, tmp_path, smtp_sink) -> None:  # noqa: ANN001
+    settings = make_settings(tmp_path, sqlite_url, smtp_sink.port, ops_email="ops@host.example")
+    world = make_world(settings)
+    world.app.adapters.alert(step_key="service:7/hosting.account", order_id=3,
+                             detail="node unreachable", attempts=5)
+    with transaction(world.factory) as s:
+        [row] = s.execute(select(OutboxMail)).scalars().all()
+        assert row.state == "sent" and row.sent_at is not None and row.template == "ops_alert"
     [mail] = smtp_sink.messages()
     assert mail["To"] == "ops@host.example"
     assert "service:7/hosting.account" in mail.get_content() + str(mail["Subject"])

@@ -27,14 +27,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts
 from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 from provisioner.domain.names import normalize_domain, validate_account_name
 from provisioner.errors import InvalidInput, StepFailed, TransientError
-
-if TYPE_CHECKING:
-    from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts
 
 STAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -26,6 +26,12 @@ so a redelivery of the same notification is the same event). A payment gets
 ``"payment:{transaction id}"``: the same transaction may be announced by both
 ``subscription_charged_successfully`` and ``transaction_settled``, and the
 ``UNIQUE(provider, event_id)`` key then stops it from paying twice.
+
+The request
+-----------
+Braintree POSTs an ``application/x-www-form-urlencoded`` form with the fields
+``bt_signature`` and ``bt_payload``; :meth:`BraintreeVerifier.parse_form` takes
+that body as it arrived.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import warnings
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import parse_qs
 from xml.parsers.expat import ExpatError
 
 from provisioner.adapters.payments import (
@@ -88,6 +95,18 @@ def _payer(txn: Any) -> str | None:
     return _opt_str(getattr(paypal, "payer_email", None)) or _opt_str(getattr(customer, "id", None))
 
 
+def form_fields(body: bytes) -> tuple[str, str]:
+    """``(bt_signature, bt_payload)`` from a webhook request's form body; a missing
+    field is ``""`` (which :meth:`BraintreeVerifier.parse` refuses as unsigned).
+
+    Raises InvalidInput when the body is not a UTF-8 url-encoded form."""
+    try:
+        form = parse_qs(body.decode("utf-8"), strict_parsing=True)
+    except ValueError:  # UnicodeDecodeError included
+        raise InvalidInput("expected a form with bt_signature and bt_payload") from None
+    return (form.get("bt_signature") or [""])[0], (form.get("bt_payload") or [""])[0]
+
+
 class BraintreeVerifier:
     """Verifies and parses Braintree webhook notifications for one merchant."""
 
@@ -136,6 +155,13 @@ class BraintreeVerifier:
             return self._notice(notification, raw)
         except (AttributeError, TypeError, ValueError, InvalidOperation) as exc:
             raise InvalidInput(f"Braintree notification is incomplete: {exc!r}") from exc
+
+    def parse_form(self, body: bytes) -> PaymentNotice:
+        """Verify and parse a webhook request's body (the form Braintree posts).
+
+        Raises InvalidInput when the body is not a form, else as :meth:`parse`.
+        """
+        return self.parse(*form_fields(body))
 
     def _notice(self, notification: Any, raw: bytes) -> PaymentNotice:
         kind = _opt_str(getattr(notification, "kind", None))
@@ -236,4 +262,4 @@ class BraintreeVerifier:
         )
 
 
-__all__ = ["PROVIDER", "BraintreeVerifier"]
+__all__ = ["PROVIDER", "BraintreeVerifier", "form_fields"]

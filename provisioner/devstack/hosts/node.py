@@ -34,7 +34,7 @@ def role_digest() -> str:
 def converge(host: HostInfo, *, timeout_s: float = 900, extravars: dict[str, object] | None = None
              ) -> RunResult:
     """Run the hosting_node playbook against one throwaway host."""
-    return _run_playbook(PLAYBOOK, [Target(host.name, host.address)], dict(extravars or {}),
+    return _run_playbook(PLAYBOOK, [host.target()], dict(extravars or {}),
                          timeout_s=timeout_s, ssh_key=Path(host.ssh_key), throwaway=True)
 
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from provisioner.adapters.hosting.ansible import Target
 from provisioner.devstack.hosts import cgroups
 from provisioner.devstack.hosts.images import BASE, NODE, ImageStore, Layer, file_lock, run
 from provisioner.devstack.hosts.ssh import ensure_keypair, wait_for_ssh
@@ -53,6 +54,10 @@ class HostInfo:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def target(self) -> Target:
+        """This host as the node adapters reach it: a throwaway host (no host-key check)."""
+        return Target(self.name, self.address, throwaway=True)
 
 
 def default_hosts_dir() -> Path:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from provisioner.domain import billing
 from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period, earliest_event
 from provisioner.errors import Conflict, StepFailed
+from provisioner.pipeline.engine.plan import LinePlanner
 from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
 from provisioner.pipeline.outbox import step_outbox
 from provisioner.store.audit import audit
@@ -237,3 +238,5 @@ HANDLERS: dict[str, Handler] = {
     "notify.invoice": step_notify_invoice,
     "service.activate": step_service_activate,
 }
+
+PLANNERS: dict[str, LinePlanner] = {}  # no line kind of its own

@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,7 @@ from provisioner.errors import (
     StepFailed,
     TransientError,
 )
+from provisioner.keyfiles import fernet_from
 from provisioner.pipeline.engine.plan import (
     LinePlanner,
     OrderView,
@@ -144,20 +145,9 @@ def registry_contacts(customer_id: int, contacts: dict[dc.ContactRole, dc.Contac
 
 
 # -- transfer codes (kept encrypted, only until used) ------------------------------------
-def _fernet(settings: Settings) -> Fernet:
-    key = settings.domain_auth_key
-    if not key:
-        path = Path(settings.data_dir) / "registry" / "auth.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
-        key = path.read_text().strip()
-    try:
-        return Fernet(key.encode() if isinstance(key, str) else key)
-    except ValueError as exc:
-        raise ConfigurationError(f"domain_auth_key is not a Fernet key: {exc}") from None
+def _fernet(settings: Settings) -> MultiFernet:
+    return fernet_from(settings.domain_auth_key, Path(settings.data_dir) / "registry" / "auth.key",
+                       "domain_auth_key")
 
 
 def set_transfer_code(factory: Any, settings: Settings, service_id: int, code: str,

@@ -65,7 +65,7 @@ from provisioner.errors import Conflict, NotFound, StepFailed
 from provisioner.pipeline.capabilities.billing import send_once
 from provisioner.pipeline.capabilities.dns_tls import renewal_step
 from provisioner.pipeline.capabilities.placement import account_and_node, spec_of, target_of
-from provisioner.pipeline.engine.plan import OrderView, StepSpec, plan
+from provisioner.pipeline.engine.plan import LinePlanner, OrderView, StepSpec, plan
 from provisioner.pipeline.engine.runner import Handler, Runner, StepContext, StepResult, run_queued
 from provisioner.store.audit import audit
 from provisioner.store.counters import next_number
@@ -232,7 +232,6 @@ class _Batch:
     def next_proforma_number(self, year: int) -> int:
         """Gapless: the counter row is read (and locked) once per batch and bumped in
         memory; it is written with the batch, in the same transaction."""
-        from provisioner.store.models import Counter
 
         if self._counter is None or self._counter.year != year:
             next_number(self.s, "proforma", year)  # creates and locks the row, bumps it once
@@ -707,3 +706,5 @@ HANDLERS: dict[str, Handler] = {
     "clock.purge_backups": step_purge_backups,
     "service.renew": step_service_renew,
 }
+
+PLANNERS: dict[str, LinePlanner] = {}  # no line kind of its own

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from provisioner.adapters.acme import ChallengeSolver, IssuedCertificate
+from provisioner.adapters.dns import DnsResult
+from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
+from provisioner.adapters.hosting.ansible import Target
+from provisioner.adapters.hosting.backups import PurgeManifest, RemovalManifest
+from provisioner.adapters.hosting.usage import AccountUsage
+from provisioner.adapters.mail import RenderedMail
+from provisioner.adapters.registry import EppClient
+from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.errors import ConfigurationError
-
-if TYPE_CHECKING:  # types only: the pipeline does not import adapter code for these
-    from provisioner.adapters.acme import ChallengeSolver, IssuedCertificate
-    from provisioner.adapters.dns import DnsResult
-    from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
-    from provisioner.adapters.hosting.ansible import Target
-    from provisioner.adapters.hosting.backups import PurgeManifest, RemovalManifest
-    from provisioner.adapters.hosting.usage import AccountUsage
-    from provisioner.adapters.mail import RenderedMail
-    from provisioner.adapters.registry import EppClient
-    from provisioner.adapters.tls_targets import CertificateTarget
 
 T = TypeVar("T")
 

@@ -28,7 +28,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.timeutil import utcnow
 from provisioner.config import Settings
 from provisioner.domain.lifecycle import ServiceState, StepState
 from provisioner.errors import ConfigurationError, Conflict, InvalidInput, StepFailed, TransientError
@@ -37,6 +36,7 @@ from provisioner.pipeline.engine.ports import Adapters
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import Order, Service, Step
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.pipeline")
 

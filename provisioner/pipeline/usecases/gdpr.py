@@ -22,6 +22,8 @@ from provisioner.domain.policy import get_brand
 from provisioner.errors import Conflict, NotFound
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
+from provisioner.store.hosting import HostingAccount
+from provisioner.store.lifecycle import StageRecord
 from provisioner.store.models import (
     AuditEntry,
     Contact,
@@ -50,9 +52,6 @@ def _customer(s: Session, customer_id: int) -> Customer:
 
 
 def export_customer(factory: sessionmaker[Session], customer_id: int, actor: str) -> dict[str, Any]:
-    from provisioner.store.hosting import HostingAccount
-    from provisioner.store.lifecycle import StageRecord
-
     with transaction(factory) as s:
         c = _customer(s, customer_id)
         orders = list(s.execute(select(Order).where(Order.customer_id == customer_id)

@@ -20,6 +20,7 @@ from provisioner.pipeline.engine.plan import OrderView, ServiceView, plan
 from provisioner.pipeline.engine.runner import record
 from provisioner.store.audit import audit
 from provisioner.store.counters import next_number
+from provisioner.store.lifecycle import Renewal
 from provisioner.store.models import (
     Contact,
     Customer,
@@ -220,8 +221,6 @@ def order_view(session: Session, order_id: int) -> OrderView:
     if proforma is None:
         raise NotFound(f"order {order_id} has no proforma")
     if order.renewal:  # the services it renews belong to their first order
-        from provisioner.store.lifecycle import Renewal
-
         renewed = session.execute(
             select(Service, Renewal)
             .join(Renewal, Renewal.service_id == Service.id)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from provisioner.adapters.acme import AcmeClient, generate_key_pem
-from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget, local_nginx
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
 from provisioner.devstack.dns_tls import KnotServer, PebbleServer
 from provisioner.devstack.dns_tls import knot_server as _knot
 from provisioner.devstack.dns_tls import pebble_server as _pebble
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget, local_nginx
 from provisioner.domain.dns_records import HostedZone, hosting_zone_records
 
 _missing = [b for b in ("knotd", "knotc", "pebble", "nginx") if shutil.which(b) is None

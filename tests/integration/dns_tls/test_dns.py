@@ -106,7 +106,7 @@ def test_adapter_with_a_wrong_key_reports_the_refusal(knot_server: KnotServer, d
 
 
 def test_unreachable_server_is_transient(knot_server: KnotServer) -> None:
-    from provisioner.devstack.dns_tls import free_port
+    from provisioner.devstack.net import free_port
 
     gone = DnsServer("127.0.0.1", free_port(), knot_server.tsig_key_name, knot_server.tsig_secret,
                      timeout_s=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,52 +10,34 @@ from typing import Any
 import pytest
 
 from provisioner.adapters.acme import AcmeClient
-from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator
-from provisioner.devstack.dns_tls import PebbleServer
 from provisioner.config import Settings
-from provisioner.pipeline import capabilities as _capabilities  # noqa: F401 - registers planners
+from provisioner.devstack.dns_tls import PebbleServer
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.pipeline.usecases import ops
-from provisioner.pipeline.usecases.payments import record_manual_payment
-from provisioner.pipeline.engine.runner import Runner
-from provisioner.store.db import session_factory
+from tests.helpers import Queue, World, make_world
 from tests.integration.dns_tls.conftest import https_get, new_zone
-
-CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000", "city": "Ljubljana",
-            "country": "SI", "email": "ana@example.si", "phone": "+386.41123456", "lang": "sl"}
-
-
-@dataclass
-class Queue:
-    keys: list[str] = field(default_factory=list)
-
-    def __call__(self, key: str) -> None:
-        self.keys.append(key)
 
 
 def _runner(tmp_path: Path, url: str, dns: DnsServer, acme: AcmeClient, target: LocalNginxTarget,
-            alerts: list[dict[str, Any]]) -> tuple[Runner, Queue]:
+            alerts: list[dict[str, Any]]) -> tuple[World, Queue]:
     settings = Settings().with_overrides(data_dir=tmp_path / "data", database_url=url, step_max_attempts=2,
-                                         step_backoff_s=0.0, smtp_port=1)
-    queue = Queue()
-    adapters: dict[str, object] = {"dns": lambda: dns, "acme": lambda: acme,
-                                   "cert_target": lambda service_id: target,
-                                   "alert": lambda **kw: alerts.append(kw)}
-    return Runner(settings, session_factory(url), queue, adapters), queue
+                                         step_backoff_s=0.0, smtp_port=1, line_kinds="all")
+    world = make_world(settings, dns=dns, acme=acme, tls_fallback=target,
+                       alert=lambda **kw: alerts.append(kw))
+    return world, world.queue
 
 
-def _order_and_pay(runner: Runner, queue: Queue, item: str) -> dict[str, Any]:
-    customer = ops.add_customer(runner.factory, CUSTOMER, "test")
-    order = ops.create_order(runner.factory, customer["id"], [item], None, "fcb", "test")
+def _order_and_pay(world: World, queue: Queue, item: str) -> dict[str, Any]:
+    order = world.order([item])
     number = order["proforma"]["number"]
-    gross = ops.show_proforma(runner.factory, number)["gross"]
-    record_manual_payment(runner.factory, proforma_number=number, reference=None, amount=Decimal(str(gross)),
-                          currency="EUR", method="cash", txn=f"cash-{number}", actor="test")
-    runner.dispatch(order["order"])
+    gross = ops.show_proforma(world.factory, number)["gross"]
+    world.pay(number, Decimal(str(gross)), f"cash-{number}", method="cash")
+    world.runner.dispatch(order["order"])
     return order
 
 
-def _drain(runner: Runner, queue: Queue, only: str = "tls.issue") -> list[str]:
+def _drain(world: World, queue: Queue, only: str = "tls.issue") -> list[str]:
     """Run the queued TLS steps (mail steps are not the subject here and are dropped)."""
     outcomes = []
     for _ in range(50):
@@ -66,7 +47,7 @@ def _drain(runner: Runner, queue: Queue, only: str = "tls.issue") -> list[str]:
         if only not in key and "activate" not in key:
             continue
         try:
-            outcomes.append(f"{key}:{runner.run_step(key).status}")
+            outcomes.append(f"{key}:{world.runner.run_step(key).status}")
         except Exception as exc:  # noqa: BLE001 - a TransientError is the runner's "retry"
             outcomes.append(f"{key}:raised {type(exc).__name__}")
     return outcomes
@@ -105,7 +86,7 @@ def test_refused_challenge_fails_the_step_alerts_and_keeps_the_old_certificate(
     # 20 days before expiry the renewal runs, but the customer moved the domain's DNS away
     # from us: HTTP-01 it is, and the CA cannot resolve the name.
     KnotcZoneCreator(knot_server.socket).delete_zone(zone)
-    runner.now = lambda: served.not_after - timedelta(days=20)
+    runner.runner.now = lambda: served.not_after - timedelta(days=20)
     second = _order_and_pay(runner, queue, f"tls:{zone}:1y:renew")
     outcomes = _drain(runner, queue)
     assert any(o.endswith("tls.issue:failed") for o in outcomes), outcomes

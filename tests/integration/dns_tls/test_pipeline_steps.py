@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from provisioner import bootstrap as capabilities
 from provisioner.adapters.acme import AcmeClient
-from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
-from provisioner.devstack.dns_tls import PebbleServer
-from provisioner.timeutil import utcnow
+from provisioner.bootstrap import build_adapters
 from provisioner.config import Settings
-from provisioner.pipeline.engine.plan import OrderView, ServiceView
-from provisioner.pipeline.engine.runner import HANDLERS, StepContext, StepResult
-from provisioner.pipeline.capabilities.dns_tls import hosting_dns_tls_steps, plan_tls_line
+from provisioner.devstack.dns_tls import PebbleServer
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
+from provisioner.errors import ConfigurationError
+from provisioner.pipeline.capabilities.dns_tls import (
+    _covers,
+    hosting_dns_tls_steps,
+    plan_tls_line,
+    renewal_step,
+)
+from provisioner.pipeline.capabilities.hosting import plan_hosting_line
+from provisioner.pipeline.engine.plan import OrderView, Planner, PlanOptions, ServiceView
+from provisioner.pipeline.engine.runner import StepContext, StepResult
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.models import Step
-from provisioner.store.tls import TlsCertificate, decrypt, fernet_for
+from provisioner.store.tls import AcmeAccount, TlsCertificate, decrypt, fernet_for
+from provisioner.timeutil import utcnow
 from tests.integration.dns_tls.conftest import https_get, new_zone
 
 
@@ -32,12 +41,13 @@ class NoCa:
 
 def _ctx(settings: Settings, adapters: dict[str, object], now: Any = utcnow) -> StepContext:
     factory = session_factory(settings.effective_database_url)
-    return StepContext(settings, factory, "test/step", uuid.uuid4().hex, adapters, now)
+    return StepContext(settings, factory, "test/step", uuid.uuid4().hex,
+                       build_adapters(settings, factory, **adapters), now)
 
 
 def _run(kind: str, ctx: StepContext, spec_params: dict[str, Any]) -> StepResult:
     step = Step(key=f"service:1/{kind}", kind=kind, params=spec_params, deps=[], state="running", attempts=1)
-    return HANDLERS[kind](ctx, step)
+    return capabilities.handlers()[kind](ctx, step)
 
 
 @pytest.fixture
@@ -52,22 +62,18 @@ def settings(tmp_path: Path, sqlite_url: str) -> Settings:
 ])
 def test_tls_line_plan_is_one_step(product: str, name: str, names: list[str]) -> None:
     view = OrderView(1, 1, "P-9", True, (ServiceView(3, "tls", product, name, 12, "provisioning"),))
-    (spec,) = plan_tls_line(view, view.services[0])
+    (spec,) = plan_tls_line(view, view.services[0], PlanOptions())
     assert (spec.key, spec.kind, spec.deps) == ("service:3/tls.issue", "tls.issue", ())
     assert spec.params["names"] == names
 
 
 def test_renewal_step_has_a_key_per_expiry() -> None:
-    from datetime import date
-
-    from provisioner.pipeline.capabilities.dns_tls import renewal_step
-
     spec = renewal_step(3, ["example.si", "www.example.si"], date(2027, 1, 31))
     assert spec.key == "service:3/tls.issue@2027-01-31" and spec.kind == "tls.issue"
 
 
 def _adapters(dns: DnsServer, acme: Any, target: LocalNginxTarget) -> dict[str, object]:
-    return {"dns": lambda: dns, "acme": lambda: acme, "cert_target": lambda service_id: target}
+    return {"dns": dns, "acme": acme, "tls_fallback": target}
 
 
 def test_hosting_order_zone_then_certificate(settings: Settings, dns_server: DnsServer, acme: AcmeClient,
@@ -105,7 +111,7 @@ def test_tls_issue_with_more_than_30_days_left_does_nothing(
     zone = new_zone(dns_server)
     cert_target.add_site(zone, [f"www.{zone}"])
     view = OrderView(1, 1, "P-2", True, (ServiceView(8, "tls", "tls", zone, 12, "provisioning"),))
-    (spec,) = plan_tls_line(view, view.services[0])
+    (spec,) = plan_tls_line(view, view.services[0], PlanOptions())
     assert spec.key == "service:8/tls.issue" and spec.params["names"] == [zone, f"www.{zone}"]
     spec_params = {**spec.params, "service_id": None}  # no services row here
     first = _run("tls.issue", _ctx(settings, _adapters(dns_server, acme, cert_target)), spec_params)
@@ -147,19 +153,14 @@ def test_a_stored_certificate_is_redeployed_without_the_ca(
     assert cert_target.served_certificate(zone).serial == serial
 
 
-def test_wiring_builds_the_adapters_from_settings(
+def test_bootstrap_builds_the_adapters_from_settings(
         settings: Settings, knot_server: Any, nginx_server: LocalNginx, pebble_server: PebbleServer) -> None:
-    from provisioner.bootstrap import dns_tls_adapters
-    from provisioner.store.tls import AcmeAccount
-
     configured = settings.with_overrides(
         dns_server=knot_server.host, dns_port=knot_server.port, dns_knotc_socket=knot_server.socket,
         tsig_key_name=knot_server.tsig_key_name, tsig_secret=knot_server.tsig_secret,
-        acme_directory=pebble_server.directory, acme_ca_file=str(pebble_server.ca_file),
-        tls_nginx_prefix=str(nginx_server.prefix), tls_nginx_http_port=nginx_server.http_port,
-        tls_nginx_https_port=nginx_server.https_port)
-    ctx = _ctx(configured, {})
-    ctx.adapters.update(dns_tls_adapters(configured, ctx.factory))
+        acme_directory=pebble_server.directory, acme_ca_file=str(pebble_server.ca_file))
+    # the loopback nginx is a devstack stand-in: handed in, never built from settings
+    ctx = _ctx(configured, {"tls_fallback": LocalNginxTarget(nginx_server)})
     zone = "wired.test"
     _run("dns.zone", ctx, {"service_id": None, "zone": zone})
     LocalNginxTarget(nginx_server).add_site(zone, [f"www.{zone}"], content="wired\n")
@@ -173,11 +174,7 @@ def test_wiring_builds_the_adapters_from_settings(
 
 
 def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
-    from provisioner.errors import ConfigurationError
-    from provisioner.bootstrap import dns_tls_adapters
-
     ctx = _ctx(settings, {})
-    ctx.adapters.update(dns_tls_adapters(settings, ctx.factory))
     with pytest.raises(ConfigurationError, match="dns_server"):
         _run("dns.zone", ctx, {"service_id": None, "zone": "x.test"})
     with pytest.raises(ConfigurationError, match="certificate target"):
@@ -185,7 +182,7 @@ def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize(("line_kinds", "kinds"), [
-    (None, ["hosting.account", "notify.credentials"]),  # no setting applied: no servers assumed
+    (None, ["hosting.account", "notify.credentials"]),  # no options: no servers assumed
     ("hosting", ["hosting.account", "notify.credentials"]),
     ("hosting,tls", ["hosting.account", "tls.issue", "notify.credentials"]),
     ("hosting,dns", ["dns.zone", "hosting.account", "notify.credentials"]),
@@ -195,13 +192,9 @@ def test_missing_settings_are_configuration_errors(settings: Settings) -> None:
 ])
 def test_hosting_line_gets_zone_and_certificate_where_line_kinds_says(
         line_kinds: str | None, kinds: list[str]) -> None:
-    from provisioner.pipeline import capabilities
-    from provisioner.pipeline.capabilities.hosting import plan_hosting_line
-
-    if line_kinds is not None:
-        capabilities.configure(line_kinds)
+    options = PlanOptions() if line_kinds is None else PlanOptions.from_setting(line_kinds)
     view = OrderView(1, 1, "P-3", True, (ServiceView(4, "hosting", "giga5", "shop.si", 12, "provisioning"),))
-    steps = plan_hosting_line(view, view.services[0])
+    steps = plan_hosting_line(view, view.services[0], options)
     assert [st.kind for st in steps] == kinds
     seen: set[str] = set()
     for st in steps:  # each waits for the one before it
@@ -213,16 +206,13 @@ def test_hosting_line_gets_zone_and_certificate_where_line_kinds_says(
 
 
 def test_a_tls_line_for_a_hosted_site_waits_for_the_hosting_certificate() -> None:
-    from provisioner.pipeline import capabilities
-    from provisioner.pipeline.engine.plan import plan
-
-    capabilities.configure("hosting,dns,tls")
+    planner = Planner(capabilities.line_planners(), PlanOptions.from_setting("hosting,dns,tls"))
     view = OrderView(1, 1, "P-4", True, (
         ServiceView(5, "hosting", "giga5", "shop.si", 12, "provisioning"),
         ServiceView(6, "tls", "dv-wildcard", "shop.si", 12, "provisioning"),
         ServiceView(7, "tls", "dv", "other.si", 12, "provisioning"),
     ))
-    steps = {st.key: st for st in plan(view)}
+    steps = {st.key: st for st in planner.plan(view)}
     assert steps["service:6/tls.issue"].deps == ("service:5/tls.issue",)
     assert steps["service:7/tls.issue"].deps == ()
 
@@ -236,6 +226,4 @@ def test_a_tls_line_for_a_hosted_site_waits_for_the_hosting_certificate() -> Non
     (["*.a.si"], ["x.y.a.si"], False),
 ])
 def test_covers_knows_wildcards(have: list[str], want: list[str], covered: bool) -> None:
-    from provisioner.pipeline.capabilities.dns_tls import _covers
-
     assert _covers(have, want) is covered

@@ -21,10 +21,11 @@ from provisioner.adapters.acme import (
     generate_key_pem,
     solver_chooser,
 )
-from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
 from provisioner.adapters.dns import DnsServer
-from provisioner.devstack.dns_tls import KnotServer, PebbleServer, free_port
+from provisioner.devstack.dns_tls import KnotServer, PebbleServer
 from provisioner.devstack.dns_tls import pebble_server as start_pebble
+from provisioner.devstack.local_nginx import LocalNginx, LocalNginxTarget
+from provisioner.devstack.net import free_port
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 from tests.integration.dns_tls.conftest import https_get, new_zone
 

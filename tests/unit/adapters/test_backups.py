@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec
+from provisioner.adapters.hosting.ansible import RunResult, Target
 from provisioner.adapters.hosting.backups import (
     AccountFootprint,
     ArchiveFile,
@@ -21,7 +22,6 @@ from provisioner.adapters.hosting.backups import (
     RemovedPath,
     validate_backup_id,
 )
-from provisioner.adapters.hosting.ansible import RunResult, Target
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput, StepFailed, TransientError
 

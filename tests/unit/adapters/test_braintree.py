@@ -6,10 +6,11 @@ import base64
 import socket
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import pytest
 
-from provisioner.adapters.payments.braintree import BraintreeVerifier
+from provisioner.adapters.payments.braintree import BraintreeVerifier, form_fields
 from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature
 from tests.payloads import braintree_notification, braintree_sign
 
@@ -159,6 +160,38 @@ def test_missing_signature_or_payload_is_refused(
 def test_illegal_payload_characters_are_refused(verifier: BraintreeVerifier) -> None:
     with pytest.raises(InvalidSignature):
         verifier.parse("pubkey1|abc", "<xml>not base64</xml>")
+
+
+def test_the_posted_form_is_verified_and_parsed(verifier: BraintreeVerifier) -> None:
+    sig, payload = braintree_notification(verifier.gateway, "transaction_settled", "t7", "PF-7",
+                                          "7.00")
+    body = urlencode({"bt_signature": sig, "bt_payload": payload}).encode()
+    assert form_fields(body) == (sig, payload)
+    assert verifier.parse_form(body) == verifier.parse(sig, payload)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"garbage",  # no name=value pair
+        b"bt_signature=a&&bt_payload=b",  # an empty field
+        b"bt_signature=\xff\xfe&bt_payload=b",  # not UTF-8
+        b"\x00\x01",
+    ],
+)
+def test_a_body_that_is_not_a_form_is_invalid_input(verifier: BraintreeVerifier,
+                                                    body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="expected a form") as info:
+        verifier.parse_form(body)
+    assert not isinstance(info.value, InvalidSignature)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"bt_payload=abc", b"bt_signature=pubkey1%7Cx", b"other=1"]
+)
+def test_a_form_without_both_fields_is_refused(verifier: BraintreeVerifier, body: bytes) -> None:
+    with pytest.raises(InvalidSignature, match="missing"):
+        verifier.parse_form(body)
 
 
 def _signed(verifier: BraintreeVerifier, raw: bytes) -> tuple[str, str]:

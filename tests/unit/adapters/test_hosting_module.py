@@ -4,16 +4,14 @@ from the role's files, as the module loads it on the node."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROLE = Path(__file__).resolve().parents[3] / "roles" / "hosting_account"
+from tests.unit.adapters.node_code import HELPER, MODULE, load_node
+
 LIMITS = {"disk_mb": 2000, "mailbox_mb": 1000, "upload_max_mb": 250, "database_max_mb": 1024,
           "message_max_mb": 50, "recipients_max": 60, "mail_per_hour": 60, "mail_per_month": 10000,
           "cron_min_interval_min": 30, "cpu_percent": 50, "memory_mb": 512, "vmem_mb": 1024, "iops": 500,
@@ -22,25 +20,14 @@ PARAMS = {"default_plan": "mega", "default_limits": LIMITS, "node_root": "/srv/h
           "php_max_children": 5, "php_memory_limit": "256M", "io_device": ""}
 
 
-def _load(name: str, path: Path) -> Any:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    mod = importlib.util.module_from_spec(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the helper imports crypt (Python 3.11)
-        loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def module() -> Any:
-    return _load("hosting_account_module", ROLE / "library" / "hosting_account.py")
+    return load_node("hosting_account_module", MODULE)
 
 
 @pytest.fixture(scope="module")
 def helper() -> Any:
-    return _load("hosting_account_helper", ROLE / "files" / "usr" / "local" / "sbin" / "hosting-account")
+    return load_node("hosting_account_helper", HELPER)
 
 
 def account(**kw: Any) -> dict[str, Any]:
@@ -161,3 +148,78 @@ def test_files_are_written_only_when_they_differ(module: Any, tmp_path: Path) ->
     os.chmod(path, 0o600)
     assert module.ensure_file(path, "x\n", 0o644, False, uid, gid) is True  # the mode counts too
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+# -- password hashes (the helper's SHA-512-crypt, by openssl: no crypt module on 3.13) -------
+SHA512_CRYPT_RE = r"\$6\$[./0-9A-Za-z]{16}\$[./0-9A-Za-z]{86}"
+
+
+def independent_crypt(secret: str, hashed: str) -> str | None:
+    """libcrypt through Python's crypt module, where it still exists (up to 3.12), else None."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            crypt = importlib.import_module("crypt")
+        except ImportError:
+            return None
+    return str(crypt.crypt(secret, hashed))
+
+
+def test_the_hash_is_the_published_sha512_crypt_test_vector(helper: Any) -> None:
+    # Drepper, "Unix crypt using SHA-256 and SHA-512", test vector 1 (default rounds)
+    assert helper.sha512("Hello world!", "saltstring") == (
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1")
+
+
+def test_a_new_hash_has_a_random_salt_and_verifies(helper: Any) -> None:
+    import re
+
+    secret = "Aa1" * 6
+    hashed = helper.sha512(secret)
+    assert re.fullmatch(SHA512_CRYPT_RE, hashed)
+    assert helper.sha512(secret) != hashed  # a new salt each time
+    assert helper.verifies(secret, hashed) is True
+    assert helper.verifies(secret + "x", hashed) is False
+    checked = independent_crypt(secret, hashed)
+    assert checked in (None, hashed)
+
+
+@pytest.mark.parametrize("foreign", ["", "{PLAIN}Aa1Aa1Aa1Aa1Aa1Aa1", "$1$abc$def",
+                                     "$6$rounds=5000$saltstring$x", "$6$bad salt$x"])
+def test_a_hash_of_another_scheme_does_not_verify(helper: Any, foreign: str) -> None:
+    assert helper.verifies("Aa1" * 6, foreign) is False
+
+
+def test_the_secret_goes_on_stdin_never_on_the_command_line(helper: Any, monkeypatch: Any) -> None:
+    import subprocess
+    import types
+
+    seen: list[dict[str, Any]] = []
+
+    def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        seen.append({"argv": argv, **kw})
+        return subprocess.CompletedProcess(argv, 0, "$6$saltstring$x\n", "")
+
+    monkeypatch.setattr(helper, "subprocess", types.SimpleNamespace(run=run))
+    helper.sha512("Secret-123456", "saltstring")
+    assert seen[0]["argv"] == ["openssl", "passwd", "-6", "-salt", "saltstring", "-stdin"]
+    assert seen[0]["input"] == "Secret-123456\n"
+    with pytest.raises(helper.Refused):
+        helper.sha512("two\nlines", None)
+
+
+def test_ftp_and_mail_logins_get_hashes_their_servers_read(helper: Any) -> None:
+    secret = "Aa1" * 6
+    line = helper.ftp_line({"login": "examplesi", "uid": 1001, "gid": 1001, "home": "/srv/hosting/examplesi",
+                            "password": secret}, None)
+    ftp_hash = line.split(":")[1]  # pure-ftpd's passwd file: crypt(3) hash in field 2
+    assert helper.verifies(secret, ftp_hash) and independent_crypt(secret, ftp_hash) in (None, ftp_hash)
+    req = {"domains": ["example.si"], "mailboxes": [{"local": "info", "password": secret}]}
+    lines, _ = helper.mail_lines(req, {})
+    scheme, mail_hash = lines[0].split(":")[1].split("}", 1)  # Dovecot passwd-file: {SCHEME}hash
+    assert scheme == "{SHA512-CRYPT" and helper.verifies(secret, mail_hash)
+    again, _ = helper.mail_lines(req, {"info@example.si": lines[0]})
+    assert again == lines  # an unchanged password keeps its hash (and salt): nothing to write

@@ -110,4 +110,4 @@ def test_an_unreachable_node_is_a_transient_error(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text("not used: the connection fails first")
     with pytest.raises(TransientError, match="node n1"):
-        read_usage(Target("n1", "127.0.0.1", port=port), key, timeout_s=5, throwaway=True)
+        read_usage(Target("n1", "127.0.0.1", port=port, throwaway=True), key, timeout_s=5)

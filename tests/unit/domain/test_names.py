@@ -103,7 +103,7 @@ def test_tld_of() -> None:
         ("alice", "alice"),
         (" Alice ", "alice"),
         ("a", "a"),
-        ("a1_b-c", "a1_b-c"),
+        ("A1b2", "a1b2"),
         ("a" * 32, "a" * 32),
     ],
 )
@@ -116,8 +116,10 @@ def test_normalize_username_accepts(raw: str, expected: str) -> None:
     [
         ("", "empty"),
         ("1abc", "start with a letter"),
-        ("-abc", "start with a letter"),
-        ("_abc", "start with a letter"),
+        ("-abc", "'-'"),
+        ("_abc", "'_'"),
+        ("a1_b", "'_'"),  # the account-name rule: no '_' or '-' (provisioner.domain.hosting_names)
+        ("a-b", "'-'"),
         ("a" * 33, "longer than 32"),
         ("a b", "white space"),
         ("a;rm", "';'"),
@@ -125,7 +127,9 @@ def test_normalize_username_accepts(raw: str, expected: str) -> None:
         ("a\x00b", "NUL"),
         ("žan", "'ž'"),
         ("root", "reserved"),
-        ("www-data", "reserved"),
+        ("www-data", "'-'"),
+        ("hosting", "reserved"),
+        ("dovenull", "reserved"),
         ("a$b", "'\\$'"),
     ],
 )

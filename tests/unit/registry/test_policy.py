@@ -14,7 +14,7 @@ from provisioner.domain import customers as dc
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput
 from provisioner.pipeline.capabilities import domains
-from provisioner.pipeline.engine.plan import OrderView, ServiceView
+from provisioner.pipeline.engine.plan import OrderView, PlanOptions, ServiceView
 from provisioner.store.domains import DomainRecord
 
 SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).resolve().parents[2] / "schemas" / "epp"
@@ -92,7 +92,7 @@ def test_plan_per_action() -> None:
 
     def kinds(action: str) -> list[tuple[str, tuple[str, ...]]]:
         sv = ServiceView(5, "domain", "si", "a.si", 12, "provisioning", action)
-        return [(s.kind, s.deps) for s in domains.plan_domain(view, sv)]
+        return [(s.kind, s.deps) for s in domains.plan_domain(view, sv, PlanOptions())]
 
     assert kinds("register") == [("domain.register", ()),
                                  ("domain.nameservers", ("service:5/domain.register",))]

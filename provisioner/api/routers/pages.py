@@ -1,25 +1,24 @@
-"""One-time links to a new hosting account's access data.
+"""Customer pages: one-time links to a new hosting account's access data.
 
 ``GET /credentials/{token}`` shows a page with a button only (mail scanners and link
 previews fetch GETs; they must not use the link up); ``POST /credentials/{token}``
 shows the access data once and marks the link used. Tokens are stored as SHA-256
 hashes; the data are sealed with a key derived from the token; links expire
-(72 hours). Include it with ``app.include_router(credentials.router(factory))``.
+(72 hours). The pages are not part of the OpenAPI spec.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from provisioner.timeutil import utcnow
+from provisioner.api.deps import Clock, Db
 from provisioner.errors import InvalidInput
+from provisioner.pipeline.capabilities.hosting import open_link
 
 _HEAD = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">'
          '<meta name="referrer" content="no-referrer"><title>Access data</title></head><body>')
@@ -44,23 +43,20 @@ def _render(data: dict[str, Any]) -> str:
             "we do not keep them.</p><table>" + "".join(rows) + "</table>")
 
 
-def router(factory: Any, now: Callable[[], datetime] = utcnow) -> APIRouter:
-    r = APIRouter()
+router = APIRouter()
 
-    @r.get("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def confirm(token: str) -> HTMLResponse:
-        return _page('<h1>Your access data</h1><p>The access data can be shown once.</p>'
-                     f'<form method="post" action="/credentials/{html.escape(token, quote=True)}">'
-                     '<button type="submit">Show my access data</button></form>')
 
-    @r.post("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
-    async def reveal(token: str) -> HTMLResponse:
-        from provisioner.pipeline.capabilities.hosting import open_link
+@router.get("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
+def confirm(token: str) -> HTMLResponse:
+    return _page('<h1>Your access data</h1><p>The access data can be shown once.</p>'
+                 f'<form method="post" action="/credentials/{html.escape(token, quote=True)}">'
+                 '<button type="submit">Show my access data</button></form>')
 
-        try:
-            data = await run_in_threadpool(open_link, factory, token, now())
-        except InvalidInput as exc:
-            return _page(f"<h1>Link not valid</h1><p>{html.escape(str(exc))}</p>", 410)
-        return _page(_render(data))
 
-    return r
+@router.post("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
+async def reveal(token: str, factory: Db, now: Clock) -> HTMLResponse:
+    try:
+        data = await run_in_threadpool(open_link, factory, token, now())
+    except InvalidInput as exc:
+        return _page(f"<h1>Link not valid</h1><p>{html.escape(str(exc))}</p>", 410)
+    return _page(_render(data))

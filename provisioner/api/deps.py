@@ -1,0 +1,117 @@
+"""What the routers share: the app's state, the bearer token, request bodies, errors.
+
+`create_app` builds one `ApiState` and puts it on ``app.state.api``; routes reach it
+(and what hangs off it) through the dependencies here, so a test can swap one with
+``app.dependency_overrides``. The dependencies are ``async``: FastAPI would run a plain
+``def`` dependency in a worker thread, and these do no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.api.handoff import Nudger, StepPublisher
+from provisioner.bootstrap import Provisioner
+from provisioner.config import Settings
+from provisioner.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ProvisionerError,
+    TransientError,
+)
+from provisioner.pipeline.usecases.payments import NotificationWriter
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """One app's wiring, built once by `create_app`."""
+
+    settings: Settings
+    provisioner: Provisioner
+    writer: NotificationWriter  # the webhooks' group commit
+    metrics: CollectorRegistry  # what /metrics serves
+    publisher: StepPublisher | None = None  # None when the caller passed its own enqueue
+    nudger: Nudger | None = None
+
+
+async def api_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+State = Annotated[ApiState, Depends(api_state)]
+
+
+async def session_factory(state: State) -> sessionmaker[Session]:
+    return state.provisioner.factory
+
+
+async def clock(state: State) -> Callable[[], datetime]:
+    return state.provisioner.runner.now
+
+
+Db = Annotated[sessionmaker[Session], Depends(session_factory)]
+Clock = Annotated[Callable[[], datetime], Depends(clock)]
+
+
+async def require_token(state: State,
+                        authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller as an audit actor (``api:`` and a hash prefix of its token), else 401."""
+    token = state.settings.api_token
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not token or not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(401, "a valid bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return "api:" + hashlib.sha256(given.encode()).hexdigest()[:8]
+
+
+Actor = Annotated[str, Depends(require_token)]
+
+
+class BodyTooLarge(InvalidInput):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_status(exc: ProvisionerError) -> int:
+    if isinstance(exc, BodyTooLarge):
+        return 413
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, ConfigurationError | TransientError):
+        return 503
+    return 400
+
+
+def error_body(exc: ProvisionerError) -> dict[str, str]:
+    return {"error": type(exc).__name__, "detail": str(exc)}

@@ -1,0 +1,1 @@
+"""The routers of the HTTP interface: webhooks, ops, customer pages."""

@@ -1,0 +1,75 @@
+"""The pipeline of an order: ``provisioner plan | apply | jobs | redrive``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from provisioner.cli.common import JsonOpt, emit, err, factory, follow, guarded, out, table, wired
+from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases.orders import find_order
+from provisioner.store.db import transaction
+
+app = typer.Typer()  # its commands sit at the root: plan, apply, jobs, redrive
+
+
+@app.command("plan")
+def plan_cmd(order: str, as_json: JsonOpt = False) -> None:
+    """The steps of an order, nothing touched."""
+
+    def run() -> dict[str, Any]:
+        p = wired()
+        return ops.plan_order(p.factory, order, p.planner)
+
+    data = guarded(run)
+    emit(data, as_json, lambda d: table(d["steps"], ["key", "kind", "deps", "state"],
+                                        f"Plan of order {d['order']} (paid: {d['paid']})"))
+
+
+@app.command("apply")
+def apply_cmd(
+    order: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the steps to the end.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
+) -> None:
+    """Run an order's ready steps (through Celery)."""
+    p = guarded(wired)
+
+    def resolve() -> int:
+        with transaction(p.factory) as s:
+            return find_order(s, order).id
+
+    order_id = guarded(resolve)
+    queued = p.runner.dispatch(order_id)
+    out.print(f"order {order_id}: {len(queued)} step(s) queued")
+    if not wait:
+        return
+    status = follow(p.factory, order_id, timeout, redrive=p.runner.redrive)
+    if status.get("failed"):
+        err.print(f"[bold red]{status['failed']} step(s) failed[/]: see `provisioner jobs "
+                  f"--order {order_id} --failed`")
+        raise typer.Exit(1)
+    if status.get("done", 0) != sum(status.values()):
+        err.print("[bold red]timed out[/] before every step finished")
+        raise typer.Exit(1)
+    out.print("[bold green]all steps done[/]")
+
+
+@app.command("jobs")
+def jobs_cmd(
+    order: Annotated[str | None, typer.Option(help="Only this order.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only failed steps.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Steps in the journal."""
+    data = guarded(lambda: ops.list_jobs(factory(), order, failed))
+    emit(data, as_json, lambda d: table(d, ["key", "state", "attempts", "updated_at",
+                                            "last_error"]))
+
+
+@app.command("redrive")
+def redrive_cmd() -> None:
+    """Re-enqueue steps whose worker died or whose message was lost (beat runs this)."""
+    result = guarded(lambda: wired().redrive())
+    out.print(result)

@@ -1,0 +1,45 @@
+"""The long-running processes: ``provisioner serve | worker | beat``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from provisioner.cli.common import guarded, wired
+
+app = typer.Typer()  # its commands sit at the root: serve, worker, beat
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """The HTTP API (uvicorn)."""
+    import uvicorn  # only this command runs a web server
+
+    guarded(wired)  # a migrated database and a configuration that wires, before serving
+    uvicorn.run("provisioner.api.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
+
+
+@app.command("worker")
+def worker(
+    concurrency: int = 2,
+    beat: Annotated[bool, typer.Option("--beat", help="Run the beat (re-drive) too.")] = False,
+) -> None:
+    """A Celery worker."""
+    guarded(wired)
+    argv = [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "worker",
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner"]
+    if beat:
+        argv.append("-B")
+    os.execv(sys.executable, argv)
+
+
+@app.command("beat")
+def beat() -> None:
+    """Celery beat: the periodic re-drive."""
+    guarded(wired)
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "beat",
+                              "--loglevel", "INFO"])
