@@ -17,9 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioner.devstack.hosts import NODE, NspawnHosts
-from provisioner.devstack.hosts.node import converge, ensure_node_image, node_layer
-from provisioner.devstack.hosts.ssh import ssh_exec
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from provisioner.devstack.hosts import NODE, NspawnHosts  # noqa: E402
+from provisioner.devstack.hosts.node import converge, ensure_node_image, node_layer  # noqa: E402
+from provisioner.devstack.hosts.ssh import ssh_exec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hosts.json"
 

@@ -53,16 +53,15 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from provisioner.adapters.hosting import Target, run_playbook  # noqa: E402
+from provisioner.adapters.hosting import run_playbook  # noqa: E402
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts  # noqa: E402
 from provisioner.adapters.payments import PaymentNotice  # noqa: E402
+from provisioner.bootstrap import bootstrap  # noqa: E402
 from provisioner.config import Settings  # noqa: E402
 from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
-from provisioner.pipeline import capabilities  # noqa: E402, F401 - planners and handlers
-from provisioner.pipeline.usecases import ops  # noqa: E402, F401 - planners and handlers
+from provisioner.pipeline.usecases import ops  # noqa: E402
 from provisioner.pipeline.usecases.payments import ingest  # noqa: E402
-from provisioner.pipeline.engine.runner import Runner  # noqa: E402
-from provisioner.store.db import session_factory, transaction, upgrade  # noqa: E402
+from provisioner.store.db import transaction, upgrade  # noqa: E402
 from provisioner.store.hosting import add_node  # noqa: E402
 
 MODULE = ROOT / "roles" / "hosting_account" / "library" / "hosting_account.py"
@@ -215,15 +214,20 @@ def main() -> int:
     try:
         url = f"sqlite:///{work / 'bench.sqlite'}"
         upgrade(url)
-        settings = Settings(data_dir=work, database_url=url, public_base_url="http://127.0.0.1:8000")
-        factory = session_factory(url)
-        with transaction(factory) as s:
-            add_node(s, info.name, info.address, capacity_accounts=1000, capacity_disk_mb=10_000_000)
-        adapter = HostingAccounts(ssh_key=Path(info.ssh_key), throwaway=True)
-        target = Target(info.name, info.address)
+        # The pipeline as the composition root wires it (hosting lines only; the node's
+        # SSH key from the settings; the node registered as the throwaway host it is).
+        settings = Settings(data_dir=work, database_url=url, public_base_url="http://127.0.0.1:8000",
+                            line_kinds="hosting", node_ssh_key=str(info.ssh_key))
         outbox = Outbox()
         queue: list[str] = []
-        runner = Runner(settings, factory, queue.append, adapters={"hosting": adapter, "mailer": outbox})
+        app = bootstrap(settings, enqueue=queue.append, mailer=outbox)
+        factory, runner = app.factory, app.runner
+        with transaction(factory) as s:
+            add_node(s, info.name, info.address, capacity_accounts=1000, capacity_disk_mb=10_000_000,
+                     throwaway=True)
+        # The adapter itself, for the direct runs (batch, singles, warm-up).
+        adapter = HostingAccounts(ssh_key=Path(info.ssh_key))
+        target = info.target()  # a throwaway host: its host key is not checked
 
         # 1. warm-up (installs the node-wide support once).
         warm = adapter.create(target, AccountSpec(f"w{stamp}", (f"w{stamp}.si",), plan, mailboxes=("info",)))
@@ -256,7 +260,7 @@ def main() -> int:
             thread = threading.Thread(target=probe, args=(info.address, domain, domain, stop, seen))
             thread.start()
             paid_at = time.monotonic()
-            result = ingest(factory, notice, "bench")
+            result = ingest(factory, notice, "bench", app.planner)
             assert result.settled, result
             runner.dispatch(result.order_id)
             steps: dict[str, float] = {}
@@ -307,7 +311,7 @@ def main() -> int:
         noop.write_text(NOOP)
         noops = []
         for _ in range(3):
-            r = run_playbook(str(noop), [target], {}, ssh_key=Path(info.ssh_key), throwaway=True)
+            r = run_playbook(str(noop), [target], {}, ssh_key=Path(info.ssh_key))
             assert r.ok, r.errors
             noops.append(r.duration_s)
 

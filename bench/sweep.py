@@ -32,11 +32,9 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import func, select, text  # noqa: E402
 
-from provisioner.pipeline import capabilities  # noqa: E402
-
 from provisioner.pipeline.capabilities import lifecycle as clock  # noqa: E402
-from provisioner.store.lifecycle import Renewal  # noqa: E402
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade  # noqa: E402
+from provisioner.store.lifecycle import Renewal  # noqa: E402
 from provisioner.store.models import Service, Step  # noqa: E402
 
 TODAY = date(2027, 6, 15)
@@ -126,7 +124,6 @@ def main() -> int:
     ap.add_argument("--db", nargs="+", default=["sqlite", "postgres"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/sweep.json")
     args = ap.parse_args()
-    capabilities.configure("all")
     runs: list[dict[str, Any]] = []
     from tests.servers import postgres_server
 

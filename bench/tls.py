@@ -49,9 +49,9 @@ from provisioner.adapters.acme import (  # noqa: E402
     generate_key_pem,
     solver_chooser,
 )
-from provisioner.devstack.local_nginx import LocalNginxTarget  # noqa: E402
 from provisioner.adapters.dns import DnsServer, KnotcZoneCreator  # noqa: E402
 from provisioner.devstack.dns_tls import local_dns_and_ca  # noqa: E402
+from provisioner.devstack.local_nginx import LocalNginxTarget  # noqa: E402
 from provisioner.domain.dns_records import HostedZone, hosting_zone_records  # noqa: E402
 
 

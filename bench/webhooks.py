@@ -448,12 +448,15 @@ def bench_db(kind: str, args: argparse.Namespace, wrk: str | None, stack: ExitSt
         redelivered = fire(base, main, args.concurrency, work, wrk)
     # What a worker does next (provisioner.process_notifications): match, settle and
     # plan every stored notification. Timed apart; it is not on the request path.
+    from provisioner.bootstrap import planner_for
+    from provisioner.config import Settings
     from provisioner.pipeline.usecases.payments import process_pending
     from provisioner.store.db import session_factory
 
+    planner = planner_for(Settings(database_url=db_url))
     t0 = time.monotonic()
     processed = 0
-    while batch := process_pending(session_factory(db_url), limit=1000):
+    while batch := process_pending(session_factory(db_url), planner, limit=1000):
         processed += len(batch)
     processing = {"notifications": processed, "seconds": round(time.monotonic() - t0, 2),
                   "per_s": round(processed / max(time.monotonic() - t0, 1e-9), 1),

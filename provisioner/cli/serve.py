@@ -28,8 +28,10 @@ def worker(
     concurrency: int = 2,
     beat: Annotated[bool, typer.Option("--beat", help="Run the beat (re-drive) too.")] = False,
 ) -> None:
-    """A Celery worker."""
-    guarded(wired)
+    """A Celery worker. It refuses to start while the journal holds steps of a kind it
+    has no handler for (an old or partial install): a configuration error, not a
+    service that fails later and is refunded."""
+    guarded(lambda: wired().runner.check_journal())
     argv = [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "worker",
             "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner"]
     if beat:

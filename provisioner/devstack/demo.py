@@ -31,9 +31,13 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.config import Settings, load_settings
+from provisioner.devstack.dns_tls import https_fetch, local_dns_and_ca
 from provisioner.devstack.hosts import NspawnHosts
+from provisioner.devstack.hosts.nspawn import default_hosts_dir
 from provisioner.devstack.net import free_port
 from provisioner.devstack.nodes import ensure_demo_node, live_site
+from provisioner.devstack.registry import run_sandbox
+from provisioner.devstack.registry.store import Store
 from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.store.db import session_factory, upgrade
 
@@ -66,8 +70,6 @@ Follow = Callable[[sessionmaker[Session], int, float], dict[str, int]]
 
 
 def _hosts_dir() -> Path:
-    from provisioner.devstack.hosts.nspawn import default_hosts_dir
-
     return default_hosts_dir()
 
 
@@ -170,16 +172,12 @@ def run_demo(out: Console, follow: Follow) -> int:
     root.mkdir(parents=True)
     sink = SmtpSink(root / "mail")
     sink.start()
-    from provisioner.devstack.registry import run_sandbox
-
     sandbox_cm = run_sandbox(root / "registry")
     sandbox = sandbox_cm.__enter__()
     line_kinds = demo_line_kinds()
     dns_tls_cm: Any = None
     dns_tls: Any = None
     if "tls" in line_kinds.split(","):
-        from provisioner.devstack.dns_tls import local_dns_and_ca
-
         # Pebble checks HTTP-01 on port 80 of the address Knot gives: the hosting node.
         dns_tls_cm = local_dns_and_ca(root / "dnstls", validation_ports=(80, 443))
         try:
@@ -354,9 +352,6 @@ def _https_site(dns_tls: Any, address: str, domain: str) -> tuple[bool, list[str
     """GET https://<domain>/ from the node with an SSL context that trusts only Pebble's
     root (fetched from its management port) and checks the name; the curl that proves it."""
     import ssl
-
-    from provisioner.devstack.dns_tls import https_fetch
-
     root_file = dns_tls.pebble.root_file
     curl = f"curl --cacert {root_file} --resolve {domain}:443:{address} https://{domain}/"
     try:
@@ -374,8 +369,6 @@ def _https_site(dns_tls: Any, address: str, domain: str) -> tuple[bool, list[str
 
 def _sandbox_domains(data_dir: Path) -> list[dict[str, Any]]:
     """What the sandbox registry holds (its own state file)."""
-    from provisioner.devstack.registry.store import Store
-
     store = Store(data_dir / "registry.sqlite")
     try:
         return store.all("SELECT name, cl_id, ex_date, ns FROM domains ORDER BY name")

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from provisioner.timeutil import utcnow
 from provisioner.store.models import AuditEntry
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.audit")
 

@@ -13,10 +13,10 @@ from datetime import date, datetime
 from sqlalchemy import Boolean, Date, ForeignKey, Integer, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from provisioner.timeutil import utcnow
 from provisioner.domain.placement import NodeLoad, choose_node
 from provisioner.errors import InvalidInput
 from provisioner.store.models import Base, UtcDateTime
+from provisioner.timeutil import utcnow
 
 _NODE_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9.:-]{1,253}")

@@ -97,9 +97,9 @@ def world(node: Any, node_host: Any, tmp_path_factory: pytest.TempPathFactory) -
         assert w.http(domain, "/marker.txt").text == who
         w.backups.backup(node.info.target(), w.accounts[who]["name"])  # a nightly one
     yield w
-    for who in w.accounts.values():
-        node_host.run("rm -rf /srv/backup/accounts/%s /srv/backup/terminated/%s", who["name"],
-                      who["name"])
+    for made in w.accounts.values():
+        node_host.run("rm -rf /srv/backup/accounts/%s /srv/backup/terminated/%s", made["name"],
+                      made["name"])
 
 
 def _state(w: NodeClockWorld, who: str) -> str:
@@ -107,7 +107,8 @@ def _state(w: NodeClockWorld, who: str) -> str:
         return str(s.get(Service, w.accounts[who]["sid"]).state)  # type: ignore[union-attr]
 
 
-def test_the_clock_on_a_node_switches_off_removes_and_purges_only_on_their_days(world: NodeClockWorld) -> None:
+def test_the_clock_on_a_node_switches_off_removes_and_purges_only_on_their_days(
+        world: NodeClockWorld) -> None:
     w = world
     ontime, never, late = (w.accounts[k] for k in ("ontime", "never", "late"))
     late_home = f"/srv/hosting/{late['name']}"

@@ -112,7 +112,8 @@ def paid(world: PipeWorld) -> dict[str, Any]:
     return {"order_id": order_id, "domain": "pipeline-shop.si"}
 
 
-def test_after_payment_the_site_answers_on_the_least_full_node(world: PipeWorld, paid: dict[str, Any]) -> None:
+def test_after_payment_the_site_answers_on_the_least_full_node(world: PipeWorld,
+                                                               paid: dict[str, Any]) -> None:
     r = httpx.get(f"http://{world.node.address}/", headers={"Host": paid["domain"]}, timeout=20)
     assert r.status_code == 200
     assert paid["domain"] in r.text

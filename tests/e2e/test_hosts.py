@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from provisioner.adapters.hosting import Target, run_playbook
+from provisioner.cli.hosts import app
 from provisioner.devstack.hosts import cgroups
 from provisioner.devstack.hosts.ssh import ensure_keypair, wait_for_ssh
-from provisioner.cli.hosts import app
 from provisioner.errors import InvalidInput, ProvisionerError, TransientError
 from tests.servers import wait_for
 

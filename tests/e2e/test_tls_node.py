@@ -10,11 +10,12 @@ served; a wildcard goes through DNS-01 and covers www."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,35 +28,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
+from provisioner.adapters.dns import DnsServer
 from provisioner.adapters.tls_targets import CertificateInfo
 from provisioner.adapters.tls_targets.node import CERT_ROOT, TLS_CONF_ROOT, NodeNginxTarget
-from provisioner.adapters.dns import DnsServer
 from provisioner.devstack.dns_tls import KnotServer, PebbleServer, knot_server, pebble_server
-from provisioner.adapters.hosting.accounts import HostingAccounts
-from provisioner.config import Settings
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
-from provisioner.pipeline import capabilities
+from provisioner.pipeline.capabilities.dns_tls import certificate_target
+from provisioner.pipeline.engine.runner import StepContext, StepResult
 from provisioner.pipeline.usecases import ops
-from provisioner.pipeline.usecases.payments import record_manual_payment
-from provisioner.pipeline.engine.runner import HANDLERS, Runner, StepContext
-from provisioner.bootstrap import dns_tls_adapters
-from provisioner.store.db import dispose_all, session_factory, transaction, upgrade
+from provisioner.store.db import dispose_all, transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Step
 from provisioner.store.tls import TlsCertificate, decrypt, fernet_for
+from tests.helpers import MemoryMailer, World, customer, make_settings, wire
 
 SITE = "tls-shop.test"
-CUSTOMER = {"name": "Ana Novak", "address": "Slovenska cesta 1", "postal_code": "1000",
-            "city": "Ljubljana", "country": "SI", "email": "ana@example.si", "phone": "+386.41123456",
-            "lang": "en"}
-
-
-@dataclass
-class Outbox:
-    sent: list[str] = field(default_factory=list)
-
-    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
-        self.sent.append(rendered.subject)
 
 
 class NoCa:
@@ -64,39 +51,51 @@ class NoCa:
 
 
 @dataclass
-class World:
-    settings: Settings
-    runner: Runner
-    queue: list[str]
-    dns: DnsServer
-    pebble: PebbleServer
-    node: Any
+class TlsWorld(World):
+    """The product wired to Knot, Pebble and the session's node, and the paid order's
+    hosting service once `paid` has run."""
+
+    pebble: PebbleServer | None = None
+    node: Any = None
     order_id: int = 0
     service_id: int = 0
     account: str = ""
 
-    def drain(self) -> list[str]:
-        seen = []
-        while self.queue:
-            key = self.queue.pop(0)
-            outcome = self.runner.run_step(key)
-            assert outcome.status in ("done", "skipped"), outcome
-            seen.append(key)
-        return seen
+    @property
+    def dns(self) -> DnsServer:
+        dns = self.app.adapters.dns
+        assert isinstance(dns, DnsServer)
+        return dns
 
-    def target(self, **kwargs: Any) -> NodeNginxTarget:
-        target = self.runner.adapters["cert_target"](self.service_id)  # type: ignore[operator]
+    @property
+    def root_file(self) -> Path:
+        assert self.pebble is not None
+        return Path(self.pebble.root_file)
+
+    def run_all(self) -> list[str]:
+        ran = self.drain()
+        with transaction(self.factory) as s:
+            bad = {st.key: (st.state, st.last_error) for st in s.execute(
+                select(Step).where(Step.order_id == self.order_id)).scalars() if st.state == "failed"}
+        assert not bad, bad
+        return ran
+
+    def context(self, **adapters: Any) -> StepContext:
+        """A step's context as the runner builds it, with some adapters replaced."""
+        return StepContext(self.app.settings, self.factory, f"service:{self.service_id}/tls.issue#test",
+                           uuid.uuid4().hex, dataclasses.replace(self.app.adapters, **adapters),
+                           self.runner.now)
+
+    def target(self) -> NodeNginxTarget:
+        """The certificate target the pipeline picks for the service: its account's vhost."""
+        target = certificate_target(self.context(), self.service_id)
         assert isinstance(target, NodeNginxTarget)
-        for name, value in kwargs.items():
-            setattr(target, name, value)
         return target
 
-    def run_tls_issue(self, params: dict[str, Any], adapters: dict[str, object] | None = None) -> Any:
+    def run_tls_issue(self, params: dict[str, Any], **adapters: Any) -> StepResult:
         key = f"service:{self.service_id}/tls.issue#{uuid.uuid4().hex[:8]}"
-        ctx = StepContext(self.settings, self.runner.factory, key, uuid.uuid4().hex,
-                          {**self.runner.adapters, **(adapters or {})})
         step = Step(key=key, kind="tls.issue", params=params, deps=[], state="running", attempts=1)
-        return HANDLERS["tls.issue"](ctx, step)
+        return self.runner.handlers["tls.issue"](self.context(**adapters), step)
 
 
 @pytest.fixture(scope="module")
@@ -114,46 +113,38 @@ def pebble(tmp_path_factory: pytest.TempPathFactory, knot: KnotServer) -> Iterat
 
 @pytest.fixture(scope="module")
 def world(node: Any, knot: KnotServer, pebble: PebbleServer,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsWorld]:
     work = tmp_path_factory.mktemp("tls-node")
     url = f"sqlite:///{work / 'p.sqlite'}"
     upgrade(url)
-    settings = Settings(
-        data_dir=work, database_url=url, public_base_url="https://panel.provider.example",
+    # Everything from settings, as an installation has it: Knot (RFC 2136 + knotc),
+    # Pebble as the ACME CA, the node's SSH key; a hosting line gets its zone and
+    # certificate ("dns", "tls").
+    settings = make_settings(
+        work, url, 1, public_base_url="https://panel.provider.example", line_kinds="hosting,dns,tls",
         dns_server=knot.host, dns_port=knot.port, dns_knotc_socket=knot.socket,
         tsig_key_name=knot.tsig_key_name, tsig_secret=knot.tsig_secret, tsig_algorithm=knot.tsig_algorithm,
         dns_nameservers="ns1.provider.example", acme_directory=pebble.directory,
         acme_ca_file=str(pebble.ca_file), acme_deadline_s=60, step_backoff_s=0.0,
-        extra={"hosting_ssh_key": node.info.ssh_key, "hosting_throwaway": True})
-    factory = session_factory(url)
-    with transaction(factory) as s:
-        add_node(s, node.info.name, node.info.address, capacity_accounts=50, capacity_disk_mb=500_000)
-    queue: list[str] = []
-    adapters: dict[str, object] = {
-        **dns_tls_adapters(settings, factory),
-        "hosting": HostingAccounts(ssh_key=Path(node.info.ssh_key), throwaway=True),
-        "mailer": Outbox(),
-    }
-    runner = Runner(settings, factory, queue.append, adapters)
-    dns = adapters["dns"]()  # type: ignore[operator]
-    yield World(settings, runner, queue, dns, pebble, node.info)
+        node_ssh_key=str(node.info.ssh_key))
+    app, queue = wire(settings, mailer=MemoryMailer())
+    with transaction(app.factory) as s:  # the node's record says it is a throwaway host
+        add_node(s, node.info.name, node.info.address, capacity_accounts=50, capacity_disk_mb=500_000,
+                 throwaway=True)
+    yield TlsWorld(app, queue, pebble=pebble, node=node.info)
     dispose_all()
 
 
 @pytest.fixture(scope="module")
-def paid(world: World) -> World:
-    capabilities.configure("hosting,dns,tls")  # the conftest puts "all kinds, no extras" back
-    factory = world.runner.factory
-    customer = ops.add_customer(factory, CUSTOMER, "test")
-    order = ops.create_order(factory, customer["id"], [f"hosting:giga5:{SITE}"], None, "fcb", "test")
-    number = order["proforma"]["number"]
-    gross = ops.show_proforma(factory, number)["gross"]
-    record_manual_payment(factory, proforma_number=number, reference=None, amount=Decimal(str(gross)),
-                          currency="EUR", method="cash", txn=f"cash-{number}", actor="test")
-    world.runner.dispatch(order["order"])
-    world.drain()
+def paid(world: TlsWorld) -> TlsWorld:
+    order = world.order([f"hosting:giga5:{SITE}"], who=customer("en"))
     world.order_id = int(order["order"])
-    with transaction(factory) as s:
+    number = order["proforma"]["number"]
+    gross = ops.show_proforma(world.factory, number)["gross"]
+    world.pay(number, Decimal(str(gross)), f"cash-{number}", method="cash")
+    world.runner.dispatch(world.order_id)
+    world.run_all()
+    with transaction(world.factory) as s:
         account = s.execute(select(HostingAccount)).scalar_one()
         world.service_id, world.account = account.service_id, account.username
     return world
@@ -189,8 +180,8 @@ def self_signed(names: list[str]) -> tuple[bytes, bytes]:
             cert.public_bytes(serialization.Encoding.PEM))
 
 
-def test_the_plan_is_zone_account_certificate_credentials(paid: World) -> None:
-    with transaction(paid.runner.factory) as s:
+def test_the_plan_is_zone_account_certificate_credentials(paid: TlsWorld) -> None:
+    with transaction(paid.factory) as s:
         rows = s.execute(select(Step).where(Step.order_id == paid.order_id)).scalars()
         steps = {st.kind: (list(st.deps), st.state, dict(st.result or {})) for st in rows}
     prefix = f"service:{paid.service_id}"
@@ -206,13 +197,13 @@ def test_the_plan_is_zone_account_certificate_credentials(paid: World) -> None:
 
 
 @pytest.mark.parametrize("name", [SITE, f"www.{SITE}"])
-def test_the_zone_points_at_the_node(paid: World, name: str) -> None:
+def test_the_zone_points_at_the_node(paid: TlsWorld, name: str) -> None:
     assert paid.dns.lookup(name, "A") == {paid.node.address}
 
 
 @pytest.mark.parametrize("name", [SITE, f"www.{SITE}"])
-def test_https_verifies_against_pebbles_root_only(paid: World, name: str) -> None:
-    status, body, peer = https_get(paid.node.address, name, paid.pebble.root_file)
+def test_https_verifies_against_pebbles_root_only(paid: TlsWorld, name: str) -> None:
+    status, body, peer = https_get(paid.node.address, name, paid.root_file)
     assert status == 200 and SITE in body
     sans = {value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS"}
     assert sans == {SITE, f"www.{SITE}"}
@@ -222,33 +213,33 @@ def test_https_verifies_against_pebbles_root_only(paid: World, name: str) -> Non
             ssl.create_default_context().wrap_socket(sock, server_hostname=name).close()
 
 
-def test_the_key_is_0600_root_on_the_node_and_encrypted_in_the_store(paid: World, node_host: Any) -> None:
+def test_the_key_is_0600_root_on_the_node_and_encrypted_in_the_store(paid: TlsWorld, node_host: Any) -> None:
     key = node_host.file(f"{CERT_ROOT}/{paid.account}/current/privkey.pem")
     assert key.exists and key.user == "root" and key.mode == 0o600
     assert node_host.file(f"{CERT_ROOT}/{paid.account}").mode == 0o700
     conf = node_host.file(f"{TLS_CONF_ROOT}/{paid.account}/ssl.conf").content_string
     assert "listen 443 ssl;" in conf and "listen [::]:443 ssl;" in conf
-    with transaction(paid.runner.factory) as s:
+    with transaction(paid.factory) as s:
         row = s.execute(select(TlsCertificate).where(TlsCertificate.primary_name == SITE)).scalar_one()
         assert b"PRIVATE KEY" not in row.key_encrypted
-        stored = decrypt(fernet_for(paid.settings), row.key_encrypted)
+        stored = decrypt(fernet_for(paid.app.settings), row.key_encrypted)
     assert key.content == stored
     # The challenge answers came from a root-owned directory, not the customer's docroot.
     acme = node_host.file(f"/var/lib/hosting-tls/{paid.account}/acme/.well-known/acme-challenge")
     assert acme.is_directory and acme.user == "root" and acme.listdir() == []
 
 
-def test_running_tls_issue_again_does_nothing(paid: World) -> None:
+def test_running_tls_issue_again_does_nothing(paid: TlsWorld) -> None:
     target = paid.target()
     before = target.served_certificate(SITE)
-    with transaction(paid.runner.factory) as s:
+    with transaction(paid.factory) as s:
         step = s.execute(select(Step).where(Step.order_id == paid.order_id, Step.kind == "tls.issue")
                          ).scalar_one()
         step.state = "queued"  # as if the broker delivered it again
         key, params = step.key, dict(step.params)
     outcome = paid.runner.run_step(key)
     assert outcome.status == "done" and outcome.detail == "unchanged"
-    again = paid.run_tls_issue(params, {"acme": lambda: NoCa()})
+    again = paid.run_tls_issue(params, acme=NoCa())
     assert not again.changed and again.details["reason"] == "valid certificate"
     assert target.served_certificate(SITE).serial == before.serial
 
@@ -262,7 +253,7 @@ class NotServed(NodeNginxTarget):
 
 
 @pytest.mark.parametrize("failure", ["key does not match", "nginx -t refuses", "new one not served"])
-def test_a_failed_deploy_keeps_the_previous_certificate(paid: World, node_host: Any, failure: str) -> None:
+def test_a_failed_deploy_keeps_the_previous_certificate(paid: TlsWorld, node_host: Any, failure: str) -> None:
     target = paid.target()
     before = target.current_certificate(SITE)
     assert before is not None
@@ -287,31 +278,31 @@ def test_a_failed_deploy_keeps_the_previous_certificate(paid: World, node_host: 
     after = target.current_certificate(SITE)
     assert after is not None and after.serial == before.serial
     assert target.served_certificate(SITE).serial == before.serial
-    assert https_get(paid.node.address, f"www.{SITE}", paid.pebble.root_file)[0] == 200
+    assert https_get(paid.node.address, f"www.{SITE}", paid.root_file)[0] == 200
     assert sorted(node_host.file(f"{CERT_ROOT}/{paid.account}").listdir()) == sorted(versions)
 
 
 @pytest.mark.parametrize("bad", ["../etc.test", "other.test", "x.tls-shop.test", "tls-shop.test;reboot"])
-def test_names_the_vhost_does_not_serve_are_refused(paid: World, bad: str) -> None:
+def test_names_the_vhost_does_not_serve_are_refused(paid: TlsWorld, bad: str) -> None:
     key, chain = self_signed([SITE])
     with pytest.raises(InvalidInput):
         paid.target().deploy(bad, key, chain)
 
 
-def test_a_wildcard_goes_through_dns01_and_covers_www(paid: World) -> None:
+def test_a_wildcard_goes_through_dns01_and_covers_www(paid: TlsWorld) -> None:
     before = paid.target().served_certificate(SITE)
     result = paid.run_tls_issue({"service_id": paid.service_id, "names": [f"*.{SITE}", SITE],
                                  "challenge": "auto"})
     assert result.changed and result.details["reason"] == "issued"
     assert result.details["challenges"] == {f"*.{SITE}": "dns-01", SITE: "dns-01"}
     for name in (SITE, f"www.{SITE}"):
-        status, body, peer = https_get(paid.node.address, name, paid.pebble.root_file)
+        status, body, peer = https_get(paid.node.address, name, paid.root_file)
         assert status == 200 and SITE in body
         sans = {value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS"}
         assert sans == {f"*.{SITE}", SITE}
     assert paid.target().served_certificate(SITE).serial != before.serial
     # The site's own certificate (site + www) is covered by the wildcard: nothing to do.
     again = paid.run_tls_issue({"service_id": paid.service_id, "names": [SITE, f"www.{SITE}"],
-                                "challenge": "http-01"}, {"acme": lambda: NoCa()})
+                                "challenge": "http-01"}, acme=NoCa())
     assert not again.changed
 

@@ -17,6 +17,7 @@ from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import Conflict
 from provisioner.pipeline.capabilities import lifecycle as clock
+from provisioner.pipeline.capabilities.lifecycle import sweeper as sweep_module
 from provisioner.pipeline.usecases import gdpr, ops
 from provisioner.store.db import transaction
 from provisioner.store.lifecycle import Renewal, StageRecord
@@ -244,7 +245,7 @@ def test_a_crash_in_the_middle_of_a_sweep_loses_and_doubles_nothing(
         world: ClockWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [world.service(f"hosting:giga5:crash{i}.si:12m", E) for i in range(6)]
     today = E - timedelta(days=30)
-    real = clock._advance
+    real = sweep_module._advance
     calls = {"n": 0}
 
     def dying(*args: object, **kwargs: object) -> list[clock.Action]:
@@ -253,10 +254,10 @@ def test_a_crash_in_the_middle_of_a_sweep_loses_and_doubles_nothing(
             raise RuntimeError("worker killed")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(clock, "_advance", dying)
+    monkeypatch.setattr(sweep_module, "_advance", dying)
     with pytest.raises(RuntimeError):
         clock.sweep(world.factory, today, batch=2)
-    monkeypatch.setattr(clock, "_advance", real)
+    monkeypatch.setattr(sweep_module, "_advance", real)
     done_before = count(world, Renewal)
     assert done_before == 2  # the first batch committed, the broken one rolled back
     clock.sweep(world.factory, today, batch=2)

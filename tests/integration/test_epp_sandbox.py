@@ -27,10 +27,10 @@ from provisioner.adapters.registry import (
     RegistryUnavailable,
     StatusProhibits,
 )
-from provisioner.timeutil import utcnow
+from provisioner.devstack.registry import Sandbox, run_sandbox
 from provisioner.domain.lifecycle import add_period
 from provisioner.errors import InvalidInput
-from provisioner.devstack.registry import Sandbox, run_sandbox
+from provisioner.timeutil import utcnow
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "epp"
 OWNER = RegistryContact("PVTEST1", "Ana Novak", "ana@example.si", "Slovenska 1", "Ljubljana",

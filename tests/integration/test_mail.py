@@ -27,8 +27,8 @@ from provisioner.adapters.mail import (
     make_message_id,
     render_mail,
 )
-from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.config import Settings
+from provisioner.devstack.smtp_sink import SmtpSink, read_maildir
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
 HOSTILE_NAME = 'Janez <script>alert("x")</script> & Co'

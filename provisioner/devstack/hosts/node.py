@@ -11,10 +11,10 @@ import hashlib
 import time
 from pathlib import Path
 
-from provisioner.adapters.hosting.ansible import PLAYBOOKS_DIR, ROLES_DIR, RunResult, Target
+from provisioner.adapters.hosting.ansible import PLAYBOOKS_DIR, ROLES_DIR, RunResult
 from provisioner.adapters.hosting.ansible import run_playbook as _run_playbook
 from provisioner.devstack.hosts.images import NODE, Layer, file_lock, run
-from provisioner.devstack.hosts.nspawn import HostInfo, NspawnHosts
+from provisioner.devstack.hosts.nspawn import HostInfo, NspawnHosts, _container_init
 from provisioner.errors import StepFailed
 
 PLAYBOOK = "hosting_node.yml"
@@ -71,8 +71,6 @@ def up_node(hosts: NspawnHosts, name: str) -> HostInfo:
 
 def _poweroff(hosts: NspawnHosts, info: HostInfo, timeout_s: float = 60) -> None:
     """Shut the builder down cleanly so that its files (MariaDB's too) are consistent."""
-    from provisioner.devstack.hosts.nspawn import _container_init
-
     leader = _container_init(info.pid)
     if not leader:
         raise StepFailed("hosts.node_image", f"host {info.name} is not running")

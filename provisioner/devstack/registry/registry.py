@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from provisioner.domain.lifecycle import add_period
 from provisioner.devstack.registry.store import Store
+from provisioner.domain.lifecycle import add_period
 
 CLIENT_STATUSES = frozenset({
     "clientDeleteProhibited", "clientHold", "clientRenewProhibited",

@@ -16,11 +16,11 @@ from typing import Any
 from lxml import etree
 
 from provisioner.adapters.registry import protocol as p
-from provisioner.domain.names import normalize_domain
-from provisioner.errors import InvalidInput
 from provisioner.devstack.registry.faults import Faults
 from provisioner.devstack.registry.registry import EppFailure, Registry, parse
 from provisioner.devstack.registry.store import Store
+from provisioner.domain.names import normalize_domain
+from provisioner.errors import InvalidInput
 
 log = logging.getLogger("provisioner.devstack.registry")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.registry import (
     AuthorizationFailed,
@@ -150,7 +150,7 @@ def _fernet(settings: Settings) -> MultiFernet:
                        "domain_auth_key")
 
 
-def set_transfer_code(factory: Any, settings: Settings, service_id: int, code: str,
+def set_transfer_code(factory: sessionmaker[Session], settings: Settings, service_id: int, code: str,
                       actor: str = "ops") -> None:
     """Keep the customer's transfer (auth) code for a domain transfer, encrypted."""
     if not isinstance(code, str) or not 1 <= len(code.strip()) <= 64 or not code.strip().isprintable():
@@ -493,7 +493,7 @@ def step_domain_renew(ctx: StepContext, step: Step) -> StepResult:
 
 
 # -- registry messages -----------------------------------------------------------------
-def drain_poll(client: EppClient, factory: Any, limit: int = 100) -> list[dict[str, Any]]:
+def drain_poll(client: EppClient, factory: sessionmaker[Session], limit: int = 100) -> list[dict[str, Any]]:
     """Read and acknowledge the registry's poll messages. A domain of ours transferred to
     another registrar is marked ``transferred_away`` (ops see it; nothing renews it).
     Returns what was read, for the caller's log."""
