@@ -25,6 +25,8 @@ from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import HostingBackups
 from provisioner.adapters.hosting.usage import UsageReports
 from provisioner.adapters.mail import Mailer
+from provisioner.adapters.payments.braintree import BraintreeVerifier
+from provisioner.adapters.payments.paypal import PayPalVerifier
 from provisioner.adapters.registry import EppClient, RegistryConfig
 from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
@@ -102,6 +104,28 @@ class NodeTls:
         return NodeNginxTarget(access, account, domains)
 
 
+@dataclass(frozen=True)
+class PaymentVerifiers:
+    """The card and PayPal processors' signature checks the webhooks use; a provider the
+    installation does not configure is None (its webhook answers 503)."""
+
+    braintree: BraintreeVerifier | None = None
+    paypal: PayPalVerifier | None = None
+
+
+def build_verifiers(settings: Settings) -> PaymentVerifiers:
+    braintree = None
+    if settings.braintree_public_key or settings.braintree_private_key:
+        braintree = BraintreeVerifier(settings.braintree_environment, settings.braintree_merchant_id,
+                                      settings.braintree_public_key, settings.braintree_private_key)
+    paypal = None
+    if settings.paypal_webhook_id:
+        paypal = PayPalVerifier(settings.paypal_webhook_id,
+                                [h.strip() for h in settings.paypal_cert_hosts.split(",") if h.strip()],
+                                ca_file=settings.paypal_ca_file or None)
+    return PaymentVerifiers(braintree, paypal)
+
+
 def provider_url(settings: Settings) -> str:
     """Where a node's "site disabled" page links: the setting, else the brand's web site."""
     return settings.provider_url or get_brand(settings.brand).website_url
@@ -176,6 +200,7 @@ class Provisioner:
     adapters: Adapters
     planner: Planner
     runner: Runner
+    verifiers: PaymentVerifiers
 
     def process_notifications(self) -> dict[str, Any]:
         """Match and settle the payment notifications the webhooks stored, then queue the
@@ -226,4 +251,4 @@ def bootstrap(settings: Settings | None = None, *, enqueue: Enqueue,
     check_handlers(table)
     adapters = build_adapters(settings, factory, now=now, **overrides)
     runner = Runner(settings, factory, enqueue, adapters, table, now)
-    return Provisioner(settings, factory, adapters, planner_for(settings), runner)
+    return Provisioner(settings, factory, adapters, planner_for(settings), runner, build_verifiers(settings))

@@ -4,9 +4,9 @@ certificate target, the usage report).
 Host keys are checked against known_hosts (the file the setting ``node_known_hosts``
 names, else the system's and this user's) for every node; only a node whose record
 says it is a throwaway host (``hosting_nodes.throwaway``, set by the devstack and the
-tests, never inferred) skips the check. An unknown host key is a ConfigurationError
-naming the node and the key's SHA256 fingerprint, so ops can compare it out of band
-before they add it.
+tests, never inferred) skips the check. An unknown or a changed host key is a
+ConfigurationError naming the node and the SHA256 fingerprint of the key it presents,
+so ops can compare it out of band before they add it.
 """
 
 from __future__ import annotations
@@ -39,13 +39,26 @@ def fingerprint(key: Any) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _source(known_hosts: Path | None) -> str:
+    return str(known_hosts) if known_hosts else "the system's and this user's known_hosts"
+
+
 def unknown_host_key(where: str, key_name: str, key_fingerprint: str,
                      known_hosts: Path | None) -> ConfigurationError:
-    source = str(known_hosts) if known_hosts else "the system's and this user's known_hosts"
+    source = _source(known_hosts)
     return ConfigurationError(
         f"{where}: its {key_name} host key {key_fingerprint} is not in {source}; check the "
         "fingerprint on the node's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then "
         "add it (ssh-keyscan) to the node_known_hosts file")
+
+
+def changed_host_key(where: str, key_name: str, key_fingerprint: str,
+                     known_hosts: Path | None) -> ConfigurationError:
+    return ConfigurationError(
+        f"{where}: its {key_name} host key {key_fingerprint} does not match the one in "
+        f"{_source(known_hosts)}: the node was rebuilt, or someone is in between; check the "
+        "fingerprint on the node's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) before "
+        "replacing the entry")
 
 
 class UnknownHostKey:
@@ -89,7 +102,7 @@ def node_client(address: str, *, where: str, port: int = 22, user: str = "root",
         except paramiko.AuthenticationException as exc:
             raise ConfigurationError(f"{where}: SSH key {key_path} refused: {exc}") from exc
         except paramiko.BadHostKeyException as exc:
-            raise ConfigurationError(f"{where}: wrong SSH host key: {exc}") from exc
+            raise changed_host_key(where, exc.key.get_name(), fingerprint(exc.key), known_hosts) from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransientError(f"{where}: SSH failed: {exc}") from exc
         yield client

@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None,
     state = ApiState(settings=settings, provisioner=provisioner,
                      writer=NotificationWriter(provisioner.factory, on_accepted=nudger),
                      metrics=CollectorRegistry(), publisher=publisher, nudger=nudger)
-    hooks = webhooks.Webhooks(settings, provisioner.factory, state.writer, state.metrics)
+    hooks = webhooks.Webhooks(settings, provisioner.factory, state.writer, state.metrics,
+                              provisioner.verifiers)
 
     app = FastAPI(
         title="Provisioner",

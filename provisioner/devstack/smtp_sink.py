@@ -52,6 +52,43 @@ class MaildirHandler:
         return f"250 OK queued as {key}"
 
 
+class _Sessions:
+    """How many SMTP connections are open right now (a test's "nothing in flight")."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.open += n
+
+
+class _CountingSMTP(SMTP):
+    def __init__(self, handler: Any, *, sessions: _Sessions, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._sessions = sessions
+
+    def connection_made(self, transport: Any) -> None:
+        self._sessions.add(1)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._sessions.add(-1)
+
+
+class _Controller(Controller):
+    def __init__(self, handler: Any, *, sessions: _Sessions, **kwargs: Any) -> None:
+        self._sessions = sessions
+        super().__init__(handler, **kwargs)
+
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, sessions=self._sessions, **self.SMTP_kwargs)
+
+
 def _probe_port(host: str, port: int) -> int:
     """Bind ``host:port`` once (0: let the kernel choose) and return the port.
 
@@ -88,6 +125,12 @@ class SmtpSink:
         self.handler = handler if handler is not None else MaildirHandler(self.maildir)
         self._smtp_options = dict(smtp_options or {})
         self._controller: Controller | None = None
+        self._sessions = _Sessions()
+
+    @property
+    def open_sessions(self) -> int:
+        """SMTP connections open now: 0 means no message is on its way in."""
+        return self._sessions.open
 
     @property
     def port(self) -> int:
@@ -105,8 +148,9 @@ class SmtpSink:
         attempts = 1 if self._requested_port else _BIND_ATTEMPTS
         for attempt in range(attempts):
             port = _probe_port(self.host, self._requested_port)
-            controller = Controller(
+            controller = _Controller(
                 self.handler,
+                sessions=self._sessions,
                 hostname=self.host,
                 port=port,
                 server_hostname=SERVER_HOSTNAME,

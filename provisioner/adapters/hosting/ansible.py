@@ -3,17 +3,19 @@
 Each run gets its own temporary ``private_data_dir``; the SSH key is passed by path;
 SSH master connections are shared between runs (``ControlPersist``, sockets in a
 private directory of this user), so a run against a node used in the last minute
-skips the SSH handshake; with pipelining and no fact gathering a task is one round trip;
-host keys are checked strictly (``StrictHostKeyChecking=yes`` against the
-``known_hosts`` file given, else the user's) unless every target's record says it is a
-throwaway host, and an unknown host key is a ConfigurationError naming the node and
-the key's fingerprint, not a failed run; a dead
-or unreachable host ends the run within ``timeout_s`` (ansible's connection
-``timeout`` + SSH keep-alives + runner's own ``timeout``), never a hang.
+skips the SSH handshake; runs that check host keys differently never share a master
+(ssh checks the key only when it opens one); with pipelining and no fact gathering a
+task is one round trip; host keys are checked strictly (``StrictHostKeyChecking=yes``
+against the ``known_hosts`` file given, else the user's) unless every target's record
+says it is a throwaway host, and an unknown host key is a ConfigurationError naming
+the node and the key's fingerprint, not a failed run; a dead or unreachable host ends
+the run within ``timeout_s`` (ansible's connection ``timeout`` + SSH keep-alives +
+runner's own ``timeout``), never a hang.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.adapters.ssh import host_key_fingerprint, unknown_host_key
+from provisioner.adapters.ssh import changed_host_key, host_key_fingerprint, unknown_host_key
 from provisioner.errors import ConfigurationError, StepFailed, TransientError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -148,7 +150,7 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
         "ANSIBLE_TASK_TIMEOUT": str(int(timeout_s)),
     }
     tmp = Path(tempfile.mkdtemp(prefix="prov-ansible-"))
-    envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir())
+    envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir(_control_group(throwaway, known_hosts)))
     envvars["ANSIBLE_LOCAL_TEMP"] = str(tmp / "tmp")
     errors: dict[str, str] = {}
 
@@ -207,16 +209,18 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
 
 
 _HOST_KEY_FAILED = "Host key verification failed"
+_HOST_KEY_CHANGED = "REMOTE HOST IDENTIFICATION HAS CHANGED"  # ssh's banner (the line above may be cut)
 
 
 def _refuse_unknown_host_keys(inventory: Mapping[str, Any], errors: Mapping[str, str],
                               known_hosts: Path | None) -> None:
     """A host ssh refused for its host key is a configuration error for ops (add the
     key after checking it), not a failed run to retry: raise it, naming the node and
-    the fingerprint its sshd presents."""
+    the fingerprint its sshd presents (also when it differs from the known one)."""
     hostvars = (inventory.get("all") or {}).get("hosts") or {}
     for host, message in errors.items():
-        if _HOST_KEY_FAILED not in message:
+        changed = _HOST_KEY_CHANGED in message
+        if not changed and _HOST_KEY_FAILED not in message:
             continue
         hv = hostvars.get(host) or {}
         address, port = str(hv.get("ansible_host", host)), int(hv.get("ansible_port", 22))
@@ -225,12 +229,22 @@ def _refuse_unknown_host_keys(inventory: Mapping[str, Any], errors: Mapping[str,
             key_name, key_fingerprint = host_key_fingerprint(address, port)
         except TransientError as exc:
             raise ConfigurationError(f"{where}: its host key is not in known_hosts ({exc})") from None
-        raise unknown_host_key(where, key_name, key_fingerprint, known_hosts)
+        refuse = changed_host_key if changed else unknown_host_key
+        raise refuse(where, key_name, key_fingerprint, known_hosts)
 
 
-def control_dir() -> Path:
-    """This user's private directory of shared SSH master sockets (created 0700)."""
-    path = Path(tempfile.gettempdir()) / f"prov-ssh-{os.getuid()}"
+def _control_group(throwaway: bool, known_hosts: Path | None) -> str:
+    """The socket directory for runs that check host keys the same way. ssh checks the
+    host key only when a master connection is opened, and a later run reuses a master
+    without checking again: a checked run must never reuse one opened without the check
+    (a throwaway run against the same address) or against another known_hosts file."""
+    if throwaway:
+        return "unchecked"
+    source = str(known_hosts.resolve()) if known_hosts is not None else "-"
+    return "checked-" + hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, exist_ok=True)
     st = path.lstat()
     if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
@@ -238,12 +252,19 @@ def control_dir() -> Path:
     return path
 
 
+def control_dir(group: str | None = None) -> Path:
+    """This user's private directory of shared SSH master sockets (created 0700), or its
+    subdirectory for one way of checking host keys (`_control_group`)."""
+    path = _private_dir(Path(tempfile.gettempdir()) / f"prov-ssh-{os.getuid()}")
+    return _private_dir(path / group) if group else path
+
+
 def close_masters() -> None:
     """Stop the shared SSH master connections (they also end by themselves when idle)."""
-    directory = control_dir()
-    for sock in directory.iterdir():
-        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "unused"],
-                       capture_output=True, timeout=10, check=False)
+    for sock in control_dir().rglob("*"):
+        if sock.is_socket():
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "unused"],
+                           capture_output=True, timeout=10, check=False)
 
 
 def _error_text(res: Any) -> str:

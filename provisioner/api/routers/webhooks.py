@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisioner.adapters.payments import PaymentNotice
-from provisioner.adapters.payments import braintree as bt
 from provisioner.adapters.payments import paypal as pp
 from provisioner.adapters.payments import stripe as st
 from provisioner.api.deps import (
@@ -41,6 +40,7 @@ from provisioner.api.deps import (
     error_status,
     read_body,
 )
+from provisioner.bootstrap import PaymentVerifiers
 from provisioner.config import Settings
 from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature, ProvisionerError
 from provisioner.pipeline.usecases import ops
@@ -56,18 +56,19 @@ Take = Callable[[str, Notice, Mapping[str, str], bytes, str], Awaitable[dict[str
 
 class Webhooks:
     """Verify a provider's notification with its adapter, store it, count it, answer.
-    One per app (``app.state.webhooks``); the verifiers are built on first use, so an
-    installation that does not configure a provider answers its webhook with 503."""
+    One per app (``app.state.webhooks``); the verifiers come from the composition root,
+    and an installation that does not configure a provider answers its webhook with 503."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
-                 writer: NotificationWriter, metrics: CollectorRegistry) -> None:
+                 writer: NotificationWriter, metrics: CollectorRegistry,
+                 verifiers: PaymentVerifiers) -> None:
         self._settings = settings
         self._factory = factory
         self._writer = writer
         self._total = Counter("provisioner_webhooks_total", "Payment notifications received",
                               ["provider", "outcome"], registry=metrics)
-        self._braintree: bt.BraintreeVerifier | None = None
-        self._paypal: pp.PayPalVerifier | None = None
+        self._braintree = verifiers.braintree
+        self._paypal = verifiers.paypal
         self.notices: dict[str, Notice] = {"stripe": self._stripe, "braintree": self._braintree_notice,
                                            "paypal": self._paypal_notice}
         # path -> (provider, notice), what WebhookFastPath answers
@@ -111,25 +112,12 @@ class Webhooks:
 
     async def _braintree_notice(self, headers: Mapping[str, str], body: bytes) -> PaymentNotice:
         if self._braintree is None:
-            settings = self._settings
-            if not settings.braintree_public_key or not settings.braintree_private_key:
-                raise ConfigurationError("Braintree webhooks are not configured")
-            self._braintree = bt.BraintreeVerifier(
-                settings.braintree_environment, settings.braintree_merchant_id,
-                settings.braintree_public_key, settings.braintree_private_key,
-            )
+            raise ConfigurationError("Braintree webhooks are not configured")
         return self._braintree.parse_form(body)
 
     async def _paypal_notice(self, headers: Mapping[str, str], body: bytes) -> PaymentNotice:
         if self._paypal is None:
-            settings = self._settings
-            if not settings.paypal_webhook_id:
-                raise ConfigurationError("PayPal webhooks are not configured")
-            self._paypal = pp.PayPalVerifier(
-                settings.paypal_webhook_id,
-                [h.strip() for h in settings.paypal_cert_hosts.split(",") if h.strip()],
-                ca_file=settings.paypal_ca_file or None,
-            )
+            raise ConfigurationError("PayPal webhooks are not configured")
         # the signing certificate may have to be fetched (cached afterwards)
         await run_in_threadpool(self._paypal.verify, headers, body)
         return pp.parse_paypal(body)
