@@ -65,6 +65,7 @@ from provisioner.store.db import transaction, upgrade  # noqa: E402
 from provisioner.store.hosting import add_node  # noqa: E402
 
 MODULE = ROOT / "roles" / "hosting_account" / "library" / "hosting_account.py"
+MODULE_UTILS = ROOT / "roles" / "hosting_account" / "module_utils"
 CUSTOMER = {"name": "Bench Customer", "address": "Slovenska cesta 1", "postal_code": "1000",
             "city": "Ljubljana", "country": "SI", "email": "bench@example.si", "phone": "+386.41123456",
             "lang": "en"}
@@ -78,12 +79,29 @@ NOOP = """---
 """
 
 
-def load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("hosting_account_module", MODULE)
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_module() -> Any:
+    """The role's module, loaded as the node runs it: its ``module_utils`` (which AnsiballZ
+    ships along) importable as ``ansible.module_utils.<name>`` while it loads."""
+    shipped = {f"ansible.module_utils.{path.stem}": path for path in sorted(MODULE_UTILS.glob("*.py"))}
+    saved = {name: sys.modules.get(name) for name in shipped}
+    try:
+        for name, path in shipped.items():
+            sys.modules[name] = _load(name, path)
+        return _load("hosting_account_module", MODULE)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
 
 
 class Outbox:

@@ -26,7 +26,7 @@ from provisioner.adapters.hosting.backups import HostingBackups
 from provisioner.adapters.hosting.usage import UsageReports
 from provisioner.adapters.mail import Mailer
 from provisioner.adapters.payments.braintree import BraintreeVerifier
-from provisioner.adapters.payments.paypal import PayPalVerifier
+from provisioner.adapters.payments.paypal import PayPalCaptures, PayPalVerifier
 from provisioner.adapters.registry import EppClient, RegistryConfig
 from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
@@ -38,9 +38,10 @@ from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
 from provisioner.pipeline.engine.ports import Adapters
 from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
 from provisioner.pipeline.outbox import Outbox
-from provisioner.pipeline.usecases.payments import process_pending, reprocess_stored
+from provisioner.pipeline.usecases.payments import Confirm, process_pending, reprocess_stored
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.tls import account_key, fernet_for
+from provisioner.store.webhooks import PayPalTransmissions
 from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.alerts")
@@ -107,23 +108,38 @@ class NodeTls:
 @dataclass(frozen=True)
 class PaymentVerifiers:
     """The card and PayPal processors' signature checks the webhooks use; a provider the
-    installation does not configure is None (its webhook answers 503)."""
+    installation does not configure is None (its webhook answers 503). PayPal comes with
+    the transmission ids in use (each delivery's headers are good once) and PayPal's REST
+    API, which confirms a capture before its payment is matched."""
 
     braintree: BraintreeVerifier | None = None
     paypal: PayPalVerifier | None = None
+    paypal_transmissions: PayPalTransmissions | None = None
+    paypal_captures: PayPalCaptures | None = None
+
+    @property
+    def confirm(self) -> Confirm | None:
+        """How the workers confirm a payment with its provider's API before matching it."""
+        return self.paypal_captures.confirm if self.paypal_captures is not None else None
 
 
-def build_verifiers(settings: Settings) -> PaymentVerifiers:
+def build_verifiers(settings: Settings, factory: sessionmaker[Session]) -> PaymentVerifiers:
     braintree = None
     if settings.braintree_public_key or settings.braintree_private_key:
         braintree = BraintreeVerifier(settings.braintree_environment, settings.braintree_merchant_id,
                                       settings.braintree_public_key, settings.braintree_private_key)
-    paypal = None
-    if settings.paypal_webhook_id:
-        paypal = PayPalVerifier(settings.paypal_webhook_id,
-                                [h.strip() for h in settings.paypal_cert_hosts.split(",") if h.strip()],
-                                ca_file=settings.paypal_ca_file or None)
-    return PaymentVerifiers(braintree, paypal)
+    if not settings.paypal_webhook_id:
+        return PaymentVerifiers(braintree)
+    if not (settings.paypal_client_id and settings.paypal_client_secret):
+        raise ConfigurationError("PayPal webhooks (paypal_webhook_id) need PayPal's API to confirm "
+                                 "captures: set paypal_client_id and paypal_client_secret")
+    transmissions = PayPalTransmissions(factory)
+    paypal = PayPalVerifier(settings.paypal_webhook_id,
+                            [h.strip() for h in settings.paypal_cert_hosts.split(",") if h.strip()],
+                            ca_file=settings.paypal_ca_file or None, seen=transmissions.seen)
+    captures = PayPalCaptures(settings.paypal_api_base, settings.paypal_client_id,
+                              settings.paypal_client_secret)
+    return PaymentVerifiers(braintree, paypal, transmissions, captures)
 
 
 def provider_url(settings: Settings) -> str:
@@ -204,8 +220,10 @@ class Provisioner:
 
     def process_notifications(self) -> dict[str, Any]:
         """Match and settle the payment notifications the webhooks stored, then queue the
-        plans of the proformas they paid."""
-        results = process_pending(self.factory, self.planner)
+        plans of the proformas they paid. One that cannot be processed is marked `error`
+        and ops are alerted; the others go on."""
+        results = process_pending(self.factory, self.planner, confirm=self.verifiers.confirm,
+                                  alert=self.adapters.alert)
         settled = {r.order_id for r in results if r.settled and r.order_id is not None}
         for order_id in sorted(settled):
             self.runner.dispatch(order_id)
@@ -216,7 +234,8 @@ class Provisioner:
 
     def redrive(self) -> dict[str, Any]:
         result: dict[str, Any] = dict(self.runner.redrive())
-        result["reprocessed"] = reprocess_stored(self.factory, self.planner)
+        result["reprocessed"] = reprocess_stored(self.factory, self.planner,
+                                                 confirm=self.verifiers.confirm, alert=self.adapters.alert)
         return result
 
     def sweep(self, today: date | None = None) -> dict[str, Any]:
@@ -251,4 +270,5 @@ def bootstrap(settings: Settings | None = None, *, enqueue: Enqueue,
     check_handlers(table)
     adapters = build_adapters(settings, factory, now=now, **overrides)
     runner = Runner(settings, factory, enqueue, adapters, table, now)
-    return Provisioner(settings, factory, adapters, planner_for(settings), runner, build_verifiers(settings))
+    return Provisioner(settings, factory, adapters, planner_for(settings), runner,
+                       build_verifiers(settings, factory))

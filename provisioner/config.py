@@ -35,6 +35,11 @@ class Settings:
     paypal_webhook_id: str = ""
     paypal_cert_hosts: str = "api.paypal.com,api-m.paypal.com,api.sandbox.paypal.com,api-m.sandbox.paypal.com"
     paypal_ca_file: str = ""  # extra CA bundle for fetching the signing certificate
+    # A PayPal payment settles only once PayPal's REST API confirms the capture
+    # (GET /v2/payments/captures/{id}), with the REST app's OAuth2 client credentials.
+    paypal_api_base: str = "https://api-m.paypal.com"  # sandbox: https://api-m.sandbox.paypal.com
+    paypal_client_id: str = ""
+    paypal_client_secret: str = ""
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_user: str = ""
@@ -48,7 +53,9 @@ class Settings:
     step_max_attempts: int = 5
     step_backoff_s: float = 2.0
     redrive_interval_s: float = 15.0
-    max_body_bytes: int = 5 * 1024 * 1024
+    max_body_bytes: int = 5 * 1024 * 1024  # every request body, every route (413 above it)
+    api_docs_public: bool = False  # /docs, /redoc, /openapi.json without the bearer token
+    key_dir: str = ""  # the key files (0700); default: data_dir/keys. Keep it off DB backups.
     public_base_url: str = "http://127.0.0.1:8000"
     # domain registry (EPP over TLS); the default is the sandbox registry on this machine
     # (`provisioner registry-sandbox`), whose CA file lives in data_dir/registry/tls/ca.pem
@@ -82,7 +89,7 @@ class Settings:
     acme_contact_email: str = ""
     acme_deadline_s: float = 120.0
     acme_key_type: str = "ec256"
-    tls_key_encryption_key: str = ""  # Fernet key; empty: generated into data_dir/tls-fernet.key
+    tls_key_encryption_key: str = ""  # Fernet key; empty: generated into key_dir/tls-fernet.key
     tls_renew_days: int = 30
     # Hosting nodes, reached as root over SSH (Ansible and paramiko). Host keys are
     # checked against node_known_hosts (empty: this user's ~/.ssh/known_hosts) for every
@@ -99,6 +106,10 @@ class Settings:
     @property
     def node_known_hosts_path(self) -> Path | None:
         return Path(self.node_known_hosts).expanduser() if self.node_known_hosts else None
+
+    @property
+    def effective_key_dir(self) -> Path:
+        return Path(self.key_dir).expanduser() if self.key_dir else self.data_dir / "keys"
 
     @property
     def sqlite_path(self) -> Path:

@@ -16,6 +16,9 @@ from celery.schedules import crontab
 from provisioner.bootstrap import Provisioner, bootstrap
 from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
+from provisioner.keyfiles import make_private_dir
+from provisioner.pipeline.capabilities.hosting import purge_expired_links
+from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.tasks")
 
@@ -29,7 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         # under an exclusive lock and deletes it, so a killed worker loses it: the
         # journal's re-drive sends it again.
         folder = Path(broker.removeprefix("filesystem://") or settings.data_dir / "broker")
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)  # a data dir it creates is private (0700)
         broker = "filesystem://"
         options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
                    "control_folder": str(folder / "control"), "polling_interval": 0.1}
@@ -56,6 +59,9 @@ def make_celery(settings: Settings) -> Celery:
             "sweep": {"task": "provisioner.sweep", "schedule": crontab(minute=15, hour=0)},
             # Accounts over their quota: warn, then no free backups after the grace days.
             "quota": {"task": "provisioner.quota", "schedule": crontab(minute=45, hour=1)},
+            # One-time credentials links that expired unused: their sealed data go.
+            "purge_links": {"task": "provisioner.purge_links",
+                            "schedule": crontab(minute=30, hour=0)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -107,6 +113,11 @@ def sweep() -> dict[str, Any]:
 @app.task(name="provisioner.quota", acks_late=True)
 def quota() -> dict[str, Any]:
     return provisioner().check_quotas()
+
+
+@app.task(name="provisioner.purge_links", acks_late=True)
+def purge_links() -> dict[str, Any]:
+    return {"purged": purge_expired_links(provisioner().factory, utcnow())}
 
 
 def enqueue_step(step_key: str) -> None:

@@ -4,7 +4,9 @@ API and the customer pages (`provisioner.api.routers`).
 `create_app` builds the app's state once (settings, the `Provisioner` from
 `bootstrap`, the webhooks' notification writer, the publisher and nudger that hand
 work to the Celery workers), puts it on ``app.state`` for the routers' dependencies,
-and puts `WebhookFastPath` in front of FastAPI for the webhooks. Serve it with
+and puts `WebhookFastPath` in front of FastAPI for the webhooks and `gate.Gate` in front of
+everything (the bearer token before any body is read; one body cap; the access log
+without credentials tokens). Serve it with
 ``uvicorn --factory provisioner.api.app:app_from_env`` (``provisioner serve``).
 """
 
@@ -18,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from provisioner.api.deps import ApiState, error_body, error_status
+from provisioner.api.deps import Actor, ApiState, error_body, error_status
+from provisioner.api.gate import Gate, redact_access_log
 from provisioner.api.handoff import Nudger, StepPublisher
 from provisioner.api.routers import ops, pages, webhooks
 from provisioner.bootstrap import bootstrap
@@ -65,11 +68,17 @@ def create_app(settings: Settings | None = None,
     hooks = webhooks.Webhooks(settings, provisioner.factory, state.writer, state.metrics,
                               provisioner.verifiers)
 
+    docs = settings.api_docs_public
     app = FastAPI(
         title="Provisioner",
         version="0.1.0",
         description="Payment webhooks, bank statements and the ops API of the provisioner.",
         lifespan=lifespan,
+        # Without api_docs_public there are no docs pages, and the spec is served to
+        # bearers of the token only (`openapi_spec`, behind the `Gate`).
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.api = state
     app.state.webhooks = hooks
@@ -77,9 +86,19 @@ def create_app(settings: Settings | None = None,
     app.include_router(webhooks.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
-    app.add_middleware(webhooks.WebhookFastPath, routes=hooks.routes, take=hooks.take,
-                       max_body=settings.max_body_bytes)
+    if not docs:
+        app.add_api_route("/openapi.json", openapi_spec, include_in_schema=False)
+    # The last added is the outermost: the Gate sees every request first.
+    app.add_middleware(webhooks.WebhookFastPath, routes=hooks.routes, take=hooks.take)
+    app.add_middleware(Gate, token=settings.api_token, max_body=settings.max_body_bytes,
+                       public={*hooks.routes, "/health"}, docs_public=docs)
+    redact_access_log()
     return app
+
+
+async def openapi_spec(request: Request, _actor: Actor) -> JSONResponse:
+    """The OpenAPI spec, for bearers of the token (``api_docs_public`` off)."""
+    return JSONResponse(request.app.openapi())
 
 
 def app_from_env() -> FastAPI:

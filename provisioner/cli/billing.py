@@ -138,7 +138,8 @@ def bank_import(file: Path, as_json: JsonOpt = False) -> None:
         except OSError as exc:
             raise InvalidInput(f"cannot read {file}: {exc}") from exc
         p = wired()
-        summary = ops.import_statement(p.factory, data, actor(), p.planner)
+        summary = ops.import_statement(p.factory, data, actor(), p.planner,
+                                       account_iban=p.settings.bank_iban)
         for order_id in summary.pop("_settled_orders"):
             p.runner.dispatch(order_id)
         return summary

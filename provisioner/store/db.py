@@ -10,6 +10,7 @@ workers, Celery) still queue in SQLite."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +21,24 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.errors import ConfigurationError, TransientError
+from provisioner.keyfiles import make_private_dir
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_READ_ONLY = "provisioner_read_only"
 _BUSY_TIMEOUT_S = 60.0
 # One lock per SQLite engine: the in-process queue of its transactions (see above).
 _SQLITE_LOCKS: dict[Engine, threading.RLock] = {}
+
+
+def _private_file(path: Path) -> None:
+    """The SQLite file (customer data, raw webhooks) is created 0600 in a directory
+    created 0700; SQLite gives its -wal and -shm files the database file's mode. An
+    existing file or directory keeps its mode."""
+    make_private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def is_sqlite(url: str) -> bool:
@@ -40,9 +54,9 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if is_sqlite(url):
-        path = url.split("///", 1)[-1]
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_S,
                                                   "check_same_thread": False})
         _SQLITE_LOCKS[engine] = threading.RLock()
@@ -59,7 +73,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read-only unit of work (`read_only`) takes no write lock: in WAL mode
+            # it reads while another connection writes.
+            reader = conn.get_execution_options().get(_READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN DEFERRED" if reader else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql"):
@@ -120,6 +137,25 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
                 yield session
         finally:
             session.close()
+
+
+@contextmanager
+def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work that only reads: on SQLite a deferred transaction (no write lock,
+    not queued behind the process's writers), on PostgreSQL a READ ONLY transaction.
+    It never commits anything."""
+    engine = factory.kw.get("bind")
+    assert isinstance(engine, Engine)
+    options: dict[str, Any] = {_READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    with engine.connect().execution_options(**options) as conn:
+        session = factory(bind=conn)
+        try:
+            yield session
+        finally:
+            session.close()
+            conn.rollback()
 
 
 def alembic_config(url: str) -> Any:

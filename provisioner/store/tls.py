@@ -1,7 +1,7 @@
 """Certificates and ACME accounts. Private keys are stored encrypted (Fernet).
 
 The key comes from the setting ``tls_key_encryption_key``; when it is empty (the
-embedded default) one is generated once into ``data_dir/tls-fernet.key`` (mode 0600).
+embedded default) one is generated once into ``key_dir/tls-fernet.key`` (mode 0600).
 Several keys may be given comma-separated: the first encrypts, all decrypt (rotation).
 """
 
@@ -58,8 +58,8 @@ class AcmeAccount(Base):
 
 
 def fernet_for(settings: Settings) -> MultiFernet:
-    return fernet_from(settings.tls_key_encryption_key, Path(settings.data_dir) / KEY_FILE,
-                       "tls_key_encryption_key")
+    return fernet_from(settings.tls_key_encryption_key, settings.effective_key_dir / KEY_FILE,
+                       "tls_key_encryption_key", legacy=Path(settings.data_dir) / KEY_FILE)
 
 
 def decrypt(fernet: MultiFernet, token: bytes) -> bytes:

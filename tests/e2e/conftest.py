@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.nodes import testinfra_host
+from tests.e2e.nodes import infra_host
 
 E2E_PREFIX = "t-"
 
@@ -76,7 +76,7 @@ def node(hosts: Any) -> Iterator[Node]:
 @pytest.fixture(scope="session")
 def node_host(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """testinfra over SSH (paramiko) to the session's node."""
-    return testinfra_host(node.info, tmp_path_factory.mktemp("ssh"))
+    return infra_host(node.info, tmp_path_factory.mktemp("ssh"))
 
 
 @pytest.fixture

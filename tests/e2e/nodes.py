@@ -47,7 +47,7 @@ def own_node(hosts: Any, name: str, label: str) -> Iterator[Any]:
         hosts.down(name)
 
 
-def testinfra_host(info: Any, directory: Path) -> Any:
+def infra_host(info: Any, directory: Path) -> Any:
     """testinfra over SSH (paramiko) to the throwaway host ``info``. Its host key is new
     at every boot, so it is not checked (the ssh config written into ``directory``)."""
     import testinfra

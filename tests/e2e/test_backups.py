@@ -26,7 +26,7 @@ from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, 
 from provisioner.adapters.hosting.backups import HostingBackups, RemovalManifest
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
-from tests.e2e.nodes import reused_node, testinfra_host
+from tests.e2e.nodes import infra_host, reused_node
 from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(hosts: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Env:
     info = reused_node(hosts) or request.getfixturevalue("node").info
-    host = testinfra_host(info, tmp_path_factory.mktemp("ssh"))
+    host = infra_host(info, tmp_path_factory.mktemp("ssh"))
     key = Path(info.ssh_key)
     # info.target() is a throwaway host: its host key is not checked
     return Env(info.target(), info.address, host, HostingAccounts(ssh_key=key), HostingBackups(ssh_key=key))

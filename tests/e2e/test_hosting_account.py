@@ -36,7 +36,7 @@ from provisioner.adapters.hosting.accounts import (
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
-from tests.e2e.nodes import own_node, testinfra_host
+from tests.e2e.nodes import infra_host, own_node
 from tests.servers import self_signed_tls_context, wait_for
 
 NODE_NAME = "t-acct"
@@ -136,7 +136,7 @@ def acct_node(hosts: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def env(acct_node: Any, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    host = testinfra_host(acct_node, tmp_path_factory.mktemp("ssh"))
+    host = infra_host(acct_node, tmp_path_factory.mktemp("ssh"))
     node = acct_node.target()  # a throwaway host: its host key is not checked
     accounts = HostingAccounts(ssh_key=Path(acct_node.ssh_key), provider_url="https://www.provider.example/")
     site_spec = AccountSpec("examplesi", ("example.si", "example-shop.si"), CATALOG.hosting_plan("giga5"),

@@ -16,7 +16,7 @@ from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Ho
 from provisioner.adapters.hosting.ansible import ROLES_DIR
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.errors import InvalidInput
-from tests.e2e.nodes import testinfra_host
+from tests.e2e.nodes import infra_host
 
 NODE_NAME = "t-acctbatch"
 BATCH = 20
@@ -79,7 +79,7 @@ def test_every_account_of_the_batch_answers_http_with_its_host_header(
 
 def test_the_batch_has_its_users_services_and_logins(
         batch: tuple[list[AccountSpec], AccountResult], batch_node: Any, tmp_path: Path) -> None:
-    host = testinfra_host(batch_node, tmp_path)
+    host = infra_host(batch_node, tmp_path)
     made, _ = batch
     hosting = host.group("hosting").members
     ftp = host.file("/etc/pure-ftpd/pureftpd.passwd").content_string

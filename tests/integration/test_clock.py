@@ -6,12 +6,13 @@ moved (``--now``), never waited for."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period
@@ -21,9 +22,18 @@ from provisioner.pipeline.capabilities.lifecycle import sweeper as sweep_module
 from provisioner.pipeline.usecases import gdpr, ops
 from provisioner.store.db import transaction
 from provisioner.store.lifecycle import Renewal, StageRecord
-from provisioner.store.models import Invoice, OutboxMail, Proforma, ProformaLine, Service, Step
+from provisioner.store.models import (
+    Invoice,
+    Notification,
+    OutboxMail,
+    Payment,
+    Proforma,
+    ProformaLine,
+    Service,
+    Step,
+)
 from provisioner.timeutil import iter_days
-from tests.helpers import ClockWorld
+from tests.helpers import ClockWorld, stripe_notice
 from tests.helpers import make_clock_world as make_world
 
 E = date(2027, 3, 31)  # the expiry of the term under test
@@ -310,6 +320,33 @@ def test_customer_export_and_erasure(world: ClockWorld) -> None:
     assert "ana@example.si" not in repr(after["customer"]) and after["contacts"] == []
     assert after["customer"]["name"].startswith("erased customer")
     assert gdpr.erase_customer(world.factory, cid, "ops")["erased"] is False
+
+
+def test_erasure_redacts_the_payer_in_stored_notifications_and_keeps_the_accounting(
+        world: ClockWorld) -> None:
+    sid = world.service("hosting:mega:example.si:12m", E)
+    sv = world.get(sid)
+    with transaction(world.factory) as s:
+        number = s.execute(select(Proforma.number).where(Proforma.order_id == sv.order_id)).scalar_one()
+        # how it ended is another test's business
+        s.execute(update(Service).where(Service.id == sid).values(state="purged"))
+    raw = b'{"billing_details": {"name": "Ana Novak", "email": "ana@example.si"}}'
+    notice = replace(stripe_notice("evt_gdpr", "pi_gdpr", number, "10.00"), payer="ana@example.si", raw=raw)
+    world.ingest(notice)
+    world.ingest(replace(notice, event_id="evt_gdpr_2"))  # the same money told twice: duplicate_txn
+    result = gdpr.erase_customer(world.factory, sv.customer_id, "ops")
+    assert result["erased"] and result["notifications_redacted"] == 2
+    assert "payment notification" in result["note"]
+    with transaction(world.factory) as s:
+        rows = s.execute(select(Notification).order_by(Notification.id)).scalars().all()
+        payment = s.execute(select(Payment)).scalar_one()
+    for row in rows:
+        assert b"Ana" not in row.raw and b"ana@" not in row.raw
+        assert "ana@" not in repr(row.notice) and row.notice["payer"] is None
+        assert row.notice["amount"] == "10.00" and row.notice["txn_id"] == "pi_gdpr"
+        assert row.notice["proforma"] == number and row.notice["occurred_at"]
+    assert [r.event_id for r in rows] == ["evt_gdpr", "evt_gdpr_2"]
+    assert (payment.txn_id, payment.amount, payment.payer) == ("pi_gdpr", Decimal("10.00"), None)
 
 
 def test_certificates_renew_by_themselves_30_days_ahead_once(world: ClockWorld) -> None:

@@ -5,8 +5,8 @@ the Celery path is covered by tests/integration/test_live.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,60 @@ def test_second_payment_for_a_paid_proforma_is_flagged(world: SinkWorld) -> None
         assert s.execute(select(func.count()).select_from(Payment)).scalar_one() == 2
 
 
+@dataclass
+class Clock:
+    """The runner's clock, moved by the test."""
+
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def _flaky_step(world: SinkWorld) -> str:
+    """A `test.flaky` step in the journal of a new order, queued."""
+    order_id = _order(world)["order"]
+    service_id = ops.show_order(world.runner.factory, str(order_id), "t")["services"][0]["id"]
+    key = f"service:{service_id}/test.flaky"
+    with transaction(world.runner.factory) as s:
+        record(s, order_id, [StepSpec(key, "test.flaky", (), {}, service_id)])
+    world.runner.dispatch(order_id)
+    return key
+
+
+def test_a_retry_asked_for_before_its_time_waits_for_the_redrive(make: Callable[..., SinkWorld]) -> None:
+    calls: list[datetime] = []
+    clock = Clock()
+
+    def flaky(ctx, step) -> StepResult:  # noqa: ANN001
+        calls.append(clock.at)
+        if len(calls) == 1:
+            raise TransientError("registry busy")
+        return StepResult(True, {})
+
+    world = make(handlers={**capabilities.handlers(), "test.flaky": flaky}, now=clock)
+    key = _flaky_step(world)
+    with pytest.raises(TransientError):
+        world.runner.run_step(key)
+    with transaction(world.runner.factory) as s:
+        due = s.execute(select(Step.next_attempt_at).where(Step.key == key)).scalar_one()
+    assert due is not None and due > clock.at
+    # Celery's autoretry asks again on its own schedule, before ours: nothing runs.
+    world.queue.keys.clear()
+    assert world.runner.run_step(key).status == "skipped"
+    clock.at = due - timedelta(milliseconds=1)
+    assert world.runner.run_step(key).status == "skipped"
+    world.runner.redrive()
+    assert key not in world.queue.keys
+    assert len(calls) == 1
+    # When it is due, the re-drive sends it and it runs.
+    clock.at = due
+    world.runner.redrive()
+    assert key in world.queue.keys
+    assert world.runner.run_step(key).status == "done"
+    assert calls == [calls[0], due]
+
+
 def test_transient_failures_retry_then_dead_letter(make: Callable[..., SinkWorld]) -> None:
     calls: list[str] = []
     alerts: list[dict] = []
@@ -152,16 +206,10 @@ def test_transient_failures_retry_then_dead_letter(make: Callable[..., SinkWorld
         calls.append(step.key)
         raise TransientError("registry busy")
 
+    clock = Clock()
     world = make(handlers={**capabilities.handlers(), "test.flaky": flaky},
-                 alert=lambda **kw: alerts.append(kw))
-    result = _order(world)
-    order_id = result["order"]
-    with transaction(world.runner.factory) as s:
-        service_id = ops.show_order(world.runner.factory, str(order_id), "t")["services"][0]["id"]
-        record(s, order_id, [StepSpec(f"service:{service_id}/test.flaky", "test.flaky", (), {},
-                                      service_id)])
-    world.runner.dispatch(order_id)
-    key = f"service:{service_id}/test.flaky"
+                 alert=lambda **kw: alerts.append(kw), now=clock)
+    key = _flaky_step(world)
     for _ in range(3):
         if key not in world.queue.keys:
             world.queue.keys.append(key)
@@ -170,7 +218,10 @@ def test_transient_failures_retry_then_dead_letter(make: Callable[..., SinkWorld
             world.runner.run_step(key)
         except TransientError:
             pass
+        clock.at += timedelta(seconds=10)  # past the backoff
     assert len(calls) == 3
+    with transaction(world.runner.factory) as s:
+        order_id, service_id = s.execute(select(Step.order_id, Step.service_id).where(Step.key == key)).one()
     order = ops.show_order(world.runner.factory, str(order_id), "t")
     assert order["refund_flag"] is True
     assert next(s for s in order["services"] if s["id"] == service_id)["state"] == "failed"

@@ -96,8 +96,8 @@ def test_both_callers_use_the_loader(tmp_path: Path) -> None:
 
     settings = Settings().with_overrides(data_dir=tmp_path)
     sealed = fernet_for(settings).encrypt(b"tls")
-    assert fernet_from("", tmp_path / "tls-fernet.key", "x").decrypt(sealed) == b"tls"
+    assert fernet_from("", tmp_path / "keys" / "tls-fernet.key", "x").decrypt(sealed) == b"tls"
     sealed = _fernet(settings).encrypt(b"code")
-    assert fernet_from("", tmp_path / "registry" / "auth.key", "x").decrypt(sealed) == b"code"
+    assert fernet_from("", tmp_path / "keys" / "domain-auth.key", "x").decrypt(sealed) == b"code"
     with pytest.raises(ConfigurationError, match="domain_auth_key"):
         _fernet(settings.with_overrides(domain_auth_key="nope"))

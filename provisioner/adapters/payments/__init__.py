@@ -13,6 +13,13 @@ The matcher should hold two keys:
   most once even when a provider announces it in two different events (Stripe's
   ``checkout.session.completed`` and ``payment_intent.succeeded`` carry the same
   PaymentIntent id as ``txn_id``).
+
+Every notice is bounded where it is built (:class:`PaymentNotice` checks itself): an
+amount is finite, between 0 and :data:`MAX_AMOUNT`, with at most three decimals (the
+parsers allow only the currency's own); the identifiers fit their columns (a longer one
+is refused, never cut: it is what duplicates are recognised by); the payer and the
+reference are cut to their columns. So nothing stored can make the matcher or the
+database fail later, where it would hold up the notifications behind it.
 """
 
 from __future__ import annotations
@@ -22,12 +29,21 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
+from provisioner.domain.money import MAX_AMOUNT
 from provisioner.errors import InvalidInput
 
 PAYMENT: Final = "payment"
 REVERSAL: Final = "reversal"
 IGNORED: Final = "ignored"
 KINDS: Final = frozenset({PAYMENT, REVERSAL, IGNORED})
+
+# The columns the notice is stored in (`store.models`: Notification, Payment).
+MAX_PROVIDER: Final = 16
+MAX_ID: Final = 200  # event_id, txn_id (and reverses_txn, which names a txn_id)
+MAX_PAYER: Final = 200
+MAX_REFERENCE: Final = 60  # longer than any SI00/SI12 (26) or RF (25) reference
+MAX_PLACES: Final = 3  # Stripe's three-decimal currencies
+_MAX_DIGITS = 40  # a decimal string longer than this is no amount we take
 
 
 @dataclass(frozen=True)
@@ -47,18 +63,48 @@ class PaymentNotice:
     reverses_txn: str | None = None  # for reversals: the txn it reverses
     raw: bytes = b""  # the exact bytes this notice came from
 
+    def __post_init__(self) -> None:
+        if not self.provider or len(self.provider) > MAX_PROVIDER:
+            raise InvalidInput(f"payment provider name must be 1-{MAX_PROVIDER} characters")
+        if not self.event_id or len(self.event_id) > MAX_ID:
+            raise InvalidInput(f"{self.provider} event id must be 1-{MAX_ID} characters")
+        for name in ("txn_id", "reverses_txn"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_ID:
+                raise InvalidInput(f"{self.provider} {name} is longer than {MAX_ID} characters")
+        if self.amount is not None:
+            bounded_amount(self.amount, what=f"{self.provider} amount", places=MAX_PLACES)
+        if self.payer is not None and len(self.payer) > MAX_PAYER:
+            object.__setattr__(self, "payer", self.payer[:MAX_PAYER])
+        if self.reference is not None and len(self.reference) > MAX_REFERENCE:
+            object.__setattr__(self, "reference", self.reference[:MAX_REFERENCE])
 
-def decimal_amount(value: object, *, what: str = "amount") -> Decimal:
-    """A non-negative finite Decimal from a provider's decimal string, else InvalidInput."""
+
+def bounded_amount(amount: Decimal, *, what: str = "amount", places: int = 2) -> Decimal:
+    """``amount`` if it is finite, 0 <= amount <= MAX_AMOUNT and has at most ``places``
+    decimals (trailing zeros aside), as a Decimal with exactly ``places`` decimals; else
+    InvalidInput. Bounding before any arithmetic keeps ``quantize`` from failing later."""
+    if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
+        raise InvalidInput(f"{what} must be a finite, non-negative number: {amount!r}")
+    if amount > MAX_AMOUNT:
+        raise InvalidInput(f"{what} {amount} is more than the largest payment we take ({MAX_AMOUNT})")
+    exact = amount.quantize(Decimal(1).scaleb(-places))
+    if exact != amount:
+        raise InvalidInput(f"{what} {amount} has more than {places} decimal places")
+    return exact
+
+
+def decimal_amount(value: object, *, what: str = "amount", places: int = 2) -> Decimal:
+    """A provider's decimal string as a bounded Decimal (`bounded_amount`), else InvalidInput."""
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise InvalidInput(f"{what} is not a decimal number: {value!r}")
+    if isinstance(value, str) and len(value.strip()) > _MAX_DIGITS:
+        raise InvalidInput(f"{what} is not an amount we take: {value[:_MAX_DIGITS]!r}...")
     try:
         amount = Decimal(value.strip() if isinstance(value, str) else value)
     except InvalidOperation as exc:
         raise InvalidInput(f"{what} is not a decimal number: {value!r}") from exc
-    if not amount.is_finite() or amount < 0:
-        raise InvalidInput(f"{what} must be a finite, non-negative number: {value!r}")
-    return amount
+    return bounded_amount(amount, what=what, places=places)
 
 
 def currency_code(value: object) -> str:
@@ -74,6 +120,7 @@ __all__ = [
     "PAYMENT",
     "REVERSAL",
     "PaymentNotice",
+    "bounded_amount",
     "currency_code",
     "decimal_amount",
 ]

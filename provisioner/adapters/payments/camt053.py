@@ -186,11 +186,21 @@ def _is_true(value: str | None) -> bool:
     return value is not None and value.lower() in ("true", "1")
 
 
-def parse_camt053(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[PaymentNotice]:
+def account_id(value: str) -> str:
+    """An IBAN (or other account id) as compared: no spaces, upper case."""
+    return "".join(value.split()).upper()
+
+
+def parse_camt053(data: bytes, *, account_iban: str | None = None,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> list[PaymentNotice]:
     """Every entry (or batched transaction) of every statement in ``data``.
 
+    With ``account_iban`` (ours), a document holding a statement of any other account
+    is refused whole: another account's credits are not payments to us.
+
     Raises InvalidInput for over-size, malformed, DOCTYPE-carrying or non-camt.053
-    input, and for entries without a readable amount or credit/debit indicator.
+    input, a statement of another account, and for entries without a readable amount
+    or credit/debit indicator.
     """
     root = _load(data, max_bytes)
     q = _Q(etree.QName(root).namespace or "")
@@ -198,11 +208,15 @@ def parse_camt053(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Pa
     statements = q.findall(root, "BkToCstmrStmt/Stmt")
     if not statements:
         raise InvalidInput("camt.053 document has no BkToCstmrStmt/Stmt")
+    ours = account_id(account_iban) if account_iban is not None else None
     for stmt in statements:
         iban = q.text(stmt, "Acct/Id/IBAN", "Acct/Id/Othr/Id")
         if iban is None:
             raise InvalidInput("camt.053 statement has no account id")
-        iban = iban.replace(" ", "").upper()
+        iban = iban.replace(" ", "").upper()  # as in every event id stored so far
+        if ours is not None and account_id(iban) != ours:
+            raise InvalidInput(f"camt.053 statement of account {iban}, which is not our account "
+                               f"({ours}); nothing imported")
         for entry in q.findall(stmt, "Ntry"):
             notices.extend(_entry_notices(q, iban, entry))
     return notices
@@ -291,4 +305,4 @@ def _entry_notices(q: _Q, iban: str, entry: etree._Element) -> list[PaymentNotic
     return notices
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "PROVIDER", "parse_camt053"]
+__all__ = ["DEFAULT_MAX_BYTES", "PROVIDER", "account_id", "parse_camt053"]

@@ -19,10 +19,20 @@ on the session, not on its PaymentIntent); its ``txn_id`` is the session's
 keeps it to one payment. Sessions paid later by an asynchronous method pay on
 ``checkout.session.async_payment_succeeded``.
 
-Reversals: ``charge.refunded`` (``amount`` = the charge's cumulative
-``amount_refunded``) and ``charge.dispute.created`` (``amount`` = disputed
-amount); ``reverses_txn`` is the charge's PaymentIntent id (the ``txn_id`` of
-the payment), falling back to the charge id for charges made without one.
+Reversals: a refund, and ``charge.dispute.created`` (``txn_id`` = the dispute's
+id, ``amount`` = the disputed amount). Each refund is its own reversal: ``txn_id`` =
+the Refund's id (``re_...``), ``amount`` = that refund's amount, never the charge's
+cumulative ``amount_refunded`` (a second partial refund of one charge is a second
+reversal, with its own amount). The Refund comes from ``refund.created`` (sent for
+every refund since API version 2024-10-28.acacia; subscribe the endpoint to it),
+``refund.updated`` and ``charge.refund.updated`` (the same refund again: its id keeps
+it to one reversal), or from ``charge.refunded`` when the Charge carries its
+``refunds`` list (the newest refund is the one the event is about; since API version
+2022-11-15 the list is left out unless expanded, and such a ``charge.refunded`` is
+``"ignored"``: the refund's own event records it). A refund that ``failed`` or was
+``canceled`` returned no money and is ``"ignored"``. ``reverses_txn`` is the
+PaymentIntent id (the ``txn_id`` of the payment), falling back to the charge id for
+charges made without one.
 
 Amounts are in the currency's minor unit; :func:`minor_to_major` converts them
 with Stripe's list of zero- and three-decimal currencies and refuses the few
@@ -38,7 +48,14 @@ from typing import Any
 
 import stripe
 
-from provisioner.adapters.payments import IGNORED, PAYMENT, REVERSAL, PaymentNotice, currency_code
+from provisioner.adapters.payments import (
+    IGNORED,
+    PAYMENT,
+    REVERSAL,
+    PaymentNotice,
+    bounded_amount,
+    currency_code,
+)
 from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature
 
 PROVIDER = "stripe"
@@ -58,7 +75,8 @@ _PAYING_TYPES = {
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
 }
-_REVERSAL_TYPES = {"charge.refunded", "charge.dispute.created"}
+_REFUND_TYPES = {"refund.created", "refund.updated", "charge.refund.updated"}
+_NO_MONEY_BACK = {"failed", "canceled"}
 
 
 def verify_stripe(
@@ -91,7 +109,8 @@ def minor_to_major(amount: object, currency: str) -> Decimal:
     if currency in AMBIGUOUS:
         raise InvalidInput(f"Stripe amounts in {currency} are a special case; not supported")
     exponent = 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
-    return Decimal(amount).scaleb(-exponent)
+    return bounded_amount(Decimal(amount).scaleb(-exponent), what=f"Stripe amount in {currency}",
+                          places=exponent)
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
@@ -125,6 +144,22 @@ def _payer(obj: dict[str, Any]) -> str | None:
     if isinstance(billing, dict) and _opt_str(billing.get("email")):
         return _opt_str(billing.get("email"))
     return _opt_str(obj.get("receipt_email")) or _id_of(obj.get("customer"))
+
+
+def _newest_refund(charge: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest Refund in a Charge's ``refunds`` list (Stripe lists the newest first),
+    or None when the Charge does not carry the list."""
+    refunds = charge.get("refunds")
+    data = refunds.get("data") if isinstance(refunds, dict) else None
+    items = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    if not items:
+        return None
+
+    def created(pair: tuple[int, dict[str, Any]]) -> tuple[int, int]:
+        when = pair[1].get("created")
+        return (when if isinstance(when, int) and not isinstance(when, bool) else 0, -pair[0])
+
+    return max(enumerate(items), key=created)[1]
 
 
 def parse_stripe(payload: bytes) -> PaymentNotice:
@@ -182,25 +217,44 @@ def parse_stripe(payload: bytes) -> PaymentNotice:
             reference=_opt_str(obj.get("client_reference_id")),
         )
 
-    if event_type in _REVERSAL_TYPES:
-        currency = currency_code(obj.get("currency"))
-        txn_id = _str(obj.get("id"), "data.object.id")
-        if event_type == "charge.refunded":
-            amount = minor_to_major(obj.get("amount_refunded"), currency)
-            reverses = _id_of(obj.get("payment_intent")) or txn_id
-        else:
-            amount = minor_to_major(obj.get("amount"), currency)
-            disputed = _id_of(obj.get("payment_intent")) or _id_of(obj.get("charge"))
-            if disputed is None:
-                raise InvalidInput("Stripe dispute names neither a payment_intent nor a charge")
-            reverses = disputed
+    def refund_notice(refund: dict[str, Any], charge: dict[str, Any] | None) -> PaymentNotice:
+        refund_id = _str(refund.get("id"), "refund id")
+        if refund.get("status") in _NO_MONEY_BACK:
+            return notice(IGNORED, txn_id=refund_id)
+        currency = currency_code(refund.get("currency"))
+        reverses = (_id_of(refund.get("payment_intent")) or _id_of(refund.get("charge"))
+                    or (_id_of(charge.get("payment_intent")) or _id_of(charge.get("id"))
+                        if charge is not None else None))
+        if reverses is None:
+            raise InvalidInput("Stripe refund names neither a payment_intent nor a charge")
         return notice(
             REVERSAL,
-            txn_id=txn_id,
-            amount=amount,
+            txn_id=refund_id,
+            amount=minor_to_major(refund.get("amount"), currency),
+            currency=currency,
+            payer=_payer(charge) if charge is not None else None,
+            reverses_txn=reverses,
+        )
+
+    if event_type in _REFUND_TYPES:
+        return refund_notice(obj, None)
+    if event_type == "charge.refunded":
+        refund = _newest_refund(obj)
+        if refund is None:
+            return notice(IGNORED, txn_id=_opt_str(obj.get("id")))
+        return refund_notice(refund, obj)
+    if event_type == "charge.dispute.created":
+        currency = currency_code(obj.get("currency"))
+        disputed = _id_of(obj.get("payment_intent")) or _id_of(obj.get("charge"))
+        if disputed is None:
+            raise InvalidInput("Stripe dispute names neither a payment_intent nor a charge")
+        return notice(
+            REVERSAL,
+            txn_id=_str(obj.get("id"), "data.object.id"),
+            amount=minor_to_major(obj.get("amount"), currency),
             currency=currency,
             payer=_payer(obj),
-            reverses_txn=reverses,
+            reverses_txn=disputed,
         )
 
     return notice(IGNORED, txn_id=_opt_str(obj.get("id")))

@@ -146,8 +146,8 @@ def registry_contacts(customer_id: int, contacts: dict[dc.ContactRole, dc.Contac
 
 # -- transfer codes (kept encrypted, only until used) ------------------------------------
 def _fernet(settings: Settings) -> MultiFernet:
-    return fernet_from(settings.domain_auth_key, Path(settings.data_dir) / "registry" / "auth.key",
-                       "domain_auth_key")
+    return fernet_from(settings.domain_auth_key, settings.effective_key_dir / "domain-auth.key",
+                       "domain_auth_key", legacy=Path(settings.data_dir) / "registry" / "auth.key")
 
 
 def set_transfer_code(factory: sessionmaker[Session], settings: Settings, service_id: int, code: str,

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.hosting.accounts import Secrets
@@ -199,23 +199,52 @@ def step_notify_credentials(ctx: StepContext, step: Step) -> StepResult:
 
 
 def open_link(factory: sessionmaker[Session], token: str, now: datetime) -> dict[str, Any]:
-    """The access data behind a one-time link; the link is used up by this call."""
+    """The access data behind a one-time link; the link is used up by this call.
+
+    One conditional UPDATE claims the link (unused and not expired), so of concurrent
+    requests exactly one gets a row back, on SQLite and PostgreSQL alike (PostgreSQL
+    re-checks the condition on the row a concurrent claim has just committed). The
+    claimed row's sealed data are read from that UPDATE and blanked in the same
+    transaction. Why a link cannot be opened is read afterwards, for the message only."""
     if not isinstance(token, str) or not 20 <= len(token) <= 100:
         raise InvalidInput("this link is not valid")
+    digest = token_hash(token)
     with transaction(factory) as s:
-        link = s.execute(select(CredentialLink).where(CredentialLink.token_sha256 == token_hash(token))
-                         ).scalar_one_or_none()
-        if link is None:
-            raise InvalidInput("this link is not valid")
-        if link.used_at is not None:
-            raise InvalidInput("this link was already used; ask for new access data")
-        if link.expires_at <= now:
-            raise InvalidInput("this link has expired; ask for new access data")
-        data = unseal(token, link.sealed)
-        link.used_at = now
-        link.sealed = b"-"  # nothing left to decrypt once it was shown
-        audit(s, "customer:link", "hosting.credentials_viewed", "service", link.service_id, {})
-        return data
+        claimed = s.execute(
+            update(CredentialLink)
+            .where(CredentialLink.token_sha256 == digest, CredentialLink.used_at.is_(None),
+                   CredentialLink.expires_at > now)
+            .values(used_at=now)
+            .returning(CredentialLink.id, CredentialLink.service_id, CredentialLink.sealed)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if claimed is not None:
+            data = unseal(token, claimed.sealed)  # InvalidInput rolls the claim back
+            s.execute(update(CredentialLink).where(CredentialLink.id == claimed.id)
+                      .values(sealed=b"-")  # nothing left to decrypt once it was shown
+                      .execution_options(synchronize_session=False))
+            audit(s, "customer:link", "hosting.credentials_viewed", "service", claimed.service_id, {})
+            return data
+        link = s.execute(select(CredentialLink.used_at)
+                         .where(CredentialLink.token_sha256 == digest)).first()
+    if link is None:
+        raise InvalidInput("this link is not valid")
+    if link.used_at is not None:
+        raise InvalidInput("this link was already used; ask for new access data")
+    raise InvalidInput("this link has expired; ask for new access data")
+
+
+def purge_expired_links(factory: sessionmaker[Session], now: datetime) -> int:
+    """Blank the sealed data of links that expired unused (the daily beat,
+    ``provisioner.purge_links``); the rows stay, so an expired link still says so.
+    Returns how many were purged."""
+    with transaction(factory) as s:
+        purged = s.execute(
+            update(CredentialLink)
+            .where(CredentialLink.expires_at <= now, CredentialLink.sealed != b"-")
+            .values(sealed=b"-")
+            .execution_options(synchronize_session=False))
+        return int(purged.rowcount or 0)  # type: ignore[attr-defined]
 
 
 PLANNERS: dict[str, LinePlanner] = {"hosting": plan_hosting_line}

@@ -184,6 +184,9 @@ class Runner:
 
     # -- running --------------------------------------------------------------
     def _claim(self, key: str, owner: str) -> Step | None:
+        """Take the step: QUEUED and due (a retry waits for its ``next_attempt_at``, however
+        early Celery's own autoretry asks; the re-drive sends it when due), or RUNNING with
+        an expired lease."""
         now = self.now()
         with transaction(self.factory) as s:
             res = s.execute(
@@ -191,7 +194,8 @@ class Runner:
                 .where(
                     Step.key == key,
                     or_(
-                        Step.state == StepState.QUEUED.value,
+                        and_(Step.state == StepState.QUEUED.value,
+                             or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= now)),
                         and_(Step.state == StepState.RUNNING.value, Step.lease_until < now),
                     ),
                 )

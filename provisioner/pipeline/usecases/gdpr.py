@@ -5,8 +5,10 @@
 * Erasure: refused while the customer has a service that is not finished (active,
   provisioning, suspended, failed, or expired with data still on a server). Otherwise
   the personal data are overwritten or deleted; invoices stay (kept 10 years, they are
-  an accounting record) and so do the payment records they rest on; backups that still
-  hold the data age out on their own (the brand's backup rotation).
+  an accounting record) and so do the payment records they rest on, without the payer;
+  the stored payment notifications behind them keep their amounts, ids and dates, while
+  their raw bodies and payer fields are redacted; backups that still hold the data age
+  out on their own (the brand's backup rotation).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.policy import get_brand
@@ -29,6 +32,7 @@ from provisioner.store.models import (
     Contact,
     Customer,
     Invoice,
+    Notification,
     Order,
     OutboxMail,
     Payment,
@@ -42,6 +46,49 @@ UNFINISHED = frozenset({ServiceState.PROVISIONING, ServiceState.ACTIVE, ServiceS
                         ServiceState.FAILED, ServiceState.EXPIRED})
 _PERSON = ("name", "company", "vat_id", "email", "address", "postal_code", "city", "country",
            "phone", "lang")
+#: What an erased notification's raw body becomes (the parsed notice keeps the accounting).
+REDACTED_RAW = b"[redacted: GDPR erasure]"
+
+
+def _redact_notifications(s: Session, proforma_ids: list[int]) -> int:
+    """Redact the payment notifications about the customer's proformas: the raw body and
+    the payer go; provider, event and transaction ids, amounts, currency, proforma,
+    reference and dates stay (accounting records). Found through the payments recorded
+    against the proformas, and the notices naming those transactions, proformas or their
+    payment references (a second event for the same money, a reversal, a bank notice that
+    was never recorded). Returns how many were redacted."""
+    if not proforma_ids:
+        return 0
+    payments = s.execute(select(Payment.provider, Payment.txn_id, Payment.notification_id)
+                         .where(Payment.proforma_id.in_(proforma_ids))).all()
+    numbers, refs = [], []
+    for number, ref in s.execute(select(Proforma.number, Proforma.reference)
+                                 .where(Proforma.id.in_(proforma_ids))).all():
+        numbers.append(number)
+        refs.append(ref)
+    txns = {(provider, txn) for provider, txn, _ in payments}
+    matches: list[ColumnElement[bool]] = [
+        Notification.id.in_([nid for _, _, nid in payments if nid is not None]),
+        Notification.notice["proforma"].as_string().in_(numbers),
+        Notification.notice["reference"].as_string().in_(refs)]
+    if txns:
+        ids = sorted({txn for _, txn in txns})
+        matches += [Notification.notice["txn_id"].as_string().in_(ids),
+                    Notification.notice["reverses_txn"].as_string().in_(ids)]
+    redacted = 0
+    for note in s.execute(select(Notification).where(or_(*matches))).scalars():
+        notice = dict(note.notice) if isinstance(note.notice, dict) else {}
+        ours = (notice.get("proforma") in numbers or notice.get("reference") in refs
+                or note.id in {nid for _, _, nid in payments}
+                or (note.provider, notice.get("txn_id")) in txns
+                or (note.provider, notice.get("reverses_txn")) in txns)
+        if not ours or (note.raw == REDACTED_RAW and notice.get("payer") is None):
+            continue
+        notice["payer"] = None
+        s.execute(update(Notification).where(Notification.id == note.id)
+                  .values(raw=REDACTED_RAW, notice=notice))
+        redacted += 1
+    return redacted
 
 
 def _customer(s: Session, customer_id: int) -> Customer:
@@ -139,6 +186,7 @@ def erase_customer(factory: sessionmaker[Session], customer_id: int, actor: str)
         # Unpaid orders go with the customer.
         order_ids = list(s.execute(select(Order.id).where(Order.customer_id == customer_id)).scalars())
         cancelled = 0
+        redacted = 0
         if order_ids:
             cancelled = int(s.execute(update(Proforma).where(
                 Proforma.order_id.in_(order_ids), Proforma.state == ProformaState.OPEN.value)
@@ -150,6 +198,7 @@ def erase_customer(factory: sessionmaker[Session], customer_id: int, actor: str)
             proforma_ids = list(s.execute(select(Proforma.id).where(
                 Proforma.order_id.in_(order_ids))).scalars())
             if proforma_ids:
+                redacted = _redact_notifications(s, proforma_ids)
                 s.execute(update(Payment).where(Payment.proforma_id.in_(proforma_ids))
                           .values(payer=None))
         old_email = c.email
@@ -171,10 +220,12 @@ def erase_customer(factory: sessionmaker[Session], customer_id: int, actor: str)
                                   ).scalars())
         gone_by = (utcnow() + timedelta(days=rotation)).date().isoformat()
         note = (f"customer {customer_id} erased; {len(invoices)} invoice(s) kept for {years} years "
-                f"(accounting); personal data may remain in backups until {gone_by}, when they "
-                f"are rotated out ({rotation} days)")
+                f"(accounting); {redacted} payment notification(s) redacted (raw body and payer "
+                f"gone; amounts, ids and dates kept); personal data may remain in backups until "
+                f"{gone_by}, when they are rotated out ({rotation} days)")
         audit(s, actor, "customer.erased", "customer", customer_id,
               {"invoices_kept": invoices, "proformas_cancelled": cancelled,
-               "backups_rotated_out_by": gone_by})
+               "notifications_redacted": redacted, "backups_rotated_out_by": gone_by})
         return {"customer": customer_id, "erased": True, "invoices_kept": invoices,
-                "proformas_cancelled": cancelled, "backups_rotated_out_by": gone_by, "note": note}
+                "proformas_cancelled": cancelled, "notifications_redacted": redacted,
+                "backups_rotated_out_by": gone_by, "note": note}

@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioner.adapters.payments import camt053 as bank
 from provisioner.domain.billing import DiscountCode
 from provisioner.domain.lifecycle import StepState
-from provisioner.errors import InvalidInput, NotFound
+from provisioner.errors import ConfigurationError, InvalidInput, NotFound
 from provisioner.pipeline.engine.plan import Planner, plan
 from provisioner.pipeline.usecases import orders
 from provisioner.pipeline.usecases.payments import ingest
 from provisioner.store.audit import audit
-from provisioner.store.db import transaction
+from provisioner.store.db import read_only, transaction
 from provisioner.store.models import (
     Customer,
     DiscountCodeRow,
@@ -225,7 +225,27 @@ def payment_dict(p: Payment, proforma_number: str | None) -> dict[str, Any]:
     })
 
 
+# Notifications that never became a payment and need a person: processing failed
+# (`error`, ops were alerted) or the notice names no transaction to record it under.
+NOTIFICATIONS_FOR_OPS = ("error", "no_txn_id")
+
+
+def notification_dict(n: Notification) -> dict[str, Any]:
+    """A notification that never became a payment, in `payment_dict`'s shape (``id``
+    None, ``notification`` its id; amount and ids as the notice gave them)."""
+    notice = n.notice if isinstance(n.notice, dict) else {}
+    return jsonable({
+        "id": None, "notification": n.id, "provider": n.provider, "event_id": n.event_id,
+        "txn_id": notice.get("txn_id"), "kind": notice.get("kind"), "amount": notice.get("amount"),
+        "currency": notice.get("currency"), "proforma": notice.get("proforma"),
+        "reference": notice.get("reference"), "status": n.status,
+        "detail": f"notification {n.id} ({n.event_id}): {n.detail or ''}", "received_at": n.received_at,
+    })
+
+
 def list_payments(factory: Factory, unmatched: bool) -> list[dict[str, Any]]:
+    """Recorded payments (with ``unmatched``: those that need ops), then the
+    notifications that could not be recorded as a payment (`NOTIFICATIONS_FOR_OPS`)."""
     with transaction(factory) as s:
         q = (
             select(Payment, Proforma.number)
@@ -234,7 +254,10 @@ def list_payments(factory: Factory, unmatched: bool) -> list[dict[str, Any]]:
         )
         if unmatched:
             q = q.where(Payment.status != MATCHED)
-        return [payment_dict(p, number) for p, number in s.execute(q).all()]
+        rows = [payment_dict(p, number) for p, number in s.execute(q).all()]
+        notes = s.execute(select(Notification).where(Notification.status.in_(NOTIFICATIONS_FOR_OPS))
+                          .order_by(Notification.id)).scalars()
+        return rows + [notification_dict(n) for n in notes]
 
 
 def list_invoices(factory: Factory) -> list[dict[str, Any]]:
@@ -252,9 +275,14 @@ def list_invoices(factory: Factory) -> list[dict[str, Any]]:
         ]
 
 
-def import_statement(factory: Factory, data: bytes, actor: str, planner: Planner) -> dict[str, Any]:
-    """Import a camt.053 statement: every entry is a notification of its own."""
-    notices = bank.parse_camt053(data)
+def import_statement(factory: Factory, data: bytes, actor: str, planner: Planner, *,
+                     account_iban: str) -> dict[str, Any]:
+    """Import a camt.053 statement of our account (``account_iban``, the `bank_iban`
+    setting): every entry is a notification of its own. A statement of another account
+    is refused whole (InvalidInput) and nothing of it is stored."""
+    if not account_iban.strip():
+        raise ConfigurationError("bank_iban is not set: no statement can be checked against our account")
+    notices = bank.parse_camt053(data, account_iban=account_iban)
     counts: dict[str, int] = {}
     settled: list[int] = []
     for notice in notices:
@@ -283,7 +311,9 @@ def add_discount(factory: Factory, code: DiscountCode, actor: str) -> dict[str, 
 
 
 def ping(factory: Factory) -> None:
-    with transaction(factory) as s:
+    """The database answers (``/health``): a read-only transaction, so a health check
+    never waits for, or takes, the write lock."""
+    with read_only(factory) as s:
         s.execute(text("SELECT 1"))
 
 

@@ -16,6 +16,20 @@ and if it settles the proforma, the proforma moves OPEN -> PAID with one conditi
 UPDATE, the services move to provisioning, and the plan is written into the journal.
 Nothing here talks to the broker: the caller dispatches after the commit, and the
 re-drive does it if the caller cannot.
+
+PayPal: a delivery's transmission id is claimed (`provisioner.store.webhooks`) in the
+transaction that stores its notification, so a captured delivery is used once
+(``replayed`` otherwise); and a PayPal payment is matched only after ``confirm`` (PayPal's
+REST API, built by the composition root) confirms its capture. A capture PayPal does not
+confirm is recorded as ``unconfirmed`` for ops and never settles; PayPal not answering
+leaves the notification stored for the re-drive.
+
+One notification never holds up the others (`process_pending`): one whose processing
+fails becomes `error` with the reason, ops are alerted once, and `payments list
+--unmatched` lists it (with the notices that name no transaction id, `no_txn_id`);
+a passing failure (database busy or unreachable) leaves it `stored` for the next run.
+A reversal counts against the proforma of the payment it reverses, so one recorded
+before settlement lowers what counts as paid.
 """
 
 from __future__ import annotations
@@ -29,25 +43,35 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.payments import PaymentNotice
 from provisioner.domain import references
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.payments import MatchStatus, match_payment
-from provisioner.errors import InvalidInput
+from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 from provisioner.pipeline.engine.plan import Planner
+from provisioner.pipeline.engine.ports import OpsAlert
 from provisioner.pipeline.engine.runner import record
 from provisioner.pipeline.usecases.orders import order_view
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import Notification, Order, Payment, Proforma, Service
+from provisioner.store.webhooks import Claim
 from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.payments")
+
+# The provider's API confirms a payment before it is matched (PayPal: the capture).
+Confirm = Callable[[PaymentNotice], PaymentNotice]
+# Providers whose payments are never matched unconfirmed: without a ``confirm`` their
+# notifications stay stored.
+_CONFIRMED_BY_API = frozenset({"paypal"})
 
 
 @dataclass(frozen=True)
@@ -111,11 +135,29 @@ _PROFORMA_BY_NUMBER = select(Proforma).where(
     Proforma.number == bindparam("number")).with_for_update()
 _PROFORMA_BY_REFERENCE = select(Proforma).where(
     Proforma.reference == bindparam("reference")).with_for_update()
-_PAID_SO_FAR = select(func.coalesce(func.sum(_PAYMENTS.c.amount), 0)).where(
+# EUR payments that count, less the reversals (refunds, chargebacks) recorded against
+# the proforma: money that went back does not pay it.
+_PAID_SO_FAR = select(func.coalesce(func.sum(case(
+    (_PAYMENTS.c.kind == "reversal", -_PAYMENTS.c.amount), else_=_PAYMENTS.c.amount)), 0)).where(
     _PAYMENTS.c.proforma_id == bindparam("pid"),
-    _PAYMENTS.c.kind == "payment",
     _PAYMENTS.c.currency == "EUR",
-    _PAYMENTS.c.status.in_(_PAID_STATUSES),
+    or_(and_(_PAYMENTS.c.kind == "payment", _PAYMENTS.c.status.in_(_PAID_STATUSES)),
+        and_(_PAYMENTS.c.kind == "reversal", _PAYMENTS.c.status == MatchStatus.REVERSAL.value)),
+)
+# The proforma of the payment a reversal reverses (a refund names the payment, not the
+# proforma).
+_REVERSED_PROFORMA = select(_PAYMENTS.c.proforma_id).where(
+    _PAYMENTS.c.provider == bindparam("provider"),
+    _PAYMENTS.c.txn_id == bindparam("txn"),
+    _PAYMENTS.c.kind == "payment",
+    _PAYMENTS.c.proforma_id.is_not(None),
+)
+_PROFORMA_BY_ID = select(Proforma).where(Proforma.id == bindparam("pid")).with_for_update()
+# A notification whose processing failed: `error`, once (the ops alert goes with this).
+_MARK_ERROR = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id == bindparam("nid"), _NOTIFICATIONS.c.status == "stored")
+    .values(status="error", detail=bindparam("new_detail"))
 )
 _PROFORMAS = cast(Table, Proforma.__table__)
 _SETTLE_PROFORMA = (
@@ -156,8 +198,10 @@ _STORE_SQL = {
 }
 
 
-def _store_rows(conn: Any, dialect: str, notices: list[PaymentNotice]) -> list[IngestResult]:
-    """INSERT .. ON CONFLICT DO NOTHING for each notice on a DBAPI connection, one commit."""
+def _store_rows(conn: Any, dialect: str, notices: list[PaymentNotice],
+                claims: list[Claim | None] | None = None) -> list[IngestResult]:
+    """INSERT .. ON CONFLICT DO NOTHING for each notice on a DBAPI connection, one commit.
+    A notice with a claim that was taken before is not stored (``replayed``)."""
     now = utcnow()
     received: object = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else now
     try:
@@ -165,7 +209,10 @@ def _store_rows(conn: Any, dialect: str, notices: list[PaymentNotice]) -> list[I
         if dialect == "sqlite":
             cur.execute("BEGIN IMMEDIATE")
         results = []
-        for notice in notices:
+        for notice, claim in zip(notices, claims or [None] * len(notices), strict=True):
+            if claim is not None and not claim(cur, dialect):
+                results.append(IngestResult("replayed", None))
+                continue
             cur.execute(_STORE_SQL[dialect], (notice.provider, notice.event_id, received,
                                               notice.raw, json.dumps(notice_to_json(notice))))
             row = cur.fetchone()
@@ -178,9 +225,10 @@ def _store_rows(conn: Any, dialect: str, notices: list[PaymentNotice]) -> list[I
         raise
 
 
-def store_batch(factory: sessionmaker[Session], notices: list[PaymentNotice]) -> list[IngestResult]:
+def store_batch(factory: sessionmaker[Session], notices: list[PaymentNotice],
+                claims: list[Claim | None] | None = None) -> list[IngestResult]:
     """Store several notifications in one transaction (one commit): `accepted` or
-    `duplicate` for each, in order.
+    `duplicate` for each, in order (`replayed` for one whose claim was taken before).
 
     This is the hottest statement of the product (every webhook delivery), so it runs
     on the pool's DBAPI connection with a fixed SQL text: no ORM session, no statement
@@ -190,7 +238,7 @@ def store_batch(factory: sessionmaker[Session], notices: list[PaymentNotice]) ->
     dialect = "postgresql" if engine.dialect.name == "postgresql" else "sqlite"
     conn = engine.raw_connection()
     try:
-        return _store_rows(conn, dialect, notices)
+        return _store_rows(conn, dialect, notices, claims)
     finally:
         conn.close()
 
@@ -209,12 +257,13 @@ class NotificationWriter:
         self._factory = factory
         self._max_batch = max_batch
         self._on_accepted = on_accepted
-        self._pending: list[tuple[PaymentNotice, asyncio.Future[IngestResult]]] = []
+        self._pending: list[tuple[PaymentNotice, Claim | None, asyncio.Future[IngestResult]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, notice: PaymentNotice) -> IngestResult:
+    async def submit(self, notice: PaymentNotice, claim: Claim | None = None) -> IngestResult:
+        """Store ``notice`` (with ``claim``, in the same transaction, when it has one)."""
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((notice, future))
+        self._pending.append((notice, claim, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -227,16 +276,17 @@ class NotificationWriter:
         while self._pending:
             batch = self._pending[:self._max_batch]
             del self._pending[:self._max_batch]
-            notices = [notice for notice, _ in batch]
+            notices = [notice for notice, _, _ in batch]
+            claims = [claim for _, claim, _ in batch]
             try:
-                results = await asyncio.to_thread(store_batch, self._factory, notices)
+                results = await asyncio.to_thread(store_batch, self._factory, notices, claims)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 log.exception("could not store %d notification(s)", len(batch))
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
             if self._on_accepted is not None and any(r.status == "accepted" for r in results):
@@ -285,14 +335,75 @@ def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, 
 
 def process(
     factory: sessionmaker[Session], notification_id: int, notice: PaymentNotice, actor: str,
-    planner: Planner,
+    planner: Planner, confirm: Confirm | None = None,
 ) -> IngestResult:
-    """Process a stored notification in a transaction of its own (the re-drive's way)."""
+    """Process a stored notification in a transaction of its own (the re-drive's way).
+    A payment the provider's API must confirm (PayPal) is confirmed first, outside the
+    transaction; ``deferred`` when the API cannot be asked now (it stays stored)."""
+    confirmed, unconfirmed = _confirm(notice, confirm)
+    if confirmed is None and unconfirmed is None:
+        return IngestResult("deferred", notification_id)
     with transaction(factory) as s:
         status = s.execute(_NOTIFICATION_STATUS, {"nid": notification_id}).scalar_one_or_none()
         if status is None:  # another processor holds it right now
             return IngestResult("busy", notification_id)
-        return _process(s, notification_id, status, notice, actor, planner)
+        if confirmed is None:
+            return _record_unconfirmed(s, notification_id, status, notice, str(unconfirmed), actor)
+        return _process(s, notification_id, status, confirmed, actor, planner)
+
+
+def _confirm(notice: PaymentNotice, confirm: Confirm | None) -> tuple[PaymentNotice | None, str | None]:
+    """``(notice to match, None)`` when it needs no confirmation or the provider's API
+    confirmed it (with the API's amount, currency and proforma); ``(None, why)`` when the
+    API does not confirm it; ``(None, None)`` when the API cannot be asked now."""
+    if (notice.provider not in _CONFIRMED_BY_API or notice.kind != "payment"
+            or notice.amount is None or not notice.txn_id):
+        return notice, None
+    try:
+        if confirm is None:
+            raise ConfigurationError(f"{notice.provider} payments are confirmed through its API, "
+                                     "and this process was given no way to ask it")
+        return confirm(notice), None
+    except (TransientError, ConfigurationError) as exc:
+        log.log(logging.ERROR if isinstance(exc, ConfigurationError) else logging.WARNING,
+                "%s payment %s (event %s) cannot be confirmed now; left for the re-drive: %s",
+                notice.provider, notice.txn_id, notice.event_id, exc)
+        return None, None
+    except InvalidInput as exc:
+        log.warning("%s payment %s (event %s) is not confirmed: %s", notice.provider,
+                    notice.txn_id, notice.event_id, exc)
+        return None, str(exc)
+
+
+def _record_unconfirmed(s: Session, notification_id: int, note_status: str, notice: PaymentNotice,
+                        detail: str, actor: str) -> IngestResult:
+    """A payment its provider's API does not confirm: recorded for ops (kind and status
+    ``unconfirmed``, listed by `payments list --unmatched`), never matched or settled.
+    Its own kind leaves the (provider, txn_id, payment) slot to the real payment."""
+    if note_status != "stored":
+        return IngestResult(note_status, notification_id)
+    proforma, _ = _find_proforma(s, notice)
+    row = s.execute(_RECORD_PAYMENT[_dialect(s)], {
+        "provider": notice.provider,
+        "txn_id": notice.txn_id,
+        "kind": "unconfirmed",
+        "notification_id": notification_id,
+        "proforma_id": proforma.id if proforma is not None else None,
+        "amount": notice.amount,
+        "currency": (notice.currency or "").upper()[:3],
+        "reference": (notice.reference or "")[:60] or None,
+        "payer": (notice.payer or "")[:200] or None,
+        "status": "unconfirmed",
+        "detail": detail,
+        "received_at": utcnow(),
+    }).first()
+    _set_status(s, notification_id, "unconfirmed", detail)
+    if row is not None:
+        audit(s, actor, "payment.unconfirmed", "payment", row[0],
+              {"amount": str(notice.amount), "detail": detail[:500],
+               "proforma": proforma.number if proforma is not None else None})
+    return IngestResult("unconfirmed", notification_id,
+                        proforma=proforma.number if proforma is not None else None)
 
 
 def _set_status(s: Session, notification_id: int, status: str, detail: str | None = None) -> None:
@@ -309,14 +420,21 @@ def _process(
 ) -> IngestResult:
     if note_status != "stored":
         return IngestResult(note_status, notification_id)
-    if notice.kind == "ignored" or notice.amount is None or not notice.txn_id:
+    if notice.kind == "ignored" or notice.amount is None:
         _set_status(s, notification_id, "ignored")
         return IngestResult("ignored", notification_id)
+    if not notice.txn_id:  # nothing to record it under (and to keep it to once): ops
+        _set_status(s, notification_id, "no_txn_id",
+                    f"{notice.kind} of {notice.amount} {notice.currency or '?'} without a transaction "
+                    "id: not recorded; ops must look at it")
+        return IngestResult("no_txn_id", notification_id)
     proforma, why = _find_proforma(s, notice)
+    if proforma is None and notice.kind == "reversal" and notice.reverses_txn:
+        proforma = _reversed_proforma(s, notice)
     kind = "reversal" if notice.kind == "reversal" else "payment"
     paid_so_far = Decimal("0")
     if proforma is not None:
-        paid_so_far = s.execute(_PAID_SO_FAR, {"pid": proforma.id}).scalar_one()
+        paid_so_far = max(Decimal(s.execute(_PAID_SO_FAR, {"pid": proforma.id}).scalar_one()), Decimal(0))
     if kind == "reversal":
         status, settles, detail = MatchStatus.REVERSAL, False, (
             f"reversal of {notice.reverses_txn or notice.txn_id}: ops must review"
@@ -364,6 +482,11 @@ def _process(
     )
 
 
+def _reversed_proforma(s: Session, notice: PaymentNotice) -> Proforma | None:
+    pid = s.execute(_REVERSED_PROFORMA, {"provider": notice.provider, "txn": notice.reverses_txn}).scalar()
+    return None if pid is None else s.execute(_PROFORMA_BY_ID, {"pid": pid}).scalar_one_or_none()
+
+
 def _settle(s: Session, proforma: Proforma, actor: str, planner: Planner) -> bool:
     """OPEN -> PAID exactly once; then services and the plan (in the same transaction)."""
     now = utcnow()
@@ -379,13 +502,42 @@ def _settle(s: Session, proforma: Proforma, actor: str, planner: Planner) -> boo
     return True
 
 
+# Failures that pass: the notification stays `stored` and the next run tries again.
+_RETRY_LATER = (TransientError, OperationalError, InterfaceError, PoolTimeout)
+
+
+def _fail(factory: sessionmaker[Session], notification_id: int, data: object, exc: Exception,
+          alert: OpsAlert | None) -> IngestResult:
+    """Mark a notification whose processing failed `error` with the reason; the one run
+    that marks it alerts ops (so once per notification)."""
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    reason = f"{type(exc).__name__}: {first_line}"[:1000]
+    notice = data if isinstance(data, dict) else {}
+    what = f"payment notification {notification_id} ({notice.get('provider')} {notice.get('event_id')})"
+    log.error("%s could not be processed, marked error: %s", what, reason, exc_info=exc)
+    with transaction(factory) as s:
+        res = s.execute(_MARK_ERROR, {"nid": notification_id, "new_detail": reason})
+        marked = res.rowcount == 1  # type: ignore[attr-defined]
+    if marked and alert is not None:
+        try:
+            alert(step_key=f"notification:{notification_id}", order_id=0, attempts=1,
+                  detail=f"{what} could not be processed and is not settled (see "
+                         f"`provisioner payments list --unmatched`): {reason}")
+        except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
+            log.exception("could not send the ops alert for notification %s", notification_id)
+    return IngestResult("error", notification_id)
+
+
 def process_pending(
     factory: sessionmaker[Session], planner: Planner, *, limit: int = 500, older_than_s: float = 0.0,
-    actor: str = "system:payments",
+    actor: str = "system:payments", confirm: Confirm | None = None, alert: OpsAlert | None = None,
 ) -> list[IngestResult]:
     """Process stored notifications, oldest first, each in a transaction of its own.
     Run by the worker right after webhooks arrive, and by the re-drive as a backstop
-    (`older_than_s`) for any whose processing crashed."""
+    (`older_than_s`) for any whose processing crashed.
+
+    One that fails is marked `error` (``alert`` tells ops, once) and the rest go on; a
+    passing failure (`_RETRY_LATER`) leaves it `stored` (result ``retry``)."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     with transaction(factory) as s:
         rows = list(
@@ -396,12 +548,23 @@ def process_pending(
                 .limit(limit)
             ).all()
         )
-    return [process(factory, nid, notice_from_json(data), actor, planner) for nid, data in rows]
+    results: list[IngestResult] = []
+    for nid, data in rows:
+        try:
+            results.append(process(factory, nid, notice_from_json(data), actor, planner, confirm))
+        except _RETRY_LATER as exc:
+            log.warning("payment notification %s: %s; left stored for the next run", nid, exc)
+            results.append(IngestResult("retry", nid))
+        except Exception as exc:  # noqa: BLE001 - one bad notification must not stop the rest
+            results.append(_fail(factory, nid, data, exc, alert))
+    return results
 
 
-def reprocess_stored(factory: sessionmaker[Session], planner: Planner, older_than_s: float = 60.0) -> int:
+def reprocess_stored(factory: sessionmaker[Session], planner: Planner, older_than_s: float = 60.0,
+                     confirm: Confirm | None = None, alert: OpsAlert | None = None) -> int:
     """The re-drive's backstop: notifications still `stored` after `older_than_s`."""
-    return len(process_pending(factory, planner, older_than_s=older_than_s, actor="system:reprocess"))
+    return len(process_pending(factory, planner, older_than_s=older_than_s, actor="system:reprocess",
+                               confirm=confirm, alert=alert))
 
 
 def record_manual_payment(

@@ -170,7 +170,7 @@ def test_bootstrap_builds_the_adapters_from_settings(
     with transaction(ctx.factory) as s:
         account = s.execute(select(AcmeAccount)).scalar_one()
         assert b"PRIVATE KEY" not in account.key_encrypted
-    assert (configured.data_dir / "tls-fernet.key").stat().st_mode & 0o077 == 0
+    assert (configured.effective_key_dir / "tls-fernet.key").stat().st_mode & 0o077 == 0
 
 
 def test_missing_settings_are_configuration_errors(settings: Settings) -> None:

@@ -268,3 +268,23 @@ def test_broken_entries_are_invalid_input(old: bytes, new: bytes) -> None:
     assert old in doc
     with pytest.raises(InvalidInput):
         parse_camt053(doc.replace(old, new, 1))
+
+
+# ------------------------------------------------------------------- whose account
+
+
+@pytest.mark.parametrize("ours", [IBAN, "si56 1910 0000 0123 438", " SI56191000000123438 "])
+def test_a_statement_of_our_account_is_read(ours: str) -> None:
+    (notice,) = parse_camt053(camt053_statement([_credit()]), account_iban=ours)
+    assert notice.kind == "payment"
+
+
+def test_a_statement_of_another_account_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="SI56020170014356205.*not our account"):
+        parse_camt053(camt053_statement([_credit()], iban="SI56020170014356205"), account_iban=IBAN)
+
+
+def test_a_document_with_one_statement_of_another_account_is_refused_whole() -> None:
+    doc = camt053_document([(IBAN, [_credit()]), ("SI56020170014356205", [_credit(acct_svcr_ref="R3")])])
+    with pytest.raises(InvalidInput, match="not our account"):
+        parse_camt053(doc, account_iban=IBAN)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import ssl
 import threading
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,7 +18,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from provisioner.adapters.payments.paypal import PayPalVerifier, parse_paypal
+from provisioner.adapters.payments import PaymentNotice
+from provisioner.adapters.payments.paypal import PayPalCaptures, PayPalVerifier, parse_paypal
+from provisioner.devstack.paypal_api import PayPalApi
 from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature, TransientError
 from tests.payloads import make_paypal_signing_cert, paypal_event, paypal_headers
 
@@ -426,3 +432,352 @@ def test_real_fetcher_network_failure_is_transient(
     url = "https://127.0.0.1:9/v1/notifications/certs/CERT-local"
     with pytest.raises(TransientError):
         verifier.verify(headers_for(body, signing[0], cert_url=url), body)
+
+
+# ------------------------------------------- CRC32 forgery (finding High 1)
+
+
+def forge_crc(prefix: bytes, suffix: bytes, target: int) -> bytes:
+    """Four bytes ``x`` with ``zlib.crc32(prefix + x + suffix) == target``.
+
+    CRC32 is affine over GF(2) for messages of one length, so the CRC as a function of
+    the 32 bits of ``x`` is ``base ^ A·x``; solve ``A·x = target ^ base`` by Gaussian
+    elimination (the standard CRC forcing; appending is the case ``suffix == b""``)."""
+    zero = b"\0\0\0\0"
+    base = zlib.crc32(prefix + zero + suffix)
+    # one equation per CRC bit: (row over the 32 unknown bits, right-hand side bit)
+    columns = [zlib.crc32(prefix + (1 << k).to_bytes(4, "little") + suffix) ^ base
+               for k in range(32)]
+    want = target ^ base
+    rows = [(sum(((columns[k] >> bit) & 1) << k for k in range(32)), (want >> bit) & 1)
+            for bit in range(32)]
+    solution = 0
+    pivots: list[tuple[int, int, int]] = []
+    for k in range(32):
+        pick = next(i for i, (row, _) in enumerate(rows) if (row >> k) & 1)
+        row, rhs = rows.pop(pick)
+        rows = [(r ^ row, b ^ rhs) if (r >> k) & 1 else (r, b) for r, b in rows]
+        pivots = [(pk, pr ^ row, pb ^ rhs) if (pr >> k) & 1 else (pk, pr, pb)
+                  for pk, pr, pb in pivots]
+        pivots.append((k, row, rhs))
+    for k, _, rhs in pivots:
+        solution |= rhs << k
+    forged = solution.to_bytes(4, "little")
+    assert zlib.crc32(prefix + forged + suffix) == target
+    return forged
+
+
+def crc_forged_body(captured: bytes, event_id: str, proforma: str, amount: str,
+                    capture_id: str) -> bytes:
+    """A PayPal event of our choosing (another event, capture, proforma and amount) whose
+    CRC32 is the captured body's: four bytes inside a JSON string restore it. The four
+    bytes must be printable for the JSON to parse, so a nonce varies until they are."""
+    target = zlib.crc32(captured)
+    event = json.loads(paypal_event(event_id, proforma, amount, capture_id=capture_id))
+    for nonce in range(100_000):
+        text = json.dumps(event, separators=(",", ":"))[:-1] + f',"pad":"{nonce}'
+        x = forge_crc(text.encode(), b'"}', target)
+        if all(0x20 <= c < 0x7F and c not in b'"\\' for c in x):
+            body = text.encode() + x + b'"}'
+            assert json.loads(body)["resource"]["custom_id"] == proforma
+            return body
+    raise AssertionError("no printable CRC patch found")
+
+
+def test_a_body_recrafted_to_a_captured_crc_still_verifies(
+    verifier: PayPalVerifier, signing: tuple[rsa.RSAPrivateKey, bytes], body: bytes
+) -> None:
+    """Why the signature alone cannot be trusted with the amount: PayPal signs the CRC32
+    of the body, and any body can be given the CRC of a captured one."""
+    headers = headers_for(body, signing[0])
+    forged = crc_forged_body(body, "WH-FORGED", "PF-2026-0099", "1500.00", "FORGEDCAPTURE01")
+    verifier.verify(headers, forged)
+    notice = parse_paypal(forged)
+    assert (notice.proforma, notice.amount, notice.txn_id) == (
+        "PF-2026-0099", Decimal("1500.00"), "FORGEDCAPTURE01")
+
+
+# ------------------------------- cheap checks first; failures cached (Medium 4)
+
+
+class FailingFetcher:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.urls: list[str] = []
+
+    def __call__(self, url: str) -> bytes:
+        self.urls.append(url)
+        raise self.error
+
+
+def garbage_headers(body: bytes, n: int, cert_url: str = CERT_URL) -> dict[str, str]:
+    return {
+        "PAYPAL-TRANSMISSION-ID": f"garbage-{n}",
+        "PAYPAL-TRANSMISSION-TIME": SENT,
+        "PAYPAL-TRANSMISSION-SIG": base64.b64encode(b"x" * 256).decode(),
+        "PAYPAL-CERT-URL": cert_url,
+        "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+    }
+
+
+@pytest.mark.parametrize("answer", [
+    InvalidSignature("PayPal certificate URL answered 404"),
+    TransientError("cannot fetch the PayPal certificate: ConnectError"),
+], ids=["404", "down"])
+def test_100_garbage_deliveries_naming_a_failing_certificate_url_fetch_it_at_most_once(
+    body: bytes, answer: Exception
+) -> None:
+    fetcher = FailingFetcher(answer)
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=NOW.timestamp)
+    for n in range(100):
+        with pytest.raises(type(answer)):
+            verifier.verify(garbage_headers(body, n), body)
+    assert len(fetcher.urls) <= 1
+
+
+def test_100_garbage_deliveries_naming_a_url_that_gives_no_certificate_fetch_it_at_most_once(
+    body: bytes,
+) -> None:
+    fetcher = Fetcher(b"<html>not a certificate</html>")
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=NOW.timestamp)
+    for n in range(100):
+        with pytest.raises(InvalidSignature):
+            verifier.verify(garbage_headers(body, n), body)
+    assert len(fetcher.urls) <= 1
+
+
+def test_100_garbage_deliveries_naming_a_good_certificate_fetch_it_once(
+    verifier: PayPalVerifier, fetcher: Fetcher, body: bytes
+) -> None:
+    for n in range(100):
+        with pytest.raises(InvalidSignature, match="does not match"):
+            verifier.verify(garbage_headers(body, n), body)
+    assert fetcher.urls == [CERT_URL]
+
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_certificate_url_is_fetched_again_after_a_minute(body: bytes) -> None:
+    fetcher = FailingFetcher(InvalidSignature("PayPal certificate URL answered 404"))
+    clock = Clock(NOW.timestamp())
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=clock, max_skew=900)
+    with pytest.raises(InvalidSignature):
+        verifier.verify(garbage_headers(body, 1), body)
+    clock.now += 30
+    with pytest.raises(InvalidSignature, match="failed"):
+        verifier.verify(garbage_headers(body, 2), body)
+    assert len(fetcher.urls) == 1
+    clock.now += 31
+    with pytest.raises(InvalidSignature):
+        verifier.verify(garbage_headers(body, 3), body)
+    assert len(fetcher.urls) == 2
+
+
+def test_certificate_downloads_are_bounded_per_minute(body: bytes) -> None:
+    """Distinct certificate paths on a pinned host cannot make us fetch without limit."""
+    fetcher = FailingFetcher(InvalidSignature("PayPal certificate URL answered 404"))
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=NOW.timestamp,
+                              max_fetches_per_minute=5)
+    refused = 0
+    for n in range(50):
+        try:
+            verifier.verify(garbage_headers(body, n, cert_url=f"{CERT_URL}-{n}"), body)
+        except TransientError:
+            refused += 1
+        except InvalidSignature:
+            pass
+    assert len(fetcher.urls) == 5
+    assert refused == 45
+
+
+@pytest.mark.parametrize(("header", "value"), [
+    ("PAYPAL-TRANSMISSION-SIG", "not base64!!"),
+    ("PAYPAL-TRANSMISSION-TIME", "2026-11-21T09:00:00Z"),
+    ("PAYPAL-AUTH-ALGO", "SHA1withRSA"),
+], ids=["signature-not-base64", "stale-time", "other-algorithm"])
+def test_a_delivery_failing_a_cheap_check_fetches_nothing(
+    fetcher: Fetcher, body: bytes, header: str, value: str
+) -> None:
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=NOW.timestamp)
+    headers = garbage_headers(body, 1)
+    headers[header] = value
+    with pytest.raises(InvalidSignature):
+        verifier.verify(headers, body)
+    assert fetcher.urls == []
+
+
+def test_a_transmission_seen_before_is_refused_before_any_fetch(
+    fetcher: Fetcher, signing: tuple[rsa.RSAPrivateKey, bytes], body: bytes
+) -> None:
+    used = {"T-USED"}
+    verifier = PayPalVerifier(WEBHOOK_ID, fetch_cert=fetcher, clock=NOW.timestamp,
+                              seen=used.__contains__)
+    with pytest.raises(InvalidSignature, match="used before"):
+        verifier.verify(headers_for(body, signing[0], transmission_id="T-USED"), body)
+    assert fetcher.urls == []
+    verifier.verify(headers_for(body, signing[0], transmission_id="T-NEW"), body)
+
+
+def test_verify_names_the_transmission_and_how_long_it_must_be_remembered(
+    verifier: PayPalVerifier, signing: tuple[rsa.RSAPrivateKey, bytes], body: bytes
+) -> None:
+    transmission = verifier.verify(headers_for(body, signing[0], transmission_id="T-1"), body)
+    assert transmission.id == "T-1"
+    assert transmission.expires_at == NOW + timedelta(seconds=300)
+
+
+# ------------------------- PayPal's REST API confirms the capture (finding High 1)
+
+CLIENT = ("client-id-1", "client-secret-1")
+
+
+@pytest.fixture
+def api() -> Iterator[PayPalApi]:
+    with PayPalApi(*CLIENT) as server:
+        yield server
+
+
+@pytest.fixture
+def captures(api: PayPalApi) -> Iterator[PayPalCaptures]:
+    client = PayPalCaptures(api.url, *CLIENT)
+    yield client
+    client.close()
+
+
+def paid(proforma: str = "PF-2026-0001", amount: str = "12.34", currency: str = "EUR",
+         capture_id: str = "5TY05013RG002845M") -> PaymentNotice:
+    return parse_paypal(paypal_event("WH-1", proforma, amount, currency, capture_id=capture_id))
+
+
+def test_a_completed_capture_of_the_same_amount_and_proforma_is_confirmed(
+    api: PayPalApi, captures: PayPalCaptures
+) -> None:
+    api.add_capture("5TY05013RG002845M", "12.34", "EUR", custom_id="PF-2026-0001")
+    confirmed = captures.confirm(paid(amount="12.340"))
+    assert (confirmed.amount, confirmed.currency, confirmed.proforma) == (
+        Decimal("12.34"), "EUR", "PF-2026-0001")
+    assert api.requests == {"token": 1, "capture": 1}
+
+
+def test_the_invoice_id_names_the_proforma_when_there_is_no_custom_id(
+    api: PayPalApi, captures: PayPalCaptures
+) -> None:
+    api.add_capture("5TY05013RG002845M", "12.34", "EUR", invoice_id="PF-2026-0001")
+    assert captures.confirm(paid()).proforma == "PF-2026-0001"
+
+
+@pytest.mark.parametrize(("capture", "why"), [
+    ({}, "knows no capture"),
+    ({"status": "PENDING"}, "status is PENDING"),
+    ({"status": "REFUNDED"}, "status is REFUNDED"),
+    ({"value": "1500.00"}, "PayPal says 1500.00 EUR"),
+    ({"currency": "USD"}, "PayPal says 12.34 USD"),
+    ({"custom_id": "PF-2026-0002"}, "names proforma 'PF-2026-0002'"),
+], ids=["unknown", "pending", "refunded", "other-amount", "other-currency", "other-proforma"])
+def test_a_capture_paypal_does_not_confirm_is_invalid_input(
+    api: PayPalApi, captures: PayPalCaptures, capture: dict[str, str], why: str
+) -> None:
+    if capture:
+        values = {"value": "12.34", "currency": "EUR", "custom_id": "PF-2026-0001",
+                  "status": "COMPLETED", **capture}
+        api.add_capture("5TY05013RG002845M", values["value"], values["currency"],
+                        custom_id=values["custom_id"], status=values["status"])
+    with pytest.raises(InvalidInput, match=why):
+        captures.confirm(paid())
+
+
+def test_the_token_is_reused_until_it_is_about_to_expire(api: PayPalApi) -> None:
+    clock = Clock(1000.0)
+    api.token_ttl_s = 600
+    client = PayPalCaptures(api.url, *CLIENT, clock=clock)
+    api.add_capture("5TY05013RG002845M", "12.34", "EUR", custom_id="PF-2026-0001")
+    try:
+        for _ in range(3):
+            client.confirm(paid())
+        assert api.requests == {"token": 1, "capture": 3}
+        clock.now += 541  # within a minute of its 600 s: renewed before PayPal drops it
+        client.confirm(paid())
+        assert api.requests == {"token": 2, "capture": 4}
+    finally:
+        client.close()
+
+
+def test_a_token_paypal_stops_taking_is_replaced_once(
+    api: PayPalApi, captures: PayPalCaptures
+) -> None:
+    api.add_capture("5TY05013RG002845M", "12.34", "EUR", custom_id="PF-2026-0001")
+    captures.confirm(paid())
+    api.expire_tokens()
+    captures.confirm(paid())
+    assert api.requests == {"token": 2, "capture": 3}
+
+
+@pytest.mark.parametrize("status", [503, 500, 429])
+def test_paypal_not_answering_is_transient(
+    api: PayPalApi, captures: PayPalCaptures, status: int
+) -> None:
+    api.fail_with = status
+    with pytest.raises(TransientError, match=str(status)):
+        captures.confirm(paid())
+
+
+def test_paypal_unreachable_is_transient_and_not_asked_again_for_a_while() -> None:
+    """A batch of payments waiting for PayPal is not held up by one timeout each."""
+    clock = Clock(1000.0)
+    client = PayPalCaptures("http://127.0.0.1:9", *CLIENT, timeout=2, clock=clock)
+    try:
+        with pytest.raises(TransientError, match="cannot reach"):
+            client.confirm(paid())
+        clock.now += 10
+        with pytest.raises(TransientError, match="not asked again for 5 s"):
+            client.confirm(paid())
+        clock.now += 6
+        with pytest.raises(TransientError, match="cannot reach"):
+            client.confirm(paid())
+    finally:
+        client.close()
+
+
+def test_credentials_paypal_refuses_are_a_configuration_error(api: PayPalApi) -> None:
+    client = PayPalCaptures(api.url, CLIENT[0], "wrong-secret")
+    try:
+        with pytest.raises(ConfigurationError, match="client credentials"):
+            client.confirm(paid())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("capture_id", ["../../v1/oauth2/token", "5TY0 5013", "", "x" * 65])
+def test_a_capture_id_that_is_not_one_is_refused_without_asking(
+    api: PayPalApi, captures: PayPalCaptures, capture_id: str
+) -> None:
+    notice = dataclasses.replace(paid(), txn_id=capture_id)
+    with pytest.raises(InvalidInput, match="not a PayPal capture id"):
+        captures.confirm(notice)
+    assert api.requests == {}
+
+
+def test_other_providers_and_refunds_pass_unchanged(captures: PayPalCaptures, api: PayPalApi) -> None:
+    stripe = dataclasses.replace(paid(), provider="stripe")
+    refund = parse_paypal(paypal_event("WH-9", "PF-1", "1.00", event_type="PAYMENT.CAPTURE.REFUNDED"))
+    assert captures.confirm(stripe) is stripe
+    assert captures.confirm(refund) is refund
+    assert api.requests == {}
+
+
+@pytest.mark.parametrize("base", ["http://api-m.paypal.com", "ftp://127.0.0.1", "not a url",
+                                  "https://api-m.paypal.com?x=1"])
+def test_the_api_base_must_be_https_unless_on_loopback(base: str) -> None:
+    with pytest.raises(ConfigurationError, match="paypal_api_base"):
+        PayPalCaptures(base, *CLIENT)
+
+
+def test_the_api_needs_client_credentials() -> None:
+    with pytest.raises(ConfigurationError, match="paypal_client_id"):
+        PayPalCaptures("https://api-m.paypal.com", "", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -139,13 +140,52 @@ def test_unpaid_checkout_session_is_ignored() -> None:
     assert parse_stripe(body).kind == "ignored"
 
 
-def test_charge_refunded_reverses_the_payment_intent() -> None:
-    body = stripe_event("evt_r", "PF-1", 1234, type="charge.refunded", txn_id="pi_p")
-    notice = parse_stripe(body)
-    assert notice.kind == "reversal"
-    assert notice.reverses_txn == "pi_p"
-    assert notice.txn_id == "ch_p"
-    assert notice.amount == Decimal("12.34")
+def _refund(refund_id: str, amount: int, created: int, status: str = "succeeded") -> dict:
+    return {"id": refund_id, "object": "refund", "amount": amount, "currency": "eur", "charge": "ch_p",
+            "payment_intent": "pi_p", "status": status, "created": created, "metadata": {}}
+
+
+def _event(event_id: str, type: str, obj: dict) -> bytes:
+    return json.dumps({"id": event_id, "object": "event", "type": type, "created": 1_800_000_000,
+                       "data": {"object": obj}}).encode()
+
+
+def _charge_refunded(event_id: str, amount_refunded: int, refunds: list[dict] | None) -> bytes:
+    charge = json.loads(stripe_event(event_id, "PF-1", 1234, type="charge.refunded", txn_id="pi_p"))
+    charge["data"]["object"]["amount_refunded"] = amount_refunded
+    if refunds is not None:
+        charge["data"]["object"]["refunds"] = {"object": "list", "data": refunds, "has_more": False}
+    return json.dumps(charge).encode()
+
+
+def test_each_partial_refund_of_a_charge_is_its_own_reversal() -> None:
+    first = parse_stripe(_charge_refunded("evt_r1", 500, [_refund("re_1", 500, 100)]))
+    # Stripe lists the newest refund first; amount_refunded is cumulative (800)
+    refunds = [_refund("re_2", 300, 200), _refund("re_1", 500, 100)]
+    second = parse_stripe(_charge_refunded("evt_r2", 800, refunds))
+    assert (first.kind, first.txn_id, first.amount, first.reverses_txn) == (
+        "reversal", "re_1", Decimal("5.00"), "pi_p")
+    assert (second.kind, second.txn_id, second.amount, second.reverses_txn) == (
+        "reversal", "re_2", Decimal("3.00"), "pi_p")
+
+
+@pytest.mark.parametrize("type", ["refund.created", "refund.updated", "charge.refund.updated"])
+def test_refund_events_reverse_with_the_refunds_own_id_and_amount(type: str) -> None:
+    notice = parse_stripe(_event("evt_re", type, _refund("re_9", 300, 100)))
+    assert (notice.kind, notice.txn_id, notice.amount, notice.currency, notice.reverses_txn) == (
+        "reversal", "re_9", Decimal("3.00"), "EUR", "pi_p")
+
+
+@pytest.mark.parametrize("status", ["failed", "canceled"])
+def test_a_refund_that_returned_no_money_is_ignored(status: str) -> None:
+    notice = parse_stripe(_event("evt_re", "refund.updated", _refund("re_9", 300, 100, status)))
+    assert notice.kind == "ignored"
+
+
+def test_charge_refunded_without_its_refunds_is_left_to_the_refund_event() -> None:
+    # Since API 2022-11-15 a Charge does not carry its refunds; refund.created does.
+    notice = parse_stripe(_charge_refunded("evt_r", 1234, None))
+    assert notice.kind == "ignored"
 
 
 def test_dispute_created_reverses_the_payment_intent() -> None:
