@@ -62,8 +62,7 @@ DEMO_ITEMS = ["hosting:giga5:novak.example", "domain:novak.si:1y", "tls:novak.ex
 DEMO_NODE = "demo-node"
 # Settings the worker needs to reach the local Knot and Pebble (from local_dns_and_ca).
 _DNS_TLS_SETTINGS = ("dns_server", "dns_port", "dns_knotc_socket", "tsig_key_name", "tsig_secret",
-                     "tsig_algorithm", "dns_nameservers", "dns_site_ipv4", "acme_directory", "acme_ca_file",
-                     "tls_nginx_prefix", "tls_nginx_http_port", "tls_nginx_https_port")
+                     "tsig_algorithm", "dns_nameservers", "dns_site_ipv4", "acme_directory", "acme_ca_file")
 # Shows an order's steps until all are done or one failed (or the timeout, in seconds,
 # passed) and returns their counts by state: the CLI hands in its progress display.
 Follow = Callable[[sessionmaker[Session], int, float], dict[str, int]]

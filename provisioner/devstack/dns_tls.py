@@ -297,9 +297,6 @@ def local_dns_and_ca(data_dir: Path, nameservers: str = "ns1.provider.example",
             "dns_site_ipv4": "127.0.0.1",
             "acme_directory": pebble.directory,
             "acme_ca_file": str(pebble.ca_file),
-            "tls_nginx_prefix": str(nginx.prefix),
-            "tls_nginx_http_port": nginx.http_port,
-            "tls_nginx_https_port": nginx.https_port,
         }
         yield LocalDnsAndCa(knot, nginx, pebble, settings)
 
