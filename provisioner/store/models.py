@@ -288,9 +288,11 @@ class OutboxMail(Base):
     message_id: Mapped[str] = mapped_column(String(200))
     recipient: Mapped[str] = mapped_column(String(254))
     template: Mapped[str] = mapped_column(String(40))
-    state: Mapped[str] = mapped_column(String(16))  # sending | sent
+    state: Mapped[str] = mapped_column(String(16))  # pending (held) | sending | sent
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A held mail's template context, sealed with the outbox key (`Outbox.hold`); None once sent
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AuditEntry(Base):

@@ -8,6 +8,7 @@ and isolation). Tests that change an account put it back before they end.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ftplib
 import hashlib
@@ -664,6 +665,146 @@ def test_terminate_archives_the_account_and_removes_it(env: Env) -> None:
     with pytest.raises(ftplib.error_perm):
         env.ftps(Account(spec, secret, None))  # type: ignore[arg-type]
     assert env.accounts.terminate(env.node, spec).changed == 0
+
+
+# -- a customer racing the converge with symbolic links ----------------------------------------
+# Runs as the account's own user (as its PHP or cron could). It gives public_html (or, every
+# other round, tmp) a wrong mode and removes index.html, so that a converge has something to
+# write, and watches the home with inotify: the moment root changes that directory's owner or
+# mode (IN_ATTRIB), it exchanges the name for a symbolic link to a directory outside the home
+# (renameat2 RENAME_EXCHANGE: the name is never missing), and back 50 ms later.
+SWAPPER = r"""
+import ctypes, os, select, signal, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE, IN_ATTRIB = -100, 2, 0x4
+
+def exchange(a, b):
+    if libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2 " + a)
+
+def drain(fd):
+    while select.select([fd], [], [], 0)[0]:
+        os.read(fd, 65536)
+
+home, targets = sys.argv[1], sys.argv[2:]
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+watch = libc.inotify_init()
+libc.inotify_add_watch(watch, home.encode(), IN_ATTRIB)
+rounds = 0
+
+def arm():
+    sub = ("public_html", "tmp")[rounds % 2]
+    path, link = home + "/" + sub, home + "/." + sub + ".link"
+    os.chmod(path, 0o700 if sub == "public_html" else 0o755)
+    if os.path.lexists(home + "/public_html/index.html"):
+        os.unlink(home + "/public_html/index.html")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(targets[rounds % len(targets)], link)
+    drain(watch)
+    return sub, path, link
+
+sub, path, link = arm()
+while not stop:
+    if not select.select([watch], [], [], 0.2)[0]:
+        continue
+    data, names, i = os.read(watch, 65536), [], 0
+    while i < len(data):
+        size = struct.unpack_from("iIII", data, i)[3]
+        names.append(data[i + 16:i + 16 + size].rstrip(b"\0").decode())
+        i += 16 + size
+    if sub not in names:
+        continue
+    exchange(path, link)
+    select.select([], [], [], 0.05)
+    exchange(path, link)
+    rounds += 1
+    sub, path, link = arm()
+for name in (".public_html.link", ".tmp.link"):
+    if os.path.lexists(home + "/" + name):
+        os.unlink(home + "/" + name)
+print("rounds", rounds)
+"""
+
+#: Directories outside the racing account's home whose every entry (mode, owner, content)
+#: must stay as it was: root's configuration (nginx includes sites-enabled/*, the account
+#: states are 0700) and another account's home.
+GUARDED = ["/etc/nginx", "/etc/hosting", "/srv/hosting/examplesi", "/var/www"]
+SNAPSHOT = r"""
+import hashlib, json, os, sys
+out = {}
+def entry(path):
+    st = os.lstat(path)
+    body = ""
+    if os.path.isfile(path) and not os.path.islink(path):
+        with open(path, "rb") as fh:
+            body = hashlib.sha256(fh.read()).hexdigest()
+    out[path] = [oct(st.st_mode), st.st_uid, st.st_gid, body]
+for top in sys.argv[1:]:
+    for dirpath, dirs, files in os.walk(top):
+        entry(dirpath)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            entry(os.path.join(dirpath, name))
+for name in os.listdir("/etc"):
+    st = os.lstat("/etc/" + name)
+    out["/etc/" + name] = out.get("/etc/" + name) or [oct(st.st_mode), st.st_uid, st.st_gid, ""]
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def _guarded_state(env: Env, account: str) -> dict[str, Any]:
+    state = json.loads(env.host.check_output("python3 -c %s %s", SNAPSHOT, " ".join(GUARDED)))
+    # Files of the account's user outside its home (there are none: mail is vmail's).
+    owned = env.host.check_output("find / -xdev -user %s -not -path %s -not -path %s -print", account,
+                                  f"/srv/hosting/{account}", f"/srv/hosting/{account}/*")
+    return {"entries": state, "owned_outside_home": sorted(owned.split())}
+
+
+def test_a_customer_swapping_links_in_the_home_cannot_make_a_converge_touch_anything_outside(
+        env: Env) -> None:
+    spec = AccountSpec("racersi", ("racer.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
+    other_plan = AccountSpec(spec.name, spec.domains, CATALOG.hosting_plan("giga5"), mailboxes=("info",))
+    secret = Secrets.generate(spec.mailboxes)
+    assert env.accounts.create(env.node, spec, secret).ok
+    home = f"/srv/hosting/{spec.name}"
+    script = base64.b64encode(SWAPPER.encode()).decode()
+    env.host.check_output("echo %s | base64 -d > %s/.swapper.py && chmod 0644 %s/.swapper.py",
+                          script, home, home)
+    before = _guarded_state(env, spec.name)
+    assert before["owned_outside_home"] == []
+    env.host.check_output(
+        "systemd-run --unit=hosting-race-swapper --uid=%s --property=KillSignal=SIGTERM "
+        "python3 %s/.swapper.py %s /etc/nginx/sites-enabled /var/www /etc/hosting/accounts "
+        "/srv/hosting/examplesi/tmp", spec.name, home, home)
+    outcomes: list[str] = []
+    try:
+        for i in range(30):
+            if i % 5 == 4:
+                run = env.accounts.reset_password(env.node, spec, secret).run
+            else:
+                run = env.accounts.change_plan(env.node, other_plan if i % 2 == 0 else spec).run
+            message = " ".join(run.errors.values())
+            # A converge that met a link refuses clearly; any other outcome is a converge.
+            assert run.ok or ("Refused" in message and "not a directory" in message), message
+            outcomes.append("ok" if run.ok else "refused")
+    finally:
+        env.host.run("systemctl stop hosting-race-swapper.service")
+        log = env.host.run("journalctl -u hosting-race-swapper.service -o cat --no-pager").stdout
+        env.host.run("systemctl reset-failed hosting-race-swapper.service")
+    rounds = [int(line.split()[1]) for line in log.splitlines() if line.startswith("rounds ")]
+    assert rounds and rounds[0] >= 10, log  # the swapper did race (most converges announced themselves)
+    assert "ok" in outcomes, outcomes
+    # The swapper stopped with its directories back in place; the account converges again.
+    final = env.accounts.change_plan(env.node, spec)
+    assert final.ok, final.run.errors
+    after = _guarded_state(env, spec.name)
+    changed = {p: (before["entries"].get(p), after["entries"].get(p))
+               for p in set(before["entries"]) | set(after["entries"])
+               if before["entries"].get(p) != after["entries"].get(p)}
+    assert changed == {}, changed
+    assert after["owned_outside_home"] == []
+    assert env.http("racer.si").status_code == 200
 
 
 # -- the cron rule itself (pure; no node needed) ----------------------------------------------

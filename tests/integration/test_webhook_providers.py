@@ -251,16 +251,32 @@ def test_a_paypal_transmission_id_stores_one_notification(db_url: str) -> None:
     factory = session_factory(db_url)
     ledger = PayPalTransmissions(factory)
     until = datetime.now(UTC) + timedelta(seconds=300)
-    assert not ledger.seen("T-1")
+    assert not ledger.used("T-1")
     first = store_batch(factory, [stripe_notice("E-1", "t1", "PF-1", "1.00")],
                         [ledger.claim("T-1", until)])
+    other = PayPalTransmissions(factory)  # another process: the database refuses it
     again = store_batch(factory, [stripe_notice("E-2", "t2", "PF-1", "1.00"),
                                   stripe_notice("E-3", "t3", "PF-1", "1.00")],
-                        [ledger.claim("T-1", until), ledger.claim("T-2", until)])
+                        [other.claim("T-1", until), other.claim("T-2", until)])
     assert [r.status for r in first] == ["accepted"]
     assert [r.status for r in again] == ["replayed", "accepted"]
     assert stored_events(factory) == {"E-1", "E-3"}
-    assert ledger.seen("T-1") and ledger.seen("T-2")
+    assert ledger.used("T-1") and ledger.used("T-2")
+
+
+def test_a_process_refuses_the_ids_it_stored_before_checking_anything_else(db_url: str) -> None:
+    upgrade(db_url)
+    factory = session_factory(db_url)
+    ledger = PayPalTransmissions(factory)
+    claim = ledger.claim("T-1", datetime.now(UTC) + timedelta(seconds=300))
+    store_batch(factory, [stripe_notice("E-1", "t1", "PF-1", "1.00")], [claim])
+    assert not ledger.seen("T-1")  # not before the storing transaction has committed
+    claim.stored()
+    assert ledger.seen("T-1")
+    assert not PayPalTransmissions(factory).seen("T-1")  # another process asks the claim
+    stale = ledger.claim("T-2", datetime.now(UTC) - timedelta(seconds=1))
+    stale.stored()
+    assert not ledger.seen("T-2")  # past its window: the time check refuses it anyway
 
 
 def test_a_transmission_whose_notification_is_not_stored_is_not_used(db_url: str) -> None:
@@ -271,15 +287,19 @@ def test_a_transmission_whose_notification_is_not_stored_is_not_used(db_url: str
     ledger = PayPalTransmissions(factory)
     until = datetime.now(UTC) + timedelta(seconds=300)
 
-    def failing(cur: Any, dialect: str) -> bool:
-        raise RuntimeError("the database went away")
+    class Failing:
+        def __call__(self, cur: Any, dialect: str) -> bool:
+            raise RuntimeError("the database went away")
+
+        def stored(self) -> None:
+            raise AssertionError("not stored")
 
     with pytest.raises(RuntimeError):  # the batch's second store fails after T-1 was claimed
         store_batch(factory, [stripe_notice("E-1", "t1", "PF-1", "1.00"),
                               stripe_notice("E-2", "t2", "PF-1", "1.00")],
-                    [ledger.claim("T-1", until), failing])
+                    [ledger.claim("T-1", until), Failing()])
     assert stored_events(factory) == set()
-    assert not ledger.seen("T-1")
+    assert not ledger.used("T-1")
     assert [r.status for r in store_batch(factory, [stripe_notice("E-1", "t1", "PF-1", "1.00")],
                                           [ledger.claim("T-1", until)])] == ["accepted"]
 

@@ -116,6 +116,8 @@ class Webhooks:
         try:
             parsed, claim = await notice(headers, body)
             result = await self._writer.submit(parsed, claim)
+            if claim is not None:
+                claim.stored()
             if result.status == "replayed":
                 raise InvalidSignature(f"this {provider} delivery was used before (a replay)")
         except InvalidSignature as exc:

@@ -11,15 +11,26 @@ A step moves PENDING -> QUEUED -> RUNNING -> DONE | FAILED:
   observes before it acts, so a step re-run after a crash creates nothing twice.
 * `redrive()` finds RUNNING steps whose lease expired (their worker died) and
   QUEUED steps whose message was lost, and enqueues them again.
+
+A run holds its step by a lease (``step_lease_s``). While the handler works, whatever
+it calls (an Ansible run, an ACME order, an SMTP transaction), a background heartbeat
+extends the lease every third of it, so a slow step is never taken over while its run
+is alive. A run can still lose its step (its process stalled, or the database was out
+of reach, for longer than the lease, and another run claimed it): its final writes, and
+the e-mail whose outbox row commits with them, are fenced (`StepContext.fence`) on the
+run still owning the step, in the same transaction; a run that lost it stops with
+`LeaseLost` and leaves the step to the run that holds it: neither a failure nor a retry.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +41,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.config import Settings
 from provisioner.domain.lifecycle import ServiceState, StepState
-from provisioner.errors import ConfigurationError, Conflict, InvalidInput, StepFailed, TransientError
+from provisioner.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    ProvisionerError,
+    StepFailed,
+    TransientError,
+)
 from provisioner.pipeline.engine.plan import StepSpec
 from provisioner.pipeline.engine.ports import Adapters
 from provisioner.store.audit import audit
@@ -50,11 +68,22 @@ class StepResult:
     details: dict[str, object]
 
 
+class LeaseLost(ProvisionerError):
+    """This run no longer holds its step (another run claimed it after the lease ran
+    out, or it was re-driven): the run that holds it finishes it. The runner records
+    neither a failure nor a retry."""
+
+    def __init__(self, step_key: str) -> None:
+        super().__init__(f"{step_key}: the lease was lost; the run that holds the step finishes it")
+        self.step_key = step_key
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What a handler gets: the settings, a session factory, the typed adapters, the
-    clock, and a way to extend its lease during long work. A unit test hands in
-    recording fakes of the adapters (`engine.ports`)."""
+    clock, and its hold on the step: `heartbeat()` (also run in the background while
+    the handler works) and `fence(session)` for the writes that must be this run's
+    only. A unit test hands in recording fakes of the adapters (`engine.ports`)."""
 
     settings: Settings
     factory: sessionmaker[Session]
@@ -62,14 +91,72 @@ class StepContext:
     owner: str
     adapters: Adapters
     now: Callable[[], datetime] = utcnow
+    lost: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
-    def heartbeat(self) -> None:
+    def _extend(self) -> bool:
+        """Extend the lease if this run still holds the step; False when it does not."""
         with transaction(self.factory) as s:
-            s.execute(
+            res = s.execute(
                 update(Step)
-                .where(Step.key == self.step_key, Step.owner == self.owner)
+                .where(Step.key == self.step_key, Step.owner == self.owner,
+                       Step.state == StepState.RUNNING.value)
                 .values(lease_until=self.now() + timedelta(seconds=self.settings.step_lease_s))
             )
+            held = res.rowcount == 1  # type: ignore[attr-defined]
+        if not held:
+            self.lost.set()
+        return held
+
+    def heartbeat(self) -> None:
+        """Extend the lease now, before work that must not start without it: LeaseLost
+        when this run no longer holds the step (nothing is done twice)."""
+        if self.lost.is_set() or not self._extend():
+            raise LeaseLost(self.step_key)
+
+    def fence(self, session: Session) -> None:
+        """Raise LeaseLost unless this run still holds its step, inside ``session``'s
+        transaction: what commits with it is this run's work only while it holds the step.
+
+        One conditional UPDATE of the step's row (touching ``updated_at``): on PostgreSQL
+        it locks the row until the commit, so another run's claim waits for this commit
+        and its handler then observes these writes; on SQLite the transaction holds the
+        database's write lock already (BEGIN IMMEDIATE)."""
+        res = session.execute(
+            update(Step)
+            .where(Step.key == self.step_key, Step.owner == self.owner,
+                   Step.state == StepState.RUNNING.value)
+            .values(updated_at=self.now())
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            self.lost.set()
+            raise LeaseLost(self.step_key)
+
+
+@contextmanager
+def _background_heartbeat(ctx: StepContext) -> Iterator[None]:
+    """Extend ``ctx``'s lease every third of it while the body runs (a thread, stopped
+    and joined afterwards). A lease found lost is marked (`StepContext.lost`) and the
+    beating stops; a database error is logged and tried again at the next beat."""
+    interval = max(ctx.settings.step_lease_s / 3, 0.05)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                if not ctx._extend():
+                    log.warning("step %s: lease lost while its handler runs", ctx.step_key)
+                    return
+            except Exception:  # noqa: BLE001 - the next beat tries again; the fence decides
+                log.exception("step %s: could not extend the lease", ctx.step_key)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {ctx.step_key}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 Handler = Callable[[StepContext, Step], StepResult]
@@ -79,7 +166,7 @@ Handlers = Mapping[str, Handler]
 @dataclass(frozen=True)
 class RunOutcome:
     key: str
-    status: str  # done | skipped | retry | failed
+    status: str  # done | skipped | retry | failed | lost (another run holds the step now)
     detail: str = ""
 
 
@@ -232,20 +319,32 @@ class Runner:
         ctx = StepContext(self.settings, self.factory, key, owner, self.adapters, self.now)
         log.info("step %s: attempt %d", key, step.attempts)
         try:
-            result = fn(ctx, step)
+            with _background_heartbeat(ctx):
+                result = fn(ctx, step)
+        except LeaseLost as exc:
+            return self._lost(step, str(exc))
         except TransientError as exc:
             return self._retry_or_fail(step, owner, str(exc) or type(exc).__name__)
         except (InvalidInput, StepFailed, Conflict) as exc:
-            self._fail(step, owner, str(exc))
+            if not self._fail(step, owner, str(exc)):
+                return self._lost(step, str(exc))
             return RunOutcome(key, "failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - an unexpected error is retried, then dead-lettered
             log.error("step %s raised:\n%s", key, traceback.format_exc())
             return self._retry_or_fail(step, owner, f"{type(exc).__name__}: {exc}")
-        self._finish(step, owner, result)
+        if not self._finish(step, owner, result):
+            return self._lost(step, "finished, but another run holds the step now")
         self.dispatch(step.order_id)
         return RunOutcome(key, "done", "changed" if result.changed else "unchanged")
 
-    def _finish(self, step: Step, owner: str, result: StepResult) -> None:
+    @staticmethod
+    def _lost(step: Step, detail: str) -> RunOutcome:
+        log.warning("step %s: attempt %d lost its lease; the run that holds it finishes it (%s)",
+                    step.key, step.attempts, detail)
+        return RunOutcome(step.key, "lost", detail)
+
+    def _finish(self, step: Step, owner: str, result: StepResult) -> bool:
+        """Mark the step done if this run still holds it (fenced); False when it does not."""
         now = self.now()
         with transaction(self.factory) as s:
             res = s.execute(
@@ -264,8 +363,7 @@ class Runner:
                 )
             )
             if res.rowcount != 1:  # type: ignore[attr-defined]
-                log.warning("step %s: lease lost before finishing; the other run finishes it", step.key)
-                return
+                return False
             audit(s, SYSTEM, "step.done", "step", step.key, {"changed": result.changed})
             left = s.execute(
                 select(Step.id).where(
@@ -276,17 +374,19 @@ class Runner:
             if left is None and order is not None and order.status == "paid":
                 order.status = "completed"
                 audit(s, SYSTEM, "order.completed", "order", order.id)
+        return True
 
     def _retry_or_fail(self, step: Step, owner: str, detail: str) -> RunOutcome:
         if step.attempts >= self.settings.step_max_attempts:
-            self._fail(step, owner, f"gave up after {step.attempts} attempts: {detail}")
+            if not self._fail(step, owner, f"gave up after {step.attempts} attempts: {detail}"):
+                return self._lost(step, detail)
             return RunOutcome(step.key, "failed", detail)
         now = self.now()
         delay = self.settings.step_backoff_s * (2 ** (step.attempts - 1))
         with transaction(self.factory) as s:
-            s.execute(
+            res = s.execute(
                 update(Step)
-                .where(Step.id == step.id, Step.owner == owner)
+                .where(Step.id == step.id, Step.owner == owner, Step.state == StepState.RUNNING.value)
                 .values(
                     state=StepState.QUEUED.value,
                     owner=None,
@@ -297,18 +397,25 @@ class Runner:
                     updated_at=now,
                 )
             )
+            held = res.rowcount == 1  # type: ignore[attr-defined]
+        if not held:
+            return self._lost(step, detail)
         log.warning("step %s: attempt %d failed, retrying: %s", step.key, step.attempts, detail)
         raise TransientError(f"{step.key}: {detail}")
 
-    def _fail(self, step: Step, owner: str, detail: str) -> None:
+    def _fail(self, step: Step, owner: str, detail: str) -> bool:
+        """Fail the step (service failed, refund flag, ops alert) if this run still holds
+        it; False when another run holds it now (that run decides)."""
         now = self.now()
         with transaction(self.factory) as s:
-            s.execute(
+            res = s.execute(
                 update(Step)
-                .where(Step.id == step.id)
+                .where(Step.id == step.id, Step.owner == owner, Step.state == StepState.RUNNING.value)
                 .values(state=StepState.FAILED.value, owner=None, lease_until=None,
                         last_error=detail, updated_at=now)
             )
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                return False
             audit(s, SYSTEM, "step.failed", "step", step.key, {"detail": detail})
             order = s.get(Order, step.order_id)
             if step.kind.startswith("clock."):
@@ -336,6 +443,7 @@ class Runner:
                                 attempts=step.attempts)
         except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
             log.exception("could not e-mail the ops alert for %s", step.key)
+        return True
 
     # -- re-drive -------------------------------------------------------------
     def redrive(self) -> dict[str, int]:

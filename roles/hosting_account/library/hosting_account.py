@@ -189,6 +189,7 @@ reloaded:
 """
 
 import contextlib
+import errno
 import fcntl
 import grp
 import importlib.machinery
@@ -465,24 +466,92 @@ def ensure_file(path, text, mode, check, uid=0, gid=0):
     return True
 
 
-def ensure_dir(path, mode, uid, gid, check):
-    """A real directory (never a symlink a customer planted) with this owner and mode."""
+def open_dir_at(parent_fd, name, shown, missing_ok=True):
+    """A descriptor of the directory ``name`` in ``parent_fd``; never through a link.
+    FileNotFoundError when it is not there (``missing_ok``), else Refused."""
     try:
-        st = os.lstat(path)
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Refused("Refused: %s is not a directory (a symbolic link or a file took its place)"
+                          % shown) from None
+        if exc.errno == errno.ENOENT and not missing_ok:  # made, then moved away at once
+            raise Refused("Refused: %s is not a directory (it was moved away while being converged)"
+                          % shown) from None
+        raise
+
+
+def ensure_dir_at(parent_fd, name, mode, uid, gid, check, shown):
+    """The real directory ``name`` in the directory ``parent_fd``, with this owner and
+    mode: (changed, its descriptor). Created when missing (mkdirat does not follow a
+    link), opened with O_NOFOLLOW|O_DIRECTORY, and its owner and mode set through that
+    descriptor (fchown/fchmod), so a link put in its place at any moment is refused, never
+    followed. The descriptor is None only in check mode for a directory not there yet."""
+    try:
+        fd = open_dir_at(parent_fd, name, shown)
+        created = False
     except FileNotFoundError:
-        if not check:
-            os.mkdir(path, mode)
-            os.lchown(path, uid, gid)
-            os.chmod(path, mode)
-        return True
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise Refused("Refused: %s is not a directory" % path)
-    if (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, uid, gid):
-        return False
-    if not check:
-        os.lchown(path, uid, gid)
-        os.chmod(path, mode)
-    return True
+        if check:
+            return True, None
+        with contextlib.suppress(FileExistsError):  # made meanwhile: opened (and checked) below
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = open_dir_at(parent_fd, name, shown, missing_ok=False)
+        created = True
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid, gid):
+            if not check:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+            created = True
+    except BaseException:
+        os.close(fd)
+        raise
+    return created, fd
+
+
+def ensure_home(root, name, uid, gid, www_gid, index_text, check):
+    """The account's home ``root/name`` (its user, group www-data, 0750), its
+    ``public_html`` (0755) and ``tmp`` (0700), and a first ``index.html`` where there is
+    none (never overwriting the customer's page); True when something changed.
+
+    The home belongs to the customer, whose PHP or cron jobs can swap any name in it for
+    a symbolic link at any moment. So below ``root`` (root's own directory) nothing is
+    reached by path: each directory is opened from its parent's descriptor without
+    following links, its owner and mode are set through its descriptor, and index.html
+    is created (O_EXCL|O_NOFOLLOW) in the directory that was opened and checked. A link
+    where a directory belongs refuses the account; nothing outside the home is touched."""
+    fds = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        changed, home = ensure_dir_at(fds[0], name, 0o750, uid, www_gid, check, "%s/%s" % (root, name))
+        if home is None:
+            return True
+        fds.append(home)
+        docroot = None
+        for sub, mode in (("public_html", 0o755), ("tmp", 0o700)):
+            made, fd = ensure_dir_at(home, sub, mode, uid, gid, check, "%s/%s/%s" % (root, name, sub))
+            changed = changed or made
+            if fd is not None:
+                fds.append(fd)
+                if sub == "public_html":
+                    docroot = fd
+        if docroot is None:
+            return True
+        try:
+            os.stat("index.html", dir_fd=docroot, follow_symlinks=False)
+        except FileNotFoundError:
+            changed = True
+            if not check:
+                fd = os.open("index.html", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644, dir_fd=docroot)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    os.fchown(fh.fileno(), uid, gid)
+                    fh.write(index_text)
+        return changed
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def ensure_link(path, target, check):
@@ -668,18 +737,8 @@ class Converge:
                 continue
             pw = pwd.getpwnam(n)
             a["uid"], a["gid"] = pw.pw_uid, pw.pw_gid
-            home = self.note(a, "home", ensure_dir(a["home"], 0o750, pw.pw_uid, www, self.check))
-            for sub, mode in (("public_html", 0o755), ("tmp", 0o700)):
-                home = self.note(a, "home", ensure_dir("%s/%s" % (a["home"], sub), mode, pw.pw_uid, pw.pw_gid,
-                                                       self.check)) or home
-            index = a["docroot"] + "/index.html"
-            if not os.path.lexists(index):  # never overwrites the customer's page
-                self.note(a, "home", True)
-                if not self.check:
-                    fd = os.open(index, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                        fh.write(render_index(a))
-                        os.fchown(fh.fileno(), pw.pw_uid, pw.pw_gid)
+            self.note(a, "home", ensure_home(self.p["node_root"].rstrip("/"), n, pw.pw_uid, pw.pw_gid, www,
+                                             render_index(a), self.check))
 
     def quota(self):
         root = self.p["node_root"]

@@ -223,3 +223,127 @@ def test_ftp_and_mail_logins_get_hashes_their_servers_read(helper: Any) -> None:
     assert scheme == "{SHA512-CRYPT" and helper.verifies(secret, mail_hash)
     again, _ = helper.mail_lines(req, {"info@example.si": lines[0]})
     assert again == lines  # an unchanged password keeps its hash (and salt): nothing to write
+
+
+# -- the home, reached through directory descriptors (a customer may race it with links) ----
+def _snapshot(top: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    """Every path below ``top`` (and ``top``): mode, owner, group and a file's content."""
+    import os
+
+    seen = {}
+    for path in [top, *sorted(top.rglob("*"))]:
+        st = os.lstat(path)
+        body = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+        seen[str(path)] = (st.st_mode, st.st_uid, st.st_gid, body)
+    return seen
+
+
+@pytest.fixture
+def node_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A node root with nothing in it yet, and an 'outside' directory a link may point to."""
+    root, outside = tmp_path / "hosting", tmp_path / "etc-nginx-sites-enabled"
+    root.mkdir(mode=0o711)
+    outside.mkdir(mode=0o700)
+    (outside / "default").write_text("server {}\n")
+    return root, outside
+
+
+def test_the_home_is_made_and_a_second_run_changes_nothing(module: Any, node_root: tuple[Path, Path]) -> None:
+    import os
+    import stat
+
+    root, _ = node_root
+    uid, gid = 4321, 4322
+    assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False) is True
+    home = root / "examplesi"
+    for path, mode, owner in ((home, 0o750, (uid, 33)), (home / "public_html", 0o755, (uid, gid)),
+                              (home / "tmp", 0o700, (uid, gid))):
+        st = os.lstat(path)
+        assert stat.S_ISDIR(st.st_mode) and (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, *owner)
+    index = home / "public_html" / "index.html"
+    assert index.read_text() == "<p>hi</p>\n" and (index.stat().st_uid, index.stat().st_gid) == (uid, gid)
+    before = _snapshot(root)
+    assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False) is False
+    os.chmod(home / "tmp", 0o777)
+    assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", True) is True  # check mode
+    assert os.lstat(home / "tmp").st_mode & 0o777 == 0o777  # ... writes nothing
+    assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False) is True
+    assert _snapshot(root) == before
+    index.write_text("the customer's page\n")
+    module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False)
+    assert index.read_text() == "the customer's page\n"  # never overwritten
+
+
+@pytest.mark.parametrize("linked", ["public_html", "tmp", ""])
+def test_a_symlinked_component_is_refused_and_nothing_outside_is_touched(
+        module: Any, node_root: tuple[Path, Path], linked: str) -> None:
+    import os
+
+    root, outside = node_root
+    home = root / "examplesi"
+    if linked:
+        module.ensure_home(str(root), "examplesi", 4321, 4322, 33, "x\n", False)
+        os.rename(home / linked, home / (linked + ".real"))
+        (home / "public_html.real" / "index.html").unlink(missing_ok=True)
+        os.symlink(outside, home / linked)
+    else:  # the home itself (only root could put it there, but the module does not rely on that)
+        os.symlink(outside, home)
+    before = _snapshot(outside)
+    with pytest.raises(module.Refused, match="not a directory"):
+        module.ensure_home(str(root), "examplesi", 4321, 4322, 33, "x\n", False)
+    assert _snapshot(outside) == before
+
+
+def test_a_customer_swapping_links_during_converges_changes_nothing_outside(
+        module: Any, node_root: tuple[Path, Path]) -> None:
+    """A process of the customer exchanges public_html and tmp with links to a root
+    directory (renameat2 RENAME_EXCHANGE: the name is never missing) as fast as it can,
+    giving them a wrong mode and removing index.html each time, while the home is
+    converged again and again: each run converges or refuses; outside stays as it was."""
+    import ctypes
+    import os
+    import threading
+    import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def exchange(a: Path, b: Path) -> None:
+        if libc.renameat2(-100, bytes(a), -100, bytes(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+            raise OSError(ctypes.get_errno(), "renameat2")
+
+    root, outside = node_root
+    module.ensure_home(str(root), "examplesi", 4321, 4322, 33, "x\n", False)
+    home = root / "examplesi"
+    for sub in ("public_html", "tmp"):
+        os.symlink(outside, home / f".{sub}.link")
+    before = _snapshot(outside)
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        while not stop.is_set():
+            for sub, wrong in (("public_html", 0o700), ("tmp", 0o755)):
+                os.chmod(home / sub, wrong)
+                (home / sub / "index.html").unlink(missing_ok=True)
+                exchange(home / sub, home / f".{sub}.link")
+                exchange(home / sub, home / f".{sub}.link")
+                swaps[0] += 1
+            stop.wait(0.0005)  # the directories, back in place, for a moment
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    outcomes = {"converged": 0, "refused": 0}
+    deadline = time.monotonic() + 30
+    try:
+        while swaps[0] < 300 and time.monotonic() < deadline:
+            try:
+                module.ensure_home(str(root), "examplesi", 4321, 4322, 33, "x\n", False)
+                outcomes["converged"] += 1
+            except module.Refused as exc:
+                assert "not a directory" in str(exc)
+                outcomes["refused"] += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert swaps[0] >= 300 and outcomes["converged"] > 0, (swaps, outcomes)
+    assert _snapshot(outside) == before
