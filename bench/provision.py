@@ -21,7 +21,10 @@ On one throwaway node (booted from the converged-node image):
 6. an ansible-runner no-op (one ``ping``) for reference.
 
 Ratios: pipeline p50 / one-account floor (target <= 6), batch run / 20-account floor
-(target <= 4), 20 single runs / batch run (target >= 10). Prints one JSON document and
+(target <= 4), 20 single runs / batch run (target >= 10). In the same pipeline runs, paid
+webhook -> the access-data e-mail handed to the mailer (every step done: the account's
+converge sets the passwords and holds the mail; ``notify.credentials`` only sends it),
+p50 / one-account floor (target <= 3, issue 12). Prints one JSON document and
 writes it to ``--out`` (default ``bench/results/provision.json``). Run from the repo root
 as root::
 

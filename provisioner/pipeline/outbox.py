@@ -6,7 +6,9 @@
 nothing. If the worker died during the SMTP transaction (row still ``sending``), the
 message goes out again with the same Message-ID, so a duplicate is recognisable
 downstream. ``before`` runs in the transaction that writes the row, for writes that
-must commit with it (a step's fence: only the run that holds the step sends).
+must commit with it. A step's outbox (`step_outbox`) is fenced: that transaction first
+checks that the step's run still holds the step (`StepContext.fence`), so a run that
+lost its step to another sends nothing (the run that holds it sends the mail, once).
 
 A mail can also be written now and sent later: `Outbox.hold(session, ...)` adds the
 row (``state=pending``) in the caller's transaction, so it commits with the writes it
@@ -56,6 +58,7 @@ class Outbox:
     mail_from: str  # the sender; its domain names the Message-IDs
     now: Callable[[], datetime] = utcnow
     key_file: Path | None = None  # seals held mails (`hold`); None: this outbox holds none
+    fence: Callable[[Session], None] | None = None  # a step's: raises unless its run holds the step
 
     @property
     def domain(self) -> str:
@@ -75,6 +78,8 @@ class Outbox:
             row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
             if row is not None and row.state == "sent":
                 return Sent(row.message_id, False)
+            if self.fence is not None:
+                self.fence(s)
             if row is None:
                 row = OutboxMail(key=key, message_id=make_message_id(key, self.domain),
                                  recipient=recipient, template=template, state="sending", attempts=0)
@@ -122,8 +127,8 @@ class Outbox:
         return row.message_id
 
     def send_held(self, key: str, *, before: Callable[[Session], None] | None = None) -> Sent | None:
-        """Send the mail held under ``key`` once: None when none is held. ``before`` runs in
-        the transaction that marks it ``sending`` (a step's fence); a re-run finds it sent."""
+        """Send the mail held under ``key`` once: None when none is held. The fence and
+        ``before`` run in the transaction that marks it ``sending``; a re-run finds it sent."""
         with transaction(self.factory) as s:
             row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none()
             if row is None:
@@ -138,6 +143,8 @@ class Outbox:
                 raise ConfigurationError(f"the held mail {key} does not open with the outbox key "
                                          f"{self.key_file}") from None
             rendered = render_mail(row.template, payload["lang"], payload["context"])
+            if self.fence is not None:
+                self.fence(s)
             row.state = "sending"
             row.attempts += 1
             recipient, template, message_id = row.recipient, row.template, row.message_id
@@ -147,7 +154,7 @@ class Outbox:
 
 
 def step_outbox(ctx: StepContext) -> Outbox:
-    """The outbox of a step: its session factory, mailer, sender, clock and the key
-    that seals the mails it holds."""
+    """The outbox of a step: its session factory, mailer, sender, clock, the key that
+    seals the mails it holds, and its fence (only the run that holds the step sends)."""
     return Outbox(ctx.factory, ctx.adapters.mailer, ctx.settings.mail_from, ctx.now,
-                  ctx.settings.effective_key_dir / KEY_FILE)
+                  ctx.settings.effective_key_dir / KEY_FILE, ctx.fence)

@@ -36,6 +36,9 @@ class HostingNode(Base):
     # A throwaway host of this machine's devstack (`provisioner hosts up`, the tests):
     # its SSH host key is not checked. Set when the node is registered, never inferred.
     throwaway: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How many times the node's mail policy failed open, as the last quota check read it
+    # from the node's usage report (a count that grew since is an ops alert).
+    mail_policy_failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class HostingAccount(Base):

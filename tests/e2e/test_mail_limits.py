@@ -10,7 +10,9 @@ roles/hosting_node's hosting-usage, read through provisioner.adapters.hosting.us
 Two accounts of this module's own (unique names) live on the node: ``sender`` (Mega)
 for recipients, the slow lane, mass mailing and usage, and ``counted`` (Mega with the
 hourly limit lifted, so that a pre-seeded monthly count cannot trip it) for the
-monthly limit. The 61st message in an hour is tested in test_hosting_account.py.
+monthly limit. The 61st message in an hour is tested in test_hosting_account.py. A policy
+that fails (its database locked) lets mail pass, counts the failure, and the daily quota
+check alerts ops once.
 Counters are pre-seeded straight into the policy's SQLite file; tests remove what they
 seeded and put back what they changed.
 """
@@ -25,6 +27,7 @@ import smtplib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,13 @@ import pytest
 
 from provisioner.adapters.hosting import Target
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
-from provisioner.adapters.hosting.usage import AccountUsage, read_usage
+from provisioner.adapters.hosting.usage import NodeUsage, read_usage
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
+from provisioner.store.db import transaction, upgrade
+from provisioner.store.hosting import add_node
+from tests.helpers import MemoryMailer, make_settings, wire
 from tests.servers import self_signed_tls_context, wait_for
+from tests.unit.pipeline.fakes import Alerts
 
 POLICY_DB = "/var/lib/hosting/mail-policy.sqlite"
 POLICY_SOCKET = "/var/spool/postfix/private/hosting-policy"
@@ -92,7 +99,7 @@ class Env:
         finally:
             imap.logout()
 
-    def usage(self) -> dict[str, AccountUsage]:
+    def usage(self) -> NodeUsage:
         return read_usage(self.target, self.ssh_key)  # the target is a throwaway host
 
     def python(self, script: str, *args: str) -> str:
@@ -304,6 +311,62 @@ def test_mail_still_goes_out_when_the_policy_service_is_down(env: Env) -> None:
     finally:
         env.host.check_output("systemctl start hosting-mail-policy.service")
         wait_for(lambda: env.host.socket(f"unix://{POLICY_SOCKET}").is_listening, 10, "the policy socket")
+
+
+LOCK_UNIT = "hosting-test-policy-lock.service"
+LOCKED_FLAG = "/run/hosting-test-policy-locked"
+HOLD_LOCK = ("import os, signal, sqlite3, sys, time\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN EXCLUSIVE')\n"
+             "open(sys.argv[2], 'w').close()\n"
+             "signal.signal(signal.SIGTERM, lambda *_: (os.unlink(sys.argv[2]), sys.exit(0)))\n"
+             "while True:\n    time.sleep(1)\n")
+
+
+def test_a_failing_policy_lets_mail_pass_reports_it_and_alerts_ops_once(
+        env: Env, node: Any, tmp_path: Path) -> None:
+    # The quota check as the beat runs it, against this node (registered as the throwaway
+    # host it is): usage over SSH with the settings' key; ops alerts recorded.
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    upgrade(url)
+    alerts = Alerts()
+    app, _ = wire(make_settings(tmp_path, url, 25, node_ssh_key=str(env.ssh_key)), mailer=MemoryMailer(),
+                  alert=alerts)
+    with transaction(app.factory) as s:
+        add_node(s, node.info.name, env.address, capacity_accounts=100, capacity_disk_mb=100_000,
+                 throwaway=True)
+    today = date(2026, 3, 1)
+    baseline = app.check_quotas(today)["mail_policy_failures"][node.info.name]["count"]
+    told = len(alerts.sent)  # failures from before this test (if any) were told once just now
+    before = env.usage().mail_policy_failures
+    assert before == baseline
+
+    sender = env.sender
+    subject = f"policy locked {uuid.uuid4().hex}"
+    env.host.check_output("systemd-run --unit=%s python3 -c %s %s %s", LOCK_UNIT, HOLD_LOCK, POLICY_DB,
+                          LOCKED_FLAG)
+    try:
+        wait_for(lambda: env.host.file(LOCKED_FLAG).exists, 30, "the policy's database locked")
+        smtp = env.submission(sender)
+        try:
+            refused = smtp.sendmail(sender.address, [sender.address],
+                                    f"From: {sender.address}\r\nSubject: {subject}\r\n\r\nx\r\n")
+        finally:
+            smtp.quit()
+    finally:
+        env.host.run("systemctl stop %s", LOCK_UNIT)
+        env.host.run("systemctl reset-failed %s", LOCK_UNIT)
+    assert refused == {}  # the policy failed open: the message passed ...
+    wait_for(lambda: env.inbox_with_subject(sender, subject) == 1, 60, "the message")
+    after = env.usage()  # ... and not silently: the node's report counts the failures
+    assert after.mail_policy_failures is not None and after.mail_policy_failures >= before + 1
+    assert "locked" in after.mail_policy_last_error
+    first = app.check_quotas(today)
+    assert first["mail_policy_failures"][node.info.name]["new"] == after.mail_policy_failures - before
+    assert len(alerts.sent) == told + 1  # one alert
+    assert node.info.name in alerts.sent[-1]["detail"] and "failed open" in alerts.sent[-1]["detail"]
+    app.check_quotas(today)
+    assert len(alerts.sent) == told + 1  # once
 
 
 # -- usage ---------------------------------------------------------------------------------------

@@ -254,11 +254,18 @@ class HostingAccounts:
         self._run = runner
 
     def _go(self, action: str, node: Target, spec: AccountSpec, secret: Secrets | None = None,
-            reset: Sequence[str] = (), timeout_s: float | None = None) -> AccountResult:
+            reset: Sequence[str] = (), timeout_s: float | None = None,
+            set_passwords: bool = False, password_fence: int = 0) -> AccountResult:
         if action not in ACTIONS:
             raise InvalidInput(f"unknown account action {action!r}")
+        if isinstance(password_fence, bool) or not isinstance(password_fence, int) or password_fence < 0:
+            raise InvalidInput(f"a password fence is a whole number >= 0, not {password_fence!r}")
         spec = spec.validated()
         extravars = spec.extravars(action, None, self.provider_url, reset)
+        if set_passwords:
+            extravars["hosting_account_set_passwords"] = True
+        if password_fence:
+            extravars["hosting_account_password_fence"] = password_fence
         private = spec.secret_vars(secret) if secret is not None else None
         if private is not None:
             # Extra vars outrank include_vars: the file's mailbox list (with passwords) must win.
@@ -312,11 +319,19 @@ class HostingAccounts:
         return AccountResult("create", ",".join(names), node.name, result)
 
     def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
+               set_passwords: bool = False, password_fence: int = 0,
                timeout_s: float | None = None) -> AccountResult:
-        """Create or converge. Passwords are set only for logins that do not exist yet."""
+        """Create or converge. Passwords are set only for logins that do not exist yet;
+        with ``set_passwords`` (the access data about to be sent: the first converge of an
+        account whose credentials were not issued yet) on every login, in the same run.
+        ``password_fence`` (the step's attempt number): the node refuses to set them when
+        a run with a higher one has set them before (the run is stale; it fails)."""
         if secret is None:
+            if set_passwords:
+                raise InvalidInput("setting the passwords needs them")
             secret = Secrets.generate(spec.mailboxes)
-        return self._go("create", node, spec, secret, timeout_s=timeout_s)
+        return self._go("create", node, spec, secret, timeout_s=timeout_s, set_passwords=set_passwords,
+                        password_fence=password_fence)
 
     def suspend(self, node: Target, spec: AccountSpec) -> AccountResult:
         return self._go("suspend", node, spec)
@@ -328,11 +343,12 @@ class HostingAccounts:
         return self._go("change_plan", node, spec)
 
     def reset_password(self, node: Target, spec: AccountSpec, secret: Secrets,
-                       parts: Sequence[str] = ("ftp", "db", "mail")) -> AccountResult:
+                       parts: Sequence[str] = ("ftp", "db", "mail"), *,
+                       password_fence: int = 0) -> AccountResult:
         bad = set(parts) - {"ftp", "db", "mail"}
         if bad:
             raise InvalidInput(f"unknown password parts {sorted(bad)}")
-        return self._go("reset_password", node, spec, secret, reset=parts)
+        return self._go("reset_password", node, spec, secret, reset=parts, password_fence=password_fence)
 
     def terminate(self, node: Target, spec: AccountSpec) -> AccountResult:
         return self._go("terminate", node, spec)

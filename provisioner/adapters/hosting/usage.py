@@ -8,6 +8,11 @@ become ours: an unreachable node or a broken connection is a ``TransientError``,
 refused key or a wrong host key a ``ConfigurationError``, a failing script or a report
 that does not parse ``StepFailed``. What to do about an account over its quota (the
 warning, the 7 days to upgrade) is for the caller to decide.
+
+The report also carries how many times the node's mail policy failed open (a message
+passed unchecked because the policy itself failed): `NodeUsage.mail_policy_failures`,
+a count that only grows (None when the node did not say); the quota check alerts ops
+when it grew.
 """
 
 from __future__ import annotations
@@ -104,8 +109,34 @@ def _account(name: str, entry: Any) -> AccountUsage:
     return usage
 
 
-def parse_usage(text: str) -> dict[str, AccountUsage]:
-    """The node's JSON report as ``{account name: AccountUsage}``; ``StepFailed`` if malformed."""
+class NodeUsage(dict[str, AccountUsage]):
+    """A node's report: ``{account name: AccountUsage}``, and what the node says of
+    itself: how many times its mail policy failed open (None when the report does not
+    say: a node whose script predates the count, or that could not read it), and the
+    last such failure's error."""
+
+    def __init__(self, accounts: Mapping[str, AccountUsage], *, mail_policy_failures: int | None = None,
+                 mail_policy_last_error: str = "") -> None:
+        super().__init__(accounts)
+        self.mail_policy_failures = mail_policy_failures
+        self.mail_policy_last_error = mail_policy_last_error
+
+
+def _policy(report: Mapping[str, Any]) -> tuple[int | None, str]:
+    policy = report.get("mail_policy")
+    if policy is None:
+        return None, ""
+    if not isinstance(policy, Mapping):
+        raise _fail("mail_policy must be an object")
+    failures = policy.get("failures")
+    if failures is not None and (isinstance(failures, bool) or not isinstance(failures, int) or failures < 0):
+        raise _fail(f"mail_policy.failures must be a count, got {failures!r}")
+    return failures, str(policy.get("last_error") or "")[:300]
+
+
+def parse_usage(text: str) -> NodeUsage:
+    """The node's JSON report as ``{account name: AccountUsage}`` (a `NodeUsage`, with the
+    mail policy's failure count); ``StepFailed`` if malformed."""
     try:
         report = json.loads(text)
     except ValueError as exc:
@@ -117,11 +148,13 @@ def parse_usage(text: str) -> dict[str, AccountUsage]:
     accounts = report.get("accounts")
     if not isinstance(accounts, Mapping):
         raise _fail("the usage report has no 'accounts' object")
-    return {name: _account(name, entry) for name, entry in accounts.items()}
+    failures, last_error = _policy(report)
+    return NodeUsage({name: _account(name, entry) for name, entry in accounts.items()},
+                     mail_policy_failures=failures, mail_policy_last_error=last_error)
 
 
 def read_usage(target: Target, ssh_key: Path | None, *, timeout_s: float = 120.0,
-               known_hosts: Path | None = None) -> dict[str, AccountUsage]:
+               known_hosts: Path | None = None) -> NodeUsage:
     """Run the node's usage report over SSH; return ``{account name: AccountUsage}``.
 
     Host keys are checked against ``known_hosts`` (default: this user's known_hosts)
@@ -152,5 +185,5 @@ class UsageReports:
     known_hosts: Path | None = None
     timeout_s: float = 120.0
 
-    def __call__(self, node: Target) -> dict[str, AccountUsage]:
+    def __call__(self, node: Target) -> NodeUsage:
         return read_usage(node, self.ssh_key, timeout_s=self.timeout_s, known_hosts=self.known_hosts)

@@ -287,11 +287,13 @@ def issue_certificate(ctx: StepContext, step: Step) -> StepResult:
     ctx.heartbeat()
     issued = acme.issue(names, chooser)
     with transaction(ctx.factory) as s:
+        ctx.fence(s)  # a run that lost the step meanwhile neither stores nor deploys its order
         row = save_certificate(
             s, fernet, primary_name=primary, names=names, serial=issued.serial,
             not_before=now, not_after=issued.not_after, chain_pem=issued.chain_pem, key_pem=issued.key_pem,
             challenges=issued.challenges, service_id=service_id, deployed_at=None)
         row_id = row.id
+    ctx.heartbeat()  # still ours: deploy (else the run that holds the step deploys the stored one)
     info = target.deploy(primary, issued.key_pem, issued.chain_pem)
     _mark_deployed(ctx, row_id)
     log.info("%s: certificate %x for %s deployed", step.key, info.serial, ", ".join(names))

@@ -4,11 +4,16 @@ Steps of a new hosting line (``service:{id}/...``):
 
 * ``hosting.account``: observe, then converge. The placement is recorded once per
   service (a re-run finds it and goes to the same node); the role's create action is
-  itself a converge, so running the step twice creates nothing twice.
-* ``notify.credentials``: sets fresh passwords on the node, seals the access data in a
-  one-time link (only the token's hash and the data encrypted with a key derived from
-  the token are stored; no plaintext password in our database) and e-mails the link.
-  Sent once per step key through the outbox, like the other customer e-mails.
+  itself a converge, so running the step twice creates nothing twice. Until the access
+  data are issued, the converge sets fresh passwords (every login, in the same run), and
+  the step seals them in a one-time link (only the token's hash and the data encrypted
+  with a key derived from the token are stored; no plaintext password in our database)
+  and holds the e-mail carrying the link in the outbox (its context sealed with the
+  outbox key), both in the step's fenced transaction: only the run that holds the step
+  issues them. Once issued, a re-run sets no password (existing logins keep theirs).
+* ``notify.credentials``: sends the held e-mail, once (the outbox), fenced on the step
+  like any final write; it asks nothing of the node. (A service whose account step ran
+  before access data were held there gets fresh passwords here, as before.)
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from provisioner.pipeline.engine.plan import (
     service_step,
 )
 from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
-from provisioner.pipeline.outbox import step_outbox
+from provisioner.pipeline.outbox import Outbox, step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.hosting import CredentialLink, HostingAccount, HostingNode
@@ -90,6 +95,8 @@ def _load(ctx: StepContext, service_id: int) -> tuple[HostingAccount, HostingNod
 # -- hosting.account ------------------------------------------------------------------------
 def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
     service_id = int(step.params["service_id"])
+    notify_key = service_step(service_id, "notify.credentials")
+    box = step_outbox(ctx)
     with transaction(ctx.factory) as s:
         placement = place(s, service_id, step.key)
         if placement is None:
@@ -97,10 +104,19 @@ def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
         account, node, placed = placement
         s.expunge(account)
         s.expunge(node)
-    ctx.heartbeat()
-    result = ctx.adapters.hosting.create(target_of(node), spec_of(account))  # random passwords, never kept
+        issued = box.state_of(s, notify_key) is not None
+    # Until the access data are issued, every login gets the fresh passwords (a run cut
+    # off earlier may have made some with passwords nobody knows); afterwards a re-run
+    # sets none: existing logins keep the passwords that were mailed.
+    secret = None if issued else Secrets.generate(MAILBOXES)
+    ctx.heartbeat()  # the lease first: a run that lost its step sets nothing on the node
+    # The attempt number fences the passwords on the node too: a run that lost the step
+    # and reaches the node after the run that holds it cannot overwrite what is mailed.
+    result = ctx.adapters.hosting.create(target_of(node), spec_of(account), secret,
+                                         set_passwords=secret is not None, password_fence=step.attempts)
     result.raise_for_status(step.key)
     with transaction(ctx.factory) as s:
+        ctx.fence(s)  # the access data are issued by the run that holds the step, once
         row = s.get(HostingAccount, account.id)
         assert row is not None
         if row.state == "creating":
@@ -108,13 +124,16 @@ def step_hosting_account(ctx: StepContext, step: Step) -> StepResult:
             row.updated_at = ctx.now()
             audit(s, SYSTEM, "hosting.created", "service", service_id,
                   {"node": node.name, "account": row.username})
-    return StepResult(bool(result.changed) or placed,
+        if secret is not None:
+            _hold_access_data(ctx, s, box, notify_key, service_id, account, node, secret)
+    return StepResult(bool(result.changed) or placed or secret is not None,
                       {"node": node.name, "address": node.address, "account": account.username,
                        "domain": account.domain, "url": f"http://{account.domain}/",
+                       "access_data": "held" if secret is not None else "issued before",
                        "ansible_changed": result.changed, "duration_s": result.run.duration_s})
 
 
-# -- notify.credentials ---------------------------------------------------------------------
+# -- access data: a one-time link, held in the outbox until notify.credentials --------------
 def _fernet_key(token: str) -> bytes:
     digest = hashlib.sha256(b"provisioner/credentials/v1:" + token.encode()).digest()
     return base64.urlsafe_b64encode(digest)
@@ -151,51 +170,59 @@ def access_data(account: HostingAccount, node: HostingNode, secret: Secrets) -> 
     }
 
 
+def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str, service_id: int,
+                      account: HostingAccount, node: HostingNode, secret: Secrets) -> None:
+    """In ``s`` (the caller's fenced transaction): seal ``secret`` in a new one-time link
+    and hold the e-mail that carries the link, under ``notify_key``. Earlier unused links
+    of the service stop working: their passwords are gone."""
+    token = secrets.token_urlsafe(32)
+    expires = ctx.now() + LINK_TTL
+    service = s.get(Service, service_id)
+    assert service is not None
+    customer = s.get(Customer, service.customer_id)
+    assert customer is not None
+    context = {
+        "customer": {"name": customer.name, "email": customer.email},
+        "domain": account.domain,
+        "plan": DEFAULT_CATALOG.hosting_plan(account.plan).name,
+        "url": f"http://{account.domain}/",
+        "link": f"{ctx.settings.public_base_url.rstrip('/')}/credentials/{token}",
+        "expires_at": expires.strftime("%Y-%m-%d %H:%M UTC"),
+        "ftp_host": node.address,
+        "username": account.username,
+        "mailbox": f"{MAILBOXES[0]}@{account.domain}",
+    }
+    s.execute(delete(CredentialLink).where(CredentialLink.service_id == service_id,
+                                           CredentialLink.used_at.is_(None)))
+    s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
+                         sealed=seal(token, access_data(account, node, secret)),
+                         expires_at=expires, created_at=ctx.now()))
+    box.hold(s, notify_key, customer.email, "credentials", customer.lang, context)
+    audit(s, SYSTEM, "hosting.credentials_link", "service", service_id,
+          {"expires_at": expires.isoformat()})
+
+
+# -- notify.credentials ---------------------------------------------------------------------
 def step_notify_credentials(ctx: StepContext, step: Step) -> StepResult:
     key = step.key
     service_id = int(step.params["service_id"])
     box = step_outbox(ctx)
-    sent = box.sent(key)
-    if sent is not None:
-        return StepResult(False, {"message_id": sent})
-    account, node = _load(ctx, service_id)
-    # Fresh passwords: the ones used at creation were never kept anywhere.
-    secret = Secrets.generate(MAILBOXES)
-    ctx.heartbeat()
-    ctx.adapters.hosting.reset_password(target_of(node), spec_of(account), secret).raise_for_status(key)
-    token = secrets.token_urlsafe(32)
-    expires = ctx.now() + LINK_TTL
     with transaction(ctx.factory) as s:
-        service = s.get(Service, service_id)
-        assert service is not None
-        customer = s.get(Customer, service.customer_id)
-        assert customer is not None
-        recipient, lang = customer.email, customer.lang
-        context = {
-            "customer": {"name": customer.name, "email": customer.email},
-            "domain": account.domain,
-            "plan": DEFAULT_CATALOG.hosting_plan(account.plan).name,
-            "url": f"http://{account.domain}/",
-            "link": f"{ctx.settings.public_base_url.rstrip('/')}/credentials/{token}",
-            "expires_at": expires.strftime("%Y-%m-%d %H:%M UTC"),
-            "ftp_host": node.address,
-            "username": account.username,
-            "mailbox": f"{MAILBOXES[0]}@{account.domain}",
-        }
-
-    def write_link(s: Session) -> None:
-        # The link commits with the outbox row: the mail carries its token.
-        # Earlier unused links of this service stop working: their passwords are gone.
-        s.execute(delete(CredentialLink).where(CredentialLink.service_id == service_id,
-                                               CredentialLink.used_at.is_(None)))
-        s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
-                             sealed=seal(token, access_data(account, node, secret)),
-                             expires_at=expires, created_at=ctx.now()))
-        audit(s, SYSTEM, "hosting.credentials_link", "service", service_id,
-              {"expires_at": expires.isoformat()})
-
-    result = box.send_once(key, recipient, "credentials", lang, context, before=write_link)
-    return StepResult(True, {"message_id": result.message_id, "link_expires_at": expires.isoformat()})
+        held = box.state_of(s, key)
+    if held is None:
+        # The account step ran before it held the access data (a journal older than
+        # this version): set fresh passwords now and hold them, as it would have.
+        account, node = _load(ctx, service_id)
+        secret = Secrets.generate(MAILBOXES)
+        ctx.heartbeat()
+        ctx.adapters.hosting.reset_password(target_of(node), spec_of(account), secret,
+                                            password_fence=step.attempts).raise_for_status(key)
+        with transaction(ctx.factory) as s:
+            ctx.fence(s)
+            _hold_access_data(ctx, s, box, key, service_id, account, node, secret)
+    sent = box.send_held(key)  # fenced: only the run that holds the step sends it
+    assert sent is not None
+    return StepResult(sent.sent_now, {"message_id": sent.message_id})
 
 
 def open_link(factory: sessionmaker[Session], token: str, now: datetime) -> dict[str, Any]:

@@ -7,6 +7,10 @@ report (``adapters/hosting/usage.py``) is read over SSH, and for every account t
 gets one e-mail with the deadline (the brand's ``over_quota_grace_days``); once the
 deadline has passed and the account is still over, its free backups stop (on the node)
 and ops are told; back under its limits, backups start again.
+
+The same report says how many times the node's mail policy failed open (a message
+passed unchecked); the count only grows on the node. When it grew since the last check
+(the count kept on the node's record), ops get one alert naming the new failures.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioner.adapters.hosting.usage import NodeUsage
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.lifecycle import quota_decision
 from provisioner.domain.policy import get_brand
@@ -40,7 +45,8 @@ def check_quotas(factory: sessionmaker[Session], today: date, *, reader: UsageRe
                  ) -> dict[str, Any]:
     """Read every active node's usage and act on it. Returns what happened, per account."""
     report: dict[str, Any] = {"today": today.isoformat(), "nodes": {}, "warned": [],
-                              "backups_stopped": [], "backups_restored": [], "errors": {}}
+                              "backups_stopped": [], "backups_restored": [], "errors": {},
+                              "mail_policy_failures": {}}
     with transaction(factory) as s:
         nodes = list(s.execute(select(HostingNode).where(HostingNode.state == "active")).scalars())
         s.expunge_all()
@@ -52,9 +58,45 @@ def check_quotas(factory: sessionmaker[Session], today: date, *, reader: UsageRe
             log.warning("quota: node %s: %s", node.name, exc)
             continue
         report["nodes"][node.name] = len(usage)
+        _mail_policy(factory, node, usage, alert, report)
         for name, u in usage.items():
             _account(factory, node, name, u, today, backups, outbox, alert, report)
     return report
+
+
+def _mail_policy(factory: sessionmaker[Session], node: HostingNode, usage: NodeUsage,
+                 alert: OpsAlert | None, report: dict[str, Any]) -> None:
+    """Alert ops once when the node's mail policy failed open more often than the last
+    check saw (the count is kept only once ops were told, so a failed alert is sent by
+    the next check); a count that went down (the node's file was reset) is taken as is."""
+    count = usage.mail_policy_failures
+    if count is None:
+        return
+    with transaction(factory) as s:
+        row = s.get(HostingNode, node.id)
+        seen = (row.mail_policy_failures or 0) if row is not None else 0
+    new = count - seen
+    report["mail_policy_failures"][node.name] = {"count": count, "new": max(new, 0)}
+    if new > 0:
+        if alert is None:
+            return
+        detail = (f"node {node.name}: the mail sending policy failed open {new} more time(s) ({count} "
+                  "in all): those messages passed without the plans' sending limits. Last error: "
+                  f"{usage.mail_policy_last_error or 'unknown'}")
+        log.warning("quota: %s", detail)
+        try:
+            alert(step_key=f"node:{node.name}/mail_policy@{count}", order_id=0, detail=detail, attempts=0)
+        except Exception:  # noqa: BLE001 - the next check alerts again: the count is not kept
+            log.exception("quota: could not alert ops about node %s's mail policy", node.name)
+            return
+    if new == 0:
+        return
+    with transaction(factory) as s:
+        row = s.get(HostingNode, node.id)
+        if row is not None:
+            row.mail_policy_failures = count
+            audit(s, SYSTEM, "hosting.mail_policy_failures", "node", node.name,
+                  {"count": count, "new": new, "last_error": usage.mail_policy_last_error})
 
 
 def _account(factory: sessionmaker[Session], node: HostingNode, name: str, u: Any,

@@ -19,7 +19,7 @@ from provisioner.adapters.dns import DnsResult
 from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
 from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import PurgeManifest, RemovalManifest
-from provisioner.adapters.hosting.usage import AccountUsage
+from provisioner.adapters.hosting.usage import NodeUsage
 from provisioner.adapters.mail import RenderedMail
 from provisioner.adapters.registry import EppClient
 from provisioner.adapters.tls_targets import CertificateTarget
@@ -41,10 +41,11 @@ class HostingAccounts(Protocol):
     """Accounts on hosting nodes (`adapters.hosting.accounts.HostingAccounts`)."""
 
     def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
+               set_passwords: bool = False, password_fence: int = 0,
                timeout_s: float | None = None) -> AccountResult: ...
 
     def reset_password(self, node: Target, spec: AccountSpec, secret: Secrets,
-                       parts: Sequence[str] = ...) -> AccountResult: ...
+                       parts: Sequence[str] = ..., *, password_fence: int = 0) -> AccountResult: ...
 
     def suspend(self, node: Target, spec: AccountSpec) -> AccountResult: ...
 
@@ -65,9 +66,9 @@ class HostingBackups(Protocol):
 
 
 class UsageReader(Protocol):
-    """A node's usage report: ``{account name: AccountUsage}``."""
+    """A node's usage report: ``{account name: AccountUsage}`` and the node's own figures."""
 
-    def __call__(self, node: Target) -> Mapping[str, AccountUsage]: ...
+    def __call__(self, node: Target) -> NodeUsage: ...
 
 
 class DnsZones(Protocol):

@@ -102,10 +102,15 @@ class StepContext:
                        Step.state == StepState.RUNNING.value)
                 .values(lease_until=self.now() + timedelta(seconds=self.settings.step_lease_s))
             )
-            held = res.rowcount == 1  # type: ignore[attr-defined]
+            held = res.rowcount == 1 or self._unjournaled(s)  # type: ignore[attr-defined]
         if not held:
             self.lost.set()
         return held
+
+    def _unjournaled(self, s: Session) -> bool:
+        """True when the journal has no row of this step at all: a handler run outside
+        the journal (a test, an ops tool), which no other run can hold either."""
+        return s.execute(select(Step.id).where(Step.key == self.step_key)).first() is None
 
     def heartbeat(self) -> None:
         """Extend the lease now, before work that must not start without it: LeaseLost
@@ -120,7 +125,8 @@ class StepContext:
         One conditional UPDATE of the step's row (touching ``updated_at``): on PostgreSQL
         it locks the row until the commit, so another run's claim waits for this commit
         and its handler then observes these writes; on SQLite the transaction holds the
-        database's write lock already (BEGIN IMMEDIATE)."""
+        database's write lock already (BEGIN IMMEDIATE). A step with no journal row (a
+        handler run outside the journal) is not fenced."""
         res = session.execute(
             update(Step)
             .where(Step.key == self.step_key, Step.owner == self.owner,
@@ -128,7 +134,7 @@ class StepContext:
             .values(updated_at=self.now())
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1 and not self._unjournaled(session):  # type: ignore[attr-defined]
             self.lost.set()
             raise LeaseLost(self.step_key)
 

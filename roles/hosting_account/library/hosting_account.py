@@ -10,7 +10,7 @@ module: hosting_account
 short_description: Converge whole shared-hosting accounts on a hosting node in one call
 description:
   - Creates or converges one or many shared-hosting accounts on a node prepared by
-    C(roles/hosting_node) and the node-wide support of C(roles/hosting_account):
+    C(roles/hosting_node) and the node-wide support of C(roles/hosting_account) -
     the system user, home and document root, the disk quota, the state file in
     C(/etc/hosting/accounts), the slice limits, the PHP-FPM pool and service, the nginx
     site, the MariaDB database and user with their size cap, the mail domains and
@@ -66,7 +66,8 @@ options:
             type: str
             required: true
           password:
-            description: Set only when the mailbox is new (or on C(reset_password)).
+            description:
+              - Set only when the mailbox is new (or on C(reset_password), or with I(set_passwords)).
             type: str
             no_log: true
           quota_mb:
@@ -78,11 +79,15 @@ options:
         elements: dict
         default: []
       password:
-        description: The FTP(S) password; set only when the login is new (or on C(reset_password)).
+        description:
+          - The FTP(S) password; set only when the login is new (or on C(reset_password), or
+            with I(set_passwords)).
         type: str
         no_log: true
       db_password:
-        description: The MariaDB user's password; set only when the user is new (or on C(reset_password)).
+        description:
+          - The MariaDB user's password; set only when the user is new (or on C(reset_password),
+            or with I(set_passwords)).
         type: str
         no_log: true
       suspended:
@@ -96,6 +101,21 @@ options:
     description: Limits for accounts that miss some.
     type: dict
     default: {}
+  set_passwords:
+    description:
+      - With C(create), also set the given secrets on logins that exist already (every
+        account must name all of them). Without it an existing login keeps its password.
+    type: bool
+    default: false
+  password_fence:
+    description:
+      - A fencing token for the secrets this call sets (with I(set_passwords) or
+        C(reset_password)); the pipeline passes its step's attempt number. Each account
+        keeps the highest token that set its secrets (C(/etc/hosting/accounts/NAME.fence));
+        a call with a lower one changes nothing and fails (a newer run has set secrets that
+        are being sent to the customer). C(0) checks and records nothing.
+    type: int
+    default: 0
   reset:
     description: With C(reset_password), which secrets to set.
     type: list
@@ -141,6 +161,11 @@ options:
 notes:
   - Supports check mode (reports what would change, writes nothing).
   - Passwords are never returned and never logged.
+  - The home belongs to the customer, whose processes may swap any name in it for a
+    symbolic link at any moment; the module reaches the home, public_html and tmp
+    through directory descriptors (O_NOFOLLOW), sets their owner and mode through them
+    and creates index.html in the directory it opened. A link where a directory belongs
+    refuses the account; nothing outside the home is touched.
 author: provisioner
 """
 
@@ -543,8 +568,8 @@ def ensure_home(root, name, uid, gid, www_gid, index_text, check):
         except FileNotFoundError:
             changed = True
             if not check:
-                fd = os.open("index.html", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=docroot)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open("index.html", flags, 0o644, dir_fd=docroot)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     os.fchown(fh.fileno(), uid, gid)
                     fh.write(index_text)
@@ -628,7 +653,15 @@ class Converge:
             else:
                 a["suspend"] = bool(recorded.get("suspended", False))
         if action == "reset_password":
-            return self.reset_password()
+            self.check_fence()
+            self.reset_password()
+            return self.record_fence()
+        set_passwords = bool(self.p.get("set_passwords"))
+        if set_passwords:
+            if action != "create":
+                raise Refused("Refused: set_passwords goes with create only")
+            self.need_passwords(("ftp", "db", "mail"))
+            self.check_fence()
         self.lap("observe")
         self.users()
         self.lap("users")
@@ -668,17 +701,19 @@ class Converge:
         self.lap("php")
         self.web()
         self.lap("web")
-        self.databases()
+        self.databases(set_password=set_passwords)
         self.lap("db")
-        self.mail()
+        self.mail(set_password=set_passwords)
         self.lap("mail")
-        self.ftp()
+        self.ftp(set_password=set_passwords)
         self.lap("ftp")
         for a in self.accounts:
             req = {"account": a["name"], "entries": a["cron"],
                    "min_interval": a["limits"]["cron_min_interval_min"]}
             self.note(a, "cron", self.h.op_cron(req, check=self.check)["changed"])
         self.lap("cron")
+        if set_passwords:
+            self.record_fence()
 
     # -- parts --
     def users(self):
@@ -804,13 +839,13 @@ class Converge:
         self.run(["systemctl", "reload", "nginx"])
         self.reloaded.append("nginx")
 
-    def databases(self, parts=None):
+    def databases(self, set_password=False):
         conn = None if self.check and not os.path.exists("/run/mysqld/mysqld.sock") else self.h.connect()
         try:
             for a in self.accounts:
                 req = {"account": a["name"], "password": a["db_password"],
                        "max_mb": a["limits"]["database_max_mb"], "locked": a["suspend"],
-                       "set_password": parts is not None}
+                       "set_password": set_password}
                 if conn is None:
                     self.note(a, "db", True)
                     continue
@@ -819,9 +854,9 @@ class Converge:
             if conn is not None:
                 conn.close()
 
-    def mail(self, set_password=False):
+    def mail(self, set_password=False, maps=True):
         maps_changed = False
-        if not set_password:
+        if maps:
             for path, body in ((POSTFIX_DOMAINS, lambda a: ["%s OK" % d for d in a["domains"]]),
                                (POSTFIX_MAILBOXES, lambda a: ["%s@%s OK" % (b["local"], a["domains"][0])
                                                               for b in a["mailboxes"]] or None)):
@@ -857,23 +892,52 @@ class Converge:
         for a in self.accounts:
             self.note(a, "ftp", changed.get(a["name"], False))
 
+    def fence_file(self, a):
+        return os.path.join(STATE_DIR, a["name"] + ".fence")
+
+    def check_fence(self):
+        """Refuse (before any secret is set) when a call with a higher fencing token has set
+        an account's secrets: this call's secrets are stale. Under the node's lock."""
+        token = int(self.p.get("password_fence") or 0)
+        if token <= 0:
+            return
+        for a in self.accounts:
+            text = read_text(self.fence_file(a))
+            newest = int(text) if text and text.strip().isdigit() else 0
+            if token < newest:
+                raise Refused("Refused: the secrets of %s were set by a newer run (fence %d > %d); "
+                              "these are stale and were not set" % (a["name"], newest, token))
+
+    def record_fence(self):
+        token = int(self.p.get("password_fence") or 0)
+        if token <= 0 or self.check:
+            return
+        for a in self.accounts:
+            ensure_file(self.fence_file(a), "%d\n" % token, 0o600, False)
+
+    def need_passwords(self, parts):
+        """Refuse unless every account names the secrets of ``parts`` (they are set)."""
+        for a in self.accounts:
+            if "ftp" in parts and not a["password"]:
+                raise Refused("setting the passwords needs the new FTP password of %s" % a["name"])
+            if "db" in parts and not a["db_password"]:
+                raise Refused("setting the passwords needs the new database password of %s" % a["name"])
+            if "mail" in parts and not all(b["password"] for b in a["mailboxes"]):
+                raise Refused("setting the passwords needs the new password of every mailbox of %s"
+                              % a["name"])
+
     def reset_password(self):
         parts = self.p["reset"]
         for a in self.accounts:
             pw = pwd.getpwnam(a["name"])
             a["uid"], a["gid"] = pw.pw_uid, pw.pw_gid
-            if "ftp" in parts and not a["password"]:
-                raise Refused("reset_password needs the new FTP password of %s" % a["name"])
-            if "db" in parts and not a["db_password"]:
-                raise Refused("reset_password needs the new database password of %s" % a["name"])
-            if "mail" in parts and not all(b["password"] for b in a["mailboxes"]):
-                raise Refused("reset_password needs the new password of every mailbox of %s" % a["name"])
+        self.need_passwords(parts)
         if "ftp" in parts:
             self.ftp(set_password=True)
         if "db" in parts:
-            self.databases(parts=parts)
+            self.databases(set_password=True)
         if "mail" in parts:
-            self.mail(set_password=True)
+            self.mail(set_password=True, maps=False)
 
 
 def support_ok(version):
@@ -931,6 +995,8 @@ def main():
             default_plan=dict(type="str", default="mega"),
             default_limits=dict(type="dict", default={}),
             reset=dict(type="list", elements="str", choices=["ftp", "db", "mail"], default=["ftp", "db", "mail"]),
+            set_passwords=dict(type="bool", default=False),
+            password_fence=dict(type="int", default=0),
             support_version=dict(type="str", default=""),
             node_root=dict(type="path", default="/srv/hosting"),
             accounts_group=dict(type="str", default="hosting"),

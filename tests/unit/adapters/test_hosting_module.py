@@ -1,6 +1,8 @@
-"""The role's module (roles/hosting_account/library/hosting_account.py): its validation and
-its renderers, pure (no node, no Ansible run). The node-side helper it reuses is loaded
-from the role's files, as the module loads it on the node."""
+"""The role's module (roles/hosting_account/library/hosting_account.py): its validation, its
+renderers, the home it reaches through directory descriptors (a customer racing it with
+symbolic links) and the fence of the secrets it sets; no node, no Ansible run (the home
+is a temporary directory). The node-side helper it reuses is loaded from the role's
+files, as the module loads it on the node."""
 
 from __future__ import annotations
 
@@ -264,9 +266,9 @@ def test_the_home_is_made_and_a_second_run_changes_nothing(module: Any, node_roo
     assert index.read_text() == "<p>hi</p>\n" and (index.stat().st_uid, index.stat().st_gid) == (uid, gid)
     before = _snapshot(root)
     assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False) is False
-    os.chmod(home / "tmp", 0o777)
+    os.chmod(home / "tmp", 0o600)
     assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", True) is True  # check mode
-    assert os.lstat(home / "tmp").st_mode & 0o777 == 0o777  # ... writes nothing
+    assert os.lstat(home / "tmp").st_mode & 0o777 == 0o600  # ... writes nothing
     assert module.ensure_home(str(root), "examplesi", uid, gid, 33, "<p>hi</p>\n", False) is True
     assert _snapshot(root) == before
     index.write_text("the customer's page\n")
@@ -347,3 +349,29 @@ def test_a_customer_swapping_links_during_converges_changes_nothing_outside(
         thread.join()
     assert swaps[0] >= 300 and outcomes["converged"] > 0, (swaps, outcomes)
     assert _snapshot(outside) == before
+
+
+# -- the fence of the secrets a run sets (a stale run must not overwrite mailed ones) ---------
+def test_secrets_set_by_a_newer_run_are_not_overwritten_by_a_stale_one(
+        module: Any, helper: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    import types
+
+    monkeypatch.setattr(module, "STATE_DIR", str(tmp_path))
+    accounts = [module.normalize(account(), PARAMS, helper)]
+
+    def converge(fence: int) -> Any:
+        params = dict(PARAMS, password_fence=fence, set_passwords=True)
+        return module.Converge(types.SimpleNamespace(params=params, check_mode=False), helper, accounts)
+
+    converge(0).check_fence()  # no token: nothing checked ...
+    converge(0).record_fence()
+    assert not (tmp_path / "examplesi.fence").exists()  # ... nothing recorded
+    converge(2).check_fence()
+    converge(2).record_fence()
+    assert (tmp_path / "examplesi.fence").read_text() == "2\n"
+    with pytest.raises(module.Refused, match="set by a newer run"):
+        converge(1).check_fence()
+    converge(2).check_fence()  # the same run again (an Ansible retry) goes on
+    converge(3).check_fence()
+    converge(3).record_fence()
+    assert (tmp_path / "examplesi.fence").read_text() == "3\n"

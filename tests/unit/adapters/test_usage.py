@@ -77,7 +77,41 @@ def test_an_empty_node_has_no_accounts() -> None:
     assert parse_usage(json.dumps({"version": 1, "accounts": {}, "errors": []})) == {}
 
 
+def test_the_report_carries_how_often_the_mail_policy_failed_open() -> None:
+    policy = {"failures": 3, "last_at": "2025-01-31T11:00:00Z",
+              "last_error": "OperationalError: database is locked"}
+    usage = parse_usage(json.dumps({**REPORT, "mail_policy": policy}))
+    assert usage.mail_policy_failures == 3
+    assert usage.mail_policy_last_error == "OperationalError: database is locked"
+    assert sorted(usage) == ["examplesi", "fullsi"]  # the accounts as before
+
+
+@pytest.mark.parametrize("policy", [None, {"failures": None, "last_error": ""}])
+def test_a_report_that_does_not_say_has_no_failure_count(policy: Any) -> None:
+    r = dict(REPORT) if policy is None else {**REPORT, "mail_policy": policy}
+    assert parse_usage(json.dumps(r)).mail_policy_failures is None  # unknown, not zero
+
+
+def test_the_node_script_reports_the_policys_failure_file(tmp_path: Path, monkeypatch: Any) -> None:
+    from tests.unit.adapters.node_code import USAGE, load_node_template
+
+    script = load_node_template("hosting_usage", USAGE)
+    monkeypatch.setattr(script, "STATE_DIR", str(tmp_path / "accounts"))
+    monkeypatch.setattr(script, "POLICY_FAILURES", str(tmp_path / "failures.json"))
+    assert script.report(set())["mail_policy"] == {"failures": 0, "last_at": None, "last_error": ""}
+    (tmp_path / "failures.json").write_text(json.dumps({"count": 2, "last_at": "t", "last_error": "locked"}))
+    out = script.report(set())
+    assert out["mail_policy"] == {"failures": 2, "last_at": "t", "last_error": "locked"}
+    assert parse_usage(json.dumps(out)).mail_policy_failures == 2
+    (tmp_path / "failures.json").write_text("{broken")
+    broken = script.report(set())
+    assert broken["mail_policy"]["failures"] is None and any("mail policy" in e for e in broken["errors"])
+
+
 BAD_REPORTS = [
+    ("policy not an object", json.dumps({**REPORT, "mail_policy": 3})),
+    ("policy failures negative", json.dumps({**REPORT, "mail_policy": {"failures": -1}})),
+    ("policy failures as text", json.dumps({**REPORT, "mail_policy": {"failures": "3"}})),
     ("not json", "{accounts"),
     ("not an object", json.dumps([1, 2])),
     ("unknown version", json.dumps({**REPORT, "version": 2})),

@@ -33,31 +33,39 @@ class FakeHosting:
     calls: list[tuple[str, Target, str]] = field(default_factory=list)
     fail: bool = False
     passwords: dict[str, Secrets] = field(default_factory=dict)  # what the node's logins accept
+    fences: dict[str, int] = field(default_factory=dict)  # the highest fence that set them
     password_sets: int = 0  # calls that set passwords on the node
     during: dict[str, Callable[[], None]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _go(self, action: str, node: Target, spec: AccountSpec, secret: Secrets | None = None,
-            set_all: bool = False) -> AccountResult:
+            set_all: bool = False, fence: int = 0) -> AccountResult:
         with self.lock:
             self.calls.append((action, node, spec.name))
         hook = self.during.get(action)
         if hook is not None:
             hook()
-        if not self.fail and secret is not None:
+        ok = not self.fail
+        if ok and secret is not None:
             with self.lock:  # like the module: new logins get the password; others only when told
-                if set_all or spec.name not in self.passwords:
+                if set_all and fence and fence < self.fences.get(spec.name, 0):
+                    ok = False  # a newer run has set them: these are stale
+                elif set_all or spec.name not in self.passwords:
                     self.passwords[spec.name] = secret
                     self.password_sets += 1
-        return AccountResult(action, spec.name, node.name, run_result(not self.fail))
+                    if set_all and fence:
+                        self.fences[spec.name] = fence
+        return AccountResult(action, spec.name, node.name, run_result(ok))
 
     def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
-               set_passwords: bool = False, timeout_s: float | None = None) -> AccountResult:
-        return self._go("create", node, spec, secret or Secrets.generate(spec.mailboxes), set_passwords)
+               set_passwords: bool = False, password_fence: int = 0,
+               timeout_s: float | None = None) -> AccountResult:
+        return self._go("create", node, spec, secret or Secrets.generate(spec.mailboxes), set_passwords,
+                        password_fence)
 
     def reset_password(self, node: Target, spec: AccountSpec, secret: Secrets,
-                       parts: Any = ("ftp", "db", "mail")) -> AccountResult:
-        return self._go("reset_password", node, spec, secret, True)
+                       parts: Any = ("ftp", "db", "mail"), *, password_fence: int = 0) -> AccountResult:
+        return self._go("reset_password", node, spec, secret, True, password_fence)
 
     def suspend(self, node: Target, spec: AccountSpec) -> AccountResult:
         return self._go("suspend", node, spec)
@@ -99,7 +107,8 @@ class FakeAcme:
         if self.during is not None and serial == 1:
             self.during()
         return IssuedCertificate(tuple(names), f"KEY {serial}".encode(), f"CHAIN {serial}".encode(),
-                                 datetime.now(UTC) + timedelta(days=90), serial, {n: "http-01" for n in names})
+                                 datetime.now(UTC) + timedelta(days=90), serial,
+                                 dict.fromkeys(names, "http-01"))
 
 
 @dataclass

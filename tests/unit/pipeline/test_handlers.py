@@ -4,60 +4,23 @@ SQLite file; the real adapters are tested against real servers elsewhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from provisioner import bootstrap
-from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
-from provisioner.adapters.hosting.ansible import RunResult, Target
 from provisioner.errors import ConfigurationError, StepFailed
+from provisioner.pipeline.capabilities.hosting import open_link
 from provisioner.pipeline.engine.plan import StepSpec
 from provisioner.pipeline.engine.runner import StepContext, record
 from provisioner.store.db import transaction
 from provisioner.store.hosting import CredentialLink, HostingAccount, add_node
 from provisioner.store.models import Order, OutboxMail, Proforma, Service, Step
 from tests.helpers import MemoryMailer, World, make_settings, make_world
-
-
-def _run(ok: bool = True) -> RunResult:
-    stats = {"n1": {"ok": 3, "changed": 1 if ok else 0, "failures": 0 if ok else 1, "unreachable": 0,
-                    "skipped": 0, "rescued": 0, "ignored": 0}}
-    return RunResult("successful" if ok else "failed", 0 if ok else 2, stats,
-                     {} if ok else {"n1": "useradd: disk full"})
-
-
-@dataclass
-class FakeHosting:
-    """Meets `ports.HostingAccounts`; records every call."""
-
-    calls: list[tuple[str, Target, str]] = field(default_factory=list)
-    fail: bool = False
-
-    def _go(self, action: str, node: Target, spec: AccountSpec) -> AccountResult:
-        self.calls.append((action, node, spec.name))
-        return AccountResult(action, spec.name, node.name, _run(not self.fail))
-
-    def create(self, node: Target, spec: AccountSpec, secret: Secrets | None = None, *,
-               timeout_s: float | None = None) -> AccountResult:
-        return self._go("create", node, spec)
-
-    def reset_password(self, node: Target, spec: AccountSpec, secret: Secrets,
-                       parts: Any = ("ftp", "db", "mail")) -> AccountResult:
-        return self._go("reset_password", node, spec)
-
-    def suspend(self, node: Target, spec: AccountSpec) -> AccountResult:
-        return self._go("suspend", node, spec)
-
-    def unsuspend(self, node: Target, spec: AccountSpec) -> AccountResult:
-        return self._go("unsuspend", node, spec)
-
-    def terminate(self, node: Target, spec: AccountSpec) -> AccountResult:
-        return self._go("terminate", node, spec)
+from tests.unit.pipeline.fakes import FakeHosting
 
 
 @pytest.fixture
@@ -128,23 +91,73 @@ def test_a_failed_converge_fails_the_step_and_flags_the_refund(world: World, hos
         assert s.get(Order, order_id).refund_flag  # type: ignore[union-attr]
 
 
-def test_credentials_are_mailed_once_with_a_one_time_link(
+def test_credentials_are_set_in_the_converge_and_mailed_once_with_a_one_time_link(
         world: World, hosting: FakeHosting, mailer: MemoryMailer) -> None:
     _paid_hosting(world)
     _run_kinds(world)
-    resets = [c for c in hosting.calls if c[0] == "reset_password"]
     credentials = [m for m in mailer.sent if "/credentials/" in m["text"]]
-    assert len(resets) == 1 and len(credentials) == 1
+    # One node run: the account's converge set the passwords the link holds; the e-mail
+    # step only sent the mail the converge's step held.
+    assert [c[0] for c in hosting.calls] == ["create"] and hosting.password_sets == 1
+    assert len(credentials) == 1
     with transaction(world.factory) as s:
         step = s.execute(select(Step).where(Step.kind == "notify.credentials")).scalar_one()
         step.state = "queued"  # delivered again after a crash
+        account_step = s.execute(select(Step).where(Step.kind == "hosting.account")).scalar_one()
+        account_step.state = "queued"  # and the account's step too
         link = s.execute(select(CredentialLink)).scalar_one()
         assert b"password" not in link.sealed  # sealed, not stored in the clear
         row = s.execute(select(OutboxMail).where(OutboxMail.template == "credentials")).scalar_one()
         assert row.state == "sent" and row.sent_at is not None
+        assert row.sealed is None  # the held context is gone once sent
+    world.runner.run_step(account_step.key)
     world.runner.run_step(step.key)
-    assert len([c for c in hosting.calls if c[0] == "reset_password"]) == 1  # no new passwords
+    assert hosting.password_sets == 1  # the re-run converged without new passwords
+    assert [c[0] for c in hosting.calls] == ["create", "create"]
     assert len([m for m in mailer.sent if "/credentials/" in m["text"]]) == 1
+    with transaction(world.factory) as s:
+        assert len(s.execute(select(CredentialLink)).scalars().all()) == 1
+
+
+def test_an_account_converged_before_access_data_were_held_gets_fresh_ones_by_mail(
+        world: World, hosting: FakeHosting, mailer: MemoryMailer) -> None:
+    """A journal of the version before: its account step held no mail, so the e-mail
+    step sets fresh passwords (fenced like the converge's) and sends them, once."""
+    _paid_hosting(world)
+    while any(not k.endswith("/notify.credentials") for k in world.queue.keys):
+        key = next(k for k in world.queue.keys if not k.endswith("/notify.credentials"))
+        world.queue.keys.remove(key)
+        world.runner.run_step(key)
+    with transaction(world.factory) as s:
+        s.query(OutboxMail).filter(OutboxMail.template == "credentials").delete()
+        s.query(CredentialLink).delete()
+    _run_kinds(world)
+    assert [c[0] for c in hosting.calls] == ["create", "reset_password"]
+    (mail,) = [m for m in mailer.sent if "/credentials/" in m["text"]]
+    token = re.search(r"/credentials/([A-Za-z0-9_-]{20,})", mail["text"])
+    assert token is not None
+    data = open_link(world.factory, token.group(1), datetime.now(UTC))
+    assert data["ftp"]["password"] == hosting.passwords[data["ftp"]["user"]].account
+    assert hosting.fences[data["ftp"]["user"]] == 1  # the e-mail step's first attempt
+
+
+def test_the_held_access_data_mail_is_sealed_until_sent(
+        world: World, hosting: FakeHosting, mailer: MemoryMailer) -> None:
+    _paid_hosting(world)
+    for _ in range(20):  # everything up to the e-mail step
+        keys = [k for k in world.queue.keys if not k.endswith("/notify.credentials")]
+        if not keys:
+            break
+        world.queue.keys.remove(keys[0])
+        world.runner.run_step(keys[0])
+    secret = next(iter(hosting.passwords.values()))
+    with transaction(world.factory) as s:
+        row = s.execute(select(OutboxMail).where(OutboxMail.template == "credentials")).scalar_one()
+        assert row.state == "pending" and row.sealed is not None
+        assert b"/credentials/" not in row.sealed and secret.account.encode() not in row.sealed
+    assert not [m for m in mailer.sent if "/credentials/" in m["text"]]
+    raw = Path(world.app.settings.effective_database_url.split("///", 1)[1]).read_bytes()
+    assert b"/credentials/" not in raw and secret.account.encode() not in raw
 
 
 def test_a_zone_without_a_dns_server_is_a_configuration_error(world: World) -> None:

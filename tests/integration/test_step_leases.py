@@ -2,7 +2,7 @@
 (a heartbeat runs while the handler works, whatever it calls), so a second worker's
 re-drive cannot take it over; and a run that lost its step anyway (stalled for longer
 than the lease) writes nothing final and sends nothing: the run that holds the step
-does, once. Fakes of the adapters; the database is a SQLite file."""
+does, once. Fakes of the adapters; the database is SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from provisioner.pipeline.capabilities.hosting import open_link
 from provisioner.pipeline.engine.plan import StepSpec
-from provisioner.pipeline.engine.runner import RunOutcome, record
+from provisioner.pipeline.engine.runner import LeaseLost, RunOutcome, StepContext, record
 from provisioner.store.db import transaction
 from provisioner.store.hosting import CredentialLink, HostingAccount, add_node
 from provisioner.store.models import Order, OutboxMail, Step
@@ -38,13 +38,13 @@ class Fixture:
     and the same fake outside world: ``a`` runs the order; ``b`` is the other worker,
     whose re-drive looks for steps to take over."""
 
-    def __init__(self, tmp_path: Path, sqlite_url: str, lease_s: int = LEASE_S) -> None:
+    def __init__(self, tmp_path: Path, db_url: str, lease_s: int = LEASE_S) -> None:
         self.hosting = FakeHosting()
         self.mailer = SlowMailer()
         self.acme = FakeAcme()
         self.target = FakeTarget()
         self.alerts = Alerts()
-        config = make_settings(tmp_path, sqlite_url, 25, line_kinds="hosting", step_lease_s=lease_s)
+        config = make_settings(tmp_path, db_url, 25, line_kinds="hosting", step_lease_s=lease_s)
         fakes = {"hosting": self.hosting, "mailer": self.mailer, "acme": self.acme,
                  "tls_fallback": self.target, "alert": self.alerts}
         self.a: World = make_world(config, **fakes)
@@ -125,8 +125,8 @@ def _take_over_attempts(f: Fixture, key: str, busy: threading.Thread) -> list[st
 
 
 # -- the heartbeat keeps a slow step with the run that works on it --------------------------
-def test_a_converge_longer_than_the_lease_is_not_taken_over(tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url)
+def test_a_converge_longer_than_the_lease_is_not_taken_over(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url)
     entered, release = threading.Event(), threading.Event()
     f.hosting.during["create"] = _blocking(entered, release)
     f.paid_order()
@@ -146,8 +146,8 @@ def test_a_converge_longer_than_the_lease_is_not_taken_over(tmp_path: Path, sqli
     assert data["ftp"]["password"] == f.hosting.passwords[data["ftp"]["user"]].account
 
 
-def test_a_credentials_mail_longer_than_the_lease_goes_out_once(tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url)
+def test_a_credentials_mail_longer_than_the_lease_goes_out_once(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url)
     entered, release = threading.Event(), threading.Event()
     f.mailer.slow_text, f.mailer.during = "/credentials/", _blocking(entered, release)
     f.paid_order()
@@ -166,8 +166,8 @@ def test_a_credentials_mail_longer_than_the_lease_goes_out_once(tmp_path: Path, 
     assert data["mail"]["password"] == f.hosting.passwords[data["ftp"]["user"]].mailboxes["info"]
 
 
-def test_an_acme_order_longer_than_the_lease_is_placed_once(tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url)
+def test_an_acme_order_longer_than_the_lease_is_placed_once(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url)
     entered, release = threading.Event(), threading.Event()
     f.acme.during = _blocking(entered, release)
     key = _tls_step(f)
@@ -181,8 +181,8 @@ def test_an_acme_order_longer_than_the_lease_is_placed_once(tmp_path: Path, sqli
 
 
 # -- a run that lost its step anyway: nothing final, nothing sent, no failure ----------------
-def test_a_converge_whose_run_lost_the_step_holds_no_access_data(tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url, LONG_LEASE_S)
+def test_a_converge_whose_run_lost_the_step_holds_no_access_data(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url, LONG_LEASE_S)
     f.paid_order()
     key = f.step_key("hosting.account")
     f.run_until(key)
@@ -207,22 +207,18 @@ def test_a_converge_whose_run_lost_the_step_holds_no_access_data(tmp_path: Path,
         assert len(held) == 1
         assert s.execute(select(HostingAccount.state)).scalar_one() == "active"
     assert f.alerts.sent == [] and f.links() == 1
-    f.b.queue.keys.clear()
-    f.run_all()
-    f.a.runner.dispatch()
-    f.run_all()
-    # Both runs converged; the access data mailed are those of the run that held the step,
-    # whose converge came last: the ones the node accepts.
+    f.run_all()  # what the other run's finish made ready: notify.credentials
+    # Both runs reached the node; the stale run, arriving after the run that holds the step,
+    # was refused there (its fence is lower): the access data mailed are the ones the node
+    # accepts.
     assert [c[0] for c in f.hosting.calls] == ["create", "create"]
-    assert len(f.credential_mails()) == 1
+    assert f.hosting.password_sets == 1 and len(f.credential_mails()) == 1
     data = f.mailed_access_data()
     assert data["ftp"]["password"] == f.hosting.passwords[data["ftp"]["user"]].account
 
 
-def test_a_credentials_mail_of_a_run_that_lost_the_step_is_not_sent(tmp_path: Path, sqlite_url: str) -> None:
-    from provisioner.pipeline.engine.runner import LeaseLost, StepContext
-
-    f = Fixture(tmp_path, sqlite_url, LONG_LEASE_S)
+def test_a_credentials_mail_of_a_run_that_lost_the_step_is_not_sent(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url, LONG_LEASE_S)
     f.paid_order()
     key = f.step_key("notify.credentials")
     f.run_until(key)
@@ -240,9 +236,27 @@ def test_a_credentials_mail_of_a_run_that_lost_the_step_is_not_sent(tmp_path: Pa
     assert f.hosting.password_sets == 1
 
 
+def test_any_e_mail_of_a_run_that_lost_its_step_is_not_sent(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url, LONG_LEASE_S)
+    f.paid_order()
+    key = f.step_key("notify.invoice")
+    f.run_until(key)
+    with transaction(f.a.factory) as s:
+        step = s.execute(select(Step).where(Step.key == key)).scalar_one()
+        step.state, step.owner = "running", "the-other-run"
+        s.expunge(step)
+    before = len(f.mailer.sent)
+    ctx = StepContext(f.a.app.settings, f.a.factory, key, "this-run", f.a.app.adapters, f.a.runner.now)
+    with pytest.raises(LeaseLost):
+        f.a.runner.handlers["notify.invoice"](ctx, step)
+    assert len(f.mailer.sent) == before
+    with transaction(f.a.factory) as s:
+        assert s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one_or_none() is None
+
+
 def test_a_certificate_ordered_by_a_run_that_lost_the_step_is_neither_stored_nor_deployed(
-        tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url, LONG_LEASE_S)
+        tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url, LONG_LEASE_S)
     key = _tls_step(f)
     taken: list[RunOutcome] = []
 
@@ -260,8 +274,8 @@ def test_a_certificate_ordered_by_a_run_that_lost_the_step_is_neither_stored_nor
     assert f.alerts.sent == []
 
 
-def test_a_run_that_lost_its_step_neither_fails_it_nor_retries_it(tmp_path: Path, sqlite_url: str) -> None:
-    f = Fixture(tmp_path, sqlite_url, LONG_LEASE_S)
+def test_a_run_that_lost_its_step_neither_fails_it_nor_retries_it(tmp_path: Path, db_url: str) -> None:
+    f = Fixture(tmp_path, db_url, LONG_LEASE_S)
     f.hosting.fail = True
     f.paid_order()
     key = f.step_key("hosting.account")
