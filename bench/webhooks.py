@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class Delivery:
     body: bytes
 
 
-class Provider:
+class Provider(ABC):
     """One payment provider's side of the benchmark: its settings, its signed deliveries,
     and what the worker needs to process them."""
 
@@ -210,12 +211,13 @@ class Provider:
         """Settings for the app and the ceiling."""
         return {}
 
+    @abstractmethod
     def event(self, n: int, event_id: str, proforma: str, gross: Decimal) -> bytes:
-        raise NotImplementedError
+        """The provider's notification body for one paid proforma."""
 
+    @abstractmethod
     def headers(self, body: bytes) -> dict[str, str]:
         """The delivery's headers, signed now."""
-        raise NotImplementedError
 
     def event_id(self, label: str, body: bytes) -> str:
         """The notification's event id (the label given to `event`, unless the provider
@@ -225,8 +227,8 @@ class Provider:
     def confirm(self) -> Confirm | None:
         return None
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - an optional hook: most providers hold nothing
+        return None
 
 
 class Stripe(Provider):
