@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from provisioner.adapters.tls_targets import (
     check_key_matches,
     served_certificate,
 )
+from provisioner.devstack.net import free_port, port_open
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 
 log = logging.getLogger("provisioner.tls")
@@ -143,18 +143,6 @@ class LocalNginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def local_nginx(prefix: Path | None = None, host: str = "127.0.0.1", http_port: int = 0,
                 https_port: int = 0) -> Iterator[LocalNginx]:
@@ -166,7 +154,7 @@ def local_nginx(prefix: Path | None = None, host: str = "127.0.0.1", http_port: 
     base = Path(tempfile.mkdtemp(prefix="prov-nginx-")) if prefix is None else prefix
     for sub in ("conf/sites", "logs", "tmp", "challenges/.well-known/acme-challenge", "www", "certs"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    server = LocalNginx(base, host, http_port or _free_port(host), https_port or _free_port(host),
+    server = LocalNginx(base, host, http_port or free_port(host), https_port or free_port(host),
                         binary=binary)
     user = "user root;\n" if os.geteuid() == 0 else ""
     server.conf.write_text(_MAIN_CONF.format(user=user, prefix=base, host=host, http_port=server.http_port))
@@ -177,7 +165,7 @@ def local_nginx(prefix: Path | None = None, host: str = "127.0.0.1", http_port: 
                                    start_new_session=True)
     try:
         deadline = time.monotonic() + 15
-        while not _port_open(host, server.http_port):
+        while not port_open(host, server.http_port):
             if server.proc.poll() is not None or time.monotonic() > deadline:
                 raise ConfigurationError(f"nginx did not start: {server.error_log()}")
             time.sleep(0.02)

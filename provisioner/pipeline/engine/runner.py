@@ -508,12 +508,14 @@ class Runner:
 def run_queued(runner: Runner, *, max_rounds: int = 50) -> int:
     """Run every ready step in this process until none is left (what the workers do in
     production): for ``sweep --now``, ``apply --wait`` without workers, and tests.
-    Returns how many runs it made."""
+    Returns how many runs it made. A step waiting out its retry backoff is not ready."""
     ran = 0
     for _ in range(max_rounds):
         keys = runner.dispatch()
         with transaction(runner.factory) as s:
-            keys += list(s.execute(select(Step.key).where(Step.state == StepState.QUEUED.value)).scalars())
+            keys += list(s.execute(select(Step.key).where(
+                Step.state == StepState.QUEUED.value,
+                or_(Step.next_attempt_at.is_(None), Step.next_attempt_at <= runner.now()))).scalars())
         if not keys:
             return ran
         for key in dict.fromkeys(keys):
