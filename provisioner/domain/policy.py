@@ -41,8 +41,20 @@ class PrepayDiscount:
 class BrandPolicy:
     # identity of the provider (seed 001 = FCB d.o.o., seed 002 = iSERVER d.o.o.)
     code: str
-    name: str
+    name: str  # the legal issuer of proformas, invoices and credit notes
     website_url: str
+    display_name: str = ""  # what customers call the provider on pages and in mails
+    address: str = ""  # the issuer's address on proformas, invoices and credit notes
+    vat_id: str = ""
+    # where the brand's customers pay (UPN form, bank statements): the brand's own account
+    iban: str = ""
+    bic: str = ""
+    mail_from: str = ""  # the sender of the brand's mails (RFC 5322 address with name)
+    support_email: str = ""
+    support_phone: str = ""
+    # the pages customers open (access data, migration form, site disabled); WCAG AA
+    # contrast: white text on ``colour`` and ``colour`` text on white both >= 4.5:1
+    colour: str = "#1f4e79"
     # RULES "Prices in EUR, VAT included": VAT 22 %
     vat_rate: Decimal = VAT_RATE
     # RULES "Prepayment: nothing is provisioned before the proforma is paid": proforma
@@ -111,6 +123,15 @@ FCB = BrandPolicy(
     code="fcb",
     name="FCB d.o.o.",
     website_url="https://www.fcb.si",
+    display_name="FCB",
+    address="Ljubljana, Slovenija",
+    vat_id="SI00000001",
+    iban="SI62 0201 1001 2345 678",
+    bic="LJBASI2X",
+    mail_from="FCB <billing@fcb.si>",
+    support_email="podpora@fcb.si",
+    support_phone="+386 1 000 00 01",
+    colour="#1f4e79",
     data_retention_days=60,
     backup_retention_days=90,
     refund_window_days=90,
@@ -125,6 +146,15 @@ ISERVER = BrandPolicy(
     code="iserver",
     name="iSERVER d.o.o.",
     website_url="https://www.iserver.si",
+    display_name="iSERVER",
+    address="Ljubljana, Slovenija",
+    vat_id="SI00000002",
+    iban="SI56 0510 0801 0486 080",
+    bic="ABANSI2X",
+    mail_from="iSERVER <billing@iserver.si>",
+    support_email="podpora@iserver.si",
+    support_phone="+386 1 000 00 02",
+    colour="#8a1c1c",
     data_retention_days=30,
     backup_retention_days=30,  # removed together with the files
     refund_window_days=15,
