@@ -1,4 +1,4 @@
-"""lapse domains registry
+"""lapse withdrawal
 
 Revision ID: 0012
 Revises: 0011
