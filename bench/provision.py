@@ -113,7 +113,8 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
+    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None,
+             sender: str | None = None) -> None:
         self.sent.append({"to": to, "subject": rendered.subject, "message_id": message_id,
                           "at": time.monotonic()})
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.acme import AcmeClient, ChallengeSolver, IssuedCertificate, generate_key_pem
@@ -27,18 +28,30 @@ from provisioner.adapters.hosting.usage import UsageReports
 from provisioner.adapters.mail import Mailer
 from provisioner.adapters.payments.braintree import BraintreeVerifier
 from provisioner.adapters.payments.paypal import PayPalCaptures, PayPalVerifier
+from provisioner.adapters.payments.stripe import StripeRefunds
 from provisioner.adapters.registry import EppClient, RegistryConfig
 from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
 from provisioner.config import Settings, load_settings
 from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError
-from provisioner.pipeline.capabilities import billing, dns_tls, domains, hosting, lifecycle, quota
+from provisioner.pipeline.capabilities import (
+    billing,
+    dns_tls,
+    domains,
+    hosting,
+    lifecycle,
+    migration,
+    quota,
+    refunds,
+)
 from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
 from provisioner.pipeline.engine.ports import Adapters
 from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
 from provisioner.pipeline.outbox import Outbox
+from provisioner.pipeline.usecases import backups as backup_jobs
 from provisioner.pipeline.usecases.payments import Confirm, process_pending, reprocess_stored
+from provisioner.store.backups import backup_fernet
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.tls import account_key, fernet_for
 from provisioner.store.webhooks import PayPalTransmissions
@@ -170,11 +183,14 @@ def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
         acme=LazyAcme(settings, factory) if settings.acme_directory else None,
         registry=EppClient(RegistryConfig.from_settings(settings)) if settings.registry_host else None,
     )
+    if settings.stripe_secret_key:  # card refunds of withdrawals (issue 17 item 3)
+        adapters = dataclasses.replace(adapters, refunds=StripeRefunds(settings.stripe_secret_key,
+                                                                       settings.stripe_api_base))
     return dataclasses.replace(adapters, **overrides)
 
 
 # The installed capabilities: each module lists its step handlers and line planners.
-CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle)
+CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds)
 
 
 def handlers() -> dict[str, Handler]:
@@ -252,6 +268,29 @@ class Provisioner:
             self.factory, today or utcnow().date(), reader=self.adapters.usage,
             backups=self.adapters.backups, alert=self.adapters.alert,
             outbox=Outbox(self.factory, self.adapters.mailer, self.settings.mail_from, self.runner.now))
+
+
+    # -- backups on the backup host (issue 16): the beat's jobs ------------------------------
+    def backups_nightly(self, now: datetime | None = None, *, force: bool = False) -> dict[str, Any]:
+        """Each node's nightly backup run, inside the maintenance window only (the beat calls
+        it hourly: a failed node is retried the next hour of the same night)."""
+        return backup_jobs.nightly(self.factory, self.adapters.backups, self.adapters.alert,
+                                   now or self.runner.now(), get_brand(self.settings.brand),
+                                   self.settings.maintenance_timezone, force=force)
+
+    def backups_check(self, now: datetime | None = None, subset: str | None = None) -> dict[str, Any]:
+        """The weekly ``restic check --read-data-subset`` of every repository."""
+        return backup_jobs.check(self.factory, self.adapters.backups, self.adapters.alert,
+                                 now or self.runner.now(), subset or self.settings.backup_check_subset)
+
+    def backups_drill(self, now: datetime | None = None) -> dict[str, Any]:
+        """The weekly restore drill of a random account per repository."""
+        return backup_jobs.drill(self.factory, self.adapters.backups, self.adapters.alert,
+                                 now or self.runner.now())
+
+    def backup_fernet(self) -> MultiFernet:
+        """The key that seals the repositories' passwords (``backup_password_key``)."""
+        return backup_fernet(self.settings)
 
 
 _all_handlers = handlers

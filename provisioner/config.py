@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from provisioner.domain.policy import BRANDS, get_brand
 from provisioner.errors import ConfigurationError
 
 _DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "provisioner"
@@ -28,6 +29,10 @@ class Settings:
     api_token: str = ""  # ops API bearer token; empty means the ops API refuses everyone
     stripe_webhook_secret: str = ""
     stripe_tolerance_s: int = 300
+    # card refunds (withdrawals) through Stripe's API with the account's secret key; empty:
+    # card refunds become ops tasks. The base is Stripe's, or a local stand-in in tests.
+    stripe_secret_key: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
     braintree_environment: str = "sandbox"
     braintree_merchant_id: str = ""
     braintree_public_key: str = ""
@@ -45,10 +50,9 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_starttls: bool = False
+    # the sender of ops mails; a customer's mails come from the brand's `mail_from`
     mail_from: str = "Provisioner <billing@provider.example>"
     ops_email: str = "ops@provider.example"
-    bank_iban: str = "SI56 0201 1001 2345 678"
-    bank_recipient: str = "Ponudnik gostovanja d.o.o., Ljubljana"
     step_lease_s: int = 120
     step_max_attempts: int = 5
     step_backoff_s: float = 2.0
@@ -98,6 +102,40 @@ class Settings:
     node_known_hosts: str = ""
     # the "site disabled" page on a node links here; empty: the brand's web site
     provider_url: str = ""
+    # GDPR (issue 17, item 10). Data residency: the countries (ISO 3166 alpha-2, and "EU"
+    # for every EU/EEA member) where nodes, backup targets and the SMTP relay may keep
+    # personal data; checked at start-up (pipeline/usecases/residency.py).
+    allowed_countries: str = "SI,EU"
+    node_country_default: str = "SI"  # `nodes add` without --country
+    smtp_relay_country: str = "SI"  # where smtp_host keeps the mails it relays
+    breach_reminder_hours: float = 6.0  # an open breach reminds ops this often
+    # The maintenance window's zone (the hours are the brand's `maintenance_window`).
+    maintenance_timezone: str = "Europe/Ljubljana"
+    # Customer pages and the migration intake (issues 13, 18). The access data name a
+    # control panel only where the installation has one: its address; empty: none.
+    control_panel_url: str = ""
+    # the old provider's credentials (migration intake) are sealed with this Fernet key
+    # (comma-separated: the first encrypts, all decrypt); empty: key_dir/migration-fernet.key
+    migration_source_key: str = ""
+    migration_link_ttl_h: int = 168  # the intake link (one week)
+    migration_abandon_days: int = 30  # sealed sources of a migration untouched this long are wiped
+    # Backups on a backup host (issue 16, restic). Each node's repository password is
+    # sealed with this Fernet key (comma-separated: the first encrypts, all decrypt);
+    # empty: key_dir/backup-fernet.key. `restic check --read-data-subset` reads this share
+    # of the packs each week. The backup host's known_hosts lines are kept per host record.
+    backup_password_key: str = ""
+    backup_check_subset: str = "10%"
+
+    @property
+    def bank_iban(self) -> str:
+        """The bank account of the installation's default brand (`brand`). Each brand's
+        customers pay into the brand's own account (`BrandPolicy.iban`)."""
+        return get_brand(self.brand).iban
+
+    @property
+    def bank_accounts(self) -> tuple[str, ...]:
+        """Every brand's bank account: a bank statement of any other is refused whole."""
+        return tuple(b.iban for b in BRANDS.values() if b.iban)
 
     @property
     def node_ssh_key_path(self) -> Path | None:

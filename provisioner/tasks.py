@@ -18,6 +18,7 @@ from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
 from provisioner.keyfiles import make_private_dir
 from provisioner.pipeline.capabilities.hosting import purge_expired_links
+from provisioner.pipeline.usecases import breach
 from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.tasks")
@@ -59,6 +60,18 @@ def make_celery(settings: Settings) -> Celery:
             "sweep": {"task": "provisioner.sweep", "schedule": crontab(minute=15, hour=0)},
             # Accounts over their quota: warn, then no free backups after the grace days.
             "quota": {"task": "provisioner.quota", "schedule": crontab(minute=45, hour=1)},
+            # Backups on the backup host (issue 16). The nightly run is tried hourly and acts
+            # only inside the 23:00-05:00 Europe/Ljubljana window (whatever the UTC offset),
+            # once per node and night: a node whose run failed is retried the next hour.
+            "backups_nightly": {"task": "provisioner.backups_nightly", "schedule": crontab(minute=5)},
+            # Weekly, Sunday inside the window in winter and summer time: restic check
+            # --read-data-subset per repository, then a restore drill of a random account.
+            "backups_check": {"task": "provisioner.backups_check",
+                              "schedule": crontab(minute=20, hour=1, day_of_week=0)},
+            "backups_drill": {"task": "provisioner.backups_drill",
+                              "schedule": crontab(minute=20, hour=2, day_of_week=0)},
+            # Open personal-data breaches remind ops (once per breach_reminder_hours).
+            "breaches": {"task": "provisioner.breaches", "schedule": crontab(minute=40)},
             # One-time credentials links that expired unused: their sealed data go.
             "purge_links": {"task": "provisioner.purge_links",
                             "schedule": crontab(minute=30, hour=0)},
@@ -118,6 +131,28 @@ def quota() -> dict[str, Any]:
 @app.task(name="provisioner.purge_links", acks_late=True)
 def purge_links() -> dict[str, Any]:
     return {"purged": purge_expired_links(provisioner().factory, utcnow())}
+
+
+@app.task(name="provisioner.backups_nightly", acks_late=True)
+def backups_nightly() -> dict[str, Any]:
+    return provisioner().backups_nightly()
+
+
+@app.task(name="provisioner.backups_check", acks_late=True)
+def backups_check() -> dict[str, Any]:
+    return provisioner().backups_check()
+
+
+@app.task(name="provisioner.backups_drill", acks_late=True)
+def backups_drill() -> dict[str, Any]:
+    return provisioner().backups_drill()
+
+
+@app.task(name="provisioner.breaches", acks_late=True)
+def breaches() -> dict[str, Any]:
+    p = provisioner()
+    return {"reminded": breach.remind_ops(p.factory, p.adapters.mailer, p.settings.mail_from,
+                                          p.settings.ops_email, p.settings.breach_reminder_hours)}
 
 
 def enqueue_step(step_key: str) -> None:

@@ -22,8 +22,10 @@ import httpx
 from sqlalchemy import select
 
 from provisioner.adapters.payments import PaymentNotice
+from provisioner.adapters.registry import EppClient
 from provisioner.bootstrap import Provisioner, bootstrap
 from provisioner.config import Settings
+from provisioner.devstack.registry import Sandbox
 from provisioner.devstack.smtp_sink import read_maildir
 from provisioner.domain.lifecycle import earliest_event
 from provisioner.errors import TransientError
@@ -32,9 +34,10 @@ from provisioner.pipeline.engine.runner import Runner, run_queued
 from provisioner.pipeline.usecases import ops
 from provisioner.pipeline.usecases.payments import IngestResult, ingest, record_manual_payment
 from provisioner.store.db import session_factory, transaction
+from provisioner.store.domains import DomainRecord
 from provisioner.store.lifecycle import Renewal
-from provisioner.store.models import Proforma, Service, Step
-from provisioner.timeutil import now_at
+from provisioner.store.models import Proforma, ProformaLine, Service, Step
+from provisioner.timeutil import iter_days, now_at
 
 VENV_BIN = Path(sys.executable).parent
 STRIPE_SECRET = "whsec_test_" + "k" * 24
@@ -147,9 +150,10 @@ class MemoryMailer:
 
     sent: list[dict[str, Any]] = field(default_factory=list)
 
-    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
+    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None,
+             sender: str | None = None) -> None:
         self.sent.append({"to": to, "subject": rendered.subject, "text": rendered.text,
-                          "message_id": message_id})
+                          "message_id": message_id, "sender": sender})
 
 
 def wire(settings: Settings, *, queue: Queue | None = None, now: Callable[[], datetime] | None = None,
@@ -225,7 +229,7 @@ class World:
 
     def order(self, items: Iterable[str], *, who: dict[str, str] | None = None, brand: str = "fcb",
               discount: str | None = None) -> dict[str, Any]:
-        c = ops.add_customer(self.factory, who or CUSTOMER, "test")
+        c = ops.add_customer(self.factory, {**(who or CUSTOMER), "brand": brand}, "test")
         result = ops.create_order(self.factory, c["id"], list(items), discount, brand, "test")
         self.runner.dispatch(result["order"])
         return result
@@ -269,7 +273,7 @@ class ClockWorld(World):
     def service(self, item: str, expires_on: date, *, brand: str = "fcb",
                 who: dict[str, str] | None = None, discount: str | None = None) -> int:
         """A service as if it had been provisioned: active until ``expires_on``."""
-        c = ops.add_customer(self.factory, who or customer("en"), "test")
+        c = ops.add_customer(self.factory, {**(who or customer("en")), "brand": brand}, "test")
         order = ops.create_order(self.factory, c["id"], [item], discount, brand, "test")
         with transaction(self.factory) as s:
             sv = s.execute(select(Service).where(Service.order_id == order["order"])).scalar_one()
@@ -313,3 +317,65 @@ def make_clock_world(db_url: str, tmp_path: Path, sink: Any, start: date,
     settings = make_settings(tmp_path, db_url, sink.port, step_max_attempts=2, line_kinds=line_kinds)
     w = make_world(settings, now=now_at(start))
     return ClockWorld(w.app, w.queue, start, sink)
+
+
+class RegistrarWorld(ClockWorld):
+    """The clock world with the sandbox registry, both clocks on the simulated day."""
+
+    sandbox: Sandbox
+    client: EppClient
+
+    def at(self, day: date) -> None:
+        super().at(day)
+        self.sandbox.at(day)
+
+    def register(self, name: str, on: date | None = None, brand: str = "fcb") -> int:
+        """A domain ordered and paid on ``on`` (default: the world's day): registered at
+        the registry through the pipeline (our name servers); its expiry is the registry's."""
+        self.at(on or self.day)
+        c = ops.add_customer(self.factory, {**customer("en"), "brand": brand}, "test")
+        order = ops.create_order(self.factory, c["id"], [f"domain:{name}:1y"], None, brand, "test")
+        proforma = order["proforma"]
+        assert self.pay(proforma["number"], proforma["gross"], f"txn-{name}").settled
+        with transaction(self.factory) as s:
+            service = s.execute(select(Service).where(Service.order_id == order["order"])).scalar_one()
+            assert service.state == "active", service.detail
+            return service.id
+
+    def days(self, first: date, last: date) -> None:
+        for day in iter_days(first, last):
+            self.sweep(day)
+
+    def renewal_proforma(self, sid: int) -> tuple[str, Decimal, list[tuple[str, Decimal]]]:
+        with transaction(self.factory) as s:
+            p = s.execute(select(Proforma).join(Renewal, Renewal.proforma_id == Proforma.id)
+                          .where(Renewal.service_id == sid)).scalar_one()
+            lines = [(ln.description, ln.gross) for ln in s.execute(
+                select(ProformaLine).where(ProformaLine.proforma_id == p.id)
+                .order_by(ProformaLine.position)).scalars()]
+            return p.number, p.gross, lines
+
+    def record(self, sid: int) -> DomainRecord:
+        with transaction(self.factory) as s:
+            rec = s.execute(select(DomainRecord).where(DomainRecord.service_id == sid)).scalar_one()
+            s.expunge(rec)
+            return rec
+
+    def step(self, key_part: str) -> Step:
+        with transaction(self.factory) as s:
+            step = s.execute(select(Step).where(Step.key.contains(key_part))).scalar_one()
+            s.expunge(step)
+            return step
+
+
+def make_registrar_world(db_url: str, tmp_path: Path, sink: Any, sandbox: Sandbox,
+                         start: date) -> RegistrarWorld:
+    """The clock world with the domain capability on the sandbox registry (close its
+    ``client`` at the end)."""
+    settings = make_settings(tmp_path, db_url, sink.port, step_max_attempts=2, line_kinds="domain",
+                             **sandbox.settings_overrides())
+    client = EppClient(sandbox.config())
+    w = make_world(settings, now=now_at(start), registry=client)
+    r = RegistrarWorld(w.app, w.queue, start, sink)
+    r.sandbox, r.client = sandbox, client
+    return r

@@ -48,8 +48,12 @@ LANGUAGES = ("sl", "en")
 CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice", "renewal_reminder",
                       "service_shutdown", "over_quota")
 # customer mails whose context is not a proforma's (the access-data link, a domain refused)
-SERVICE_TEMPLATES = ("credentials", "domain_failed")
-OPS_TEMPLATES = ("ops_alert",)  # English, subject and text only
+SERVICE_TEMPLATES: tuple[str, ...] = ("credentials", "domain_failed", "migration_intake")
+# the lapse of an unpaid new order, a withdrawal's credit note (issue 17, items 2 and 3)
+SERVICE_TEMPLATES += ("order_lapsed", "credit_note")
+# English, subject and text only
+OPS_TEMPLATES: tuple[str, ...] = ("ops_alert", "ops_lapsed_payment", "ops_refund")
+OPS_TEMPLATES += ("ops_breach",)  # an open personal-data breach (issue 17, item 10)
 TEMPLATES = CUSTOMER_TEMPLATES + SERVICE_TEMPLATES + OPS_TEMPLATES
 
 SMTP_TIMEOUT_S = 10.0
@@ -312,6 +316,15 @@ def normalize_address(address: str) -> str:
     return f"{local}@{ascii_domain}"
 
 
+def sender_address(sender: str) -> tuple[str, str]:
+    """``(From header, envelope sender)`` of a sender such as ``"FCB <billing@fcb.si>"``;
+    ConfigurationError when it names no usable address (a brand's sender is configuration)."""
+    _, address = parseaddr(sender)
+    if not isinstance(sender, str) or "@" not in address or _CONTROL.search(sender):
+        raise ConfigurationError(f"sender has no usable address: {sender!r}")
+    return sender, address
+
+
 class Mailer:
     """Sends a RenderedMail through the configured SMTP relay, one connection per mail."""
 
@@ -346,9 +359,12 @@ class Mailer:
         rendered: RenderedMail,
         message_id: str,
         headers: Mapping[str, str] | None = None,
+        sender: str | None = None,
     ) -> EmailMessage:
-        """The message ``send`` would deliver; validates everything, no network."""
+        """The message ``send`` would deliver; validates everything, no network.
+        ``sender``: the From (a brand's `mail_from`); None: the installation's."""
         recipient = normalize_address(to)
+        sender_header = self._settings.mail_from if sender is None else sender_address(sender)[0]
         if not _MESSAGE_ID.match(message_id):
             raise InvalidInput(f"not a Message-ID: {message_id!r}")
         extra = dict(headers or {})
@@ -361,7 +377,7 @@ class Mailer:
                 raise InvalidInput(f"header {name!r} contains control characters")
         msg = EmailMessage()
         msg["Subject"] = _one_line(rendered.subject)
-        msg["From"] = self._settings.mail_from
+        msg["From"] = sender_header
         msg["To"] = recipient
         msg["Date"] = format_datetime(datetime.now(UTC))
         msg["Message-ID"] = message_id
@@ -381,9 +397,12 @@ class Mailer:
         rendered: RenderedMail,
         message_id: str,
         headers: Mapping[str, str] | None = None,
+        sender: str | None = None,
     ) -> None:
-        msg = self.build_message(to=to, rendered=rendered, message_id=message_id, headers=headers)
+        msg = self.build_message(to=to, rendered=rendered, message_id=message_id, headers=headers,
+                                 sender=sender)
         recipient = str(msg["To"])
+        envelope_from = self.envelope_from if sender is None else sender_address(sender)[1]
         settings = self._settings
         where = f"{settings.smtp_host}:{settings.smtp_port}"
         stage = "connect"
@@ -397,7 +416,7 @@ class Mailer:
                     stage = "login"
                     smtp.login(settings.smtp_user, settings.smtp_password)
                 stage = "send"
-                smtp.send_message(msg, from_addr=self.envelope_from, to_addrs=[recipient])
+                smtp.send_message(msg, from_addr=envelope_from, to_addrs=[recipient])
             except BaseException:
                 smtp.close()
                 raise

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-_CREDENTIALS = "/credentials/"
+_TOKEN_ROUTES = ("/credentials/", "/migration/")  # customer pages under a one-time token
 UNAUTHORIZED = "a valid bearer token is required"
 
 
@@ -71,7 +71,7 @@ class Gate:
         self.public = frozenset(public) | (DOCS_PATHS if docs_public else frozenset())
 
     def is_public(self, path: str) -> bool:
-        return path in self.public or (path.startswith(_CREDENTIALS) and "/" not in path[len(_CREDENTIALS):])
+        return path in self.public or any(path.startswith(p) and "/" not in path[len(p):] for p in _TOKEN_ROUTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +130,7 @@ async def _answer(send: Send, status: int, payload: dict[str, str],
 
 
 # -- the access log ------------------------------------------------------------------------
-_TOKEN_IN_PATH = re.compile(r"(/credentials/)[^/?#\s\"]+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:credentials|migration)/)[^/?#\s\"]+")
 
 
 class RedactCredentialTokens(logging.Filter):
@@ -139,10 +139,10 @@ class RedactCredentialTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-                isinstance(a, str) and _CREDENTIALS in a for a in record.args):
+                isinstance(a, str) and any(p in a for p in _TOKEN_ROUTES) for a in record.args):
             record.args = tuple(_TOKEN_IN_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a
                                 for a in record.args)
-        elif _CREDENTIALS in str(record.msg):
+        elif any(p in str(record.msg) for p in _TOKEN_ROUTES):
             record.msg = _TOKEN_IN_PATH.sub(r"\1<redacted>", str(record.msg))
         return True
 

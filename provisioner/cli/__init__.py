@@ -11,18 +11,22 @@ from __future__ import annotations
 import typer
 
 from provisioner.cli import (
+    backups,
     billing,
+    breach,
     catalog,
     clock,
     customers,
     db,
     demo,
     hosts,
+    migration,
     nodes,
     pipeline,
     registry,
     serve,
     services,
+    withdraw,
 )
 
 app = typer.Typer(help="Provisioner: paid proformas become hosting resources.",
@@ -41,12 +45,17 @@ app.add_typer(billing.discount_app, name="discount")
 app.add_typer(services.app, name="services")  # list, show, hold, release, stages
 app.add_typer(hosts.app, name="hosts")
 app.add_typer(nodes.app, name="nodes")
+app.add_typer(breach.app, name="breach")  # open, list, close
+app.add_typer(migration.app, name="migration")  # source, show, wipe
+app.add_typer(backups.app, name="backups")  # host add, enroll, status, list, restore, nightly, check, drill
 app.add_typer(registry.app, name="registry-sandbox")
 # Commands at the root.
 app.add_typer(pipeline.app)  # plan, apply, jobs, redrive
 app.add_typer(clock.app)  # sweep, quota
 app.add_typer(serve.app)  # serve, worker, beat
 app.add_typer(demo.app)  # demo
+app.add_typer(withdraw.app)  # withdraw SERVICE [--dry-run]
+app.add_typer(withdraw.refunds_app, name="refunds")  # list [--open]
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, 
 from provisioner.domain.billing import DiscountCode
 from provisioner.domain.money import parse_amount
 from provisioner.errors import InvalidInput
-from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases import ops, reads
 from provisioner.pipeline.usecases.payments import record_manual_payment
 
 order_app = typer.Typer(help="Orders.", no_args_is_help=True)
@@ -27,10 +27,16 @@ discount_app = typer.Typer(help="Discount codes.", no_args_is_help=True)
 
 
 def _print_proforma(p: dict[str, Any]) -> None:
+    issuer = p.get("issuer") or {}
     table(p["lines"], ["position", "description", "unit_gross", "discount", "net", "vat",
                        "gross"], f"Proforma {p['number']} ({p['state']})")
+    if issuer:
+        out.print(f"issued by {issuer['name']}, {issuer['address']}, VAT ID {issuer['vat_id']}")
     out.print(f"net {p['net']} EUR + VAT 22 % {p['vat']} EUR = [bold]{p['gross']} EUR[/]")
-    out.print(f"due {p['due_date']}, payment reference [bold]{p['reference']}[/]")
+    out.print(f"due {p['due_date']}, payment reference [bold]{p['reference']}[/]"
+              + (f", pay to {issuer['recipient']}, IBAN {issuer['iban']}" if issuer else ""))
+    if p.get("paper_invoice"):
+        out.print("the invoice will be posted (paper invoice)")
 
 
 # -- orders, proformas ---------------------------------------------------------------------
@@ -38,17 +44,22 @@ def _print_proforma(p: dict[str, Any]) -> None:
 def order_create(
     customer: Annotated[int, typer.Option(help="Customer id.")],
     item: Annotated[list[str], typer.Option(help="hosting:giga5:example.si, "
-                                            "domain:example.si:1y, tls:example.si, ...")],
+                                            "domain:example.si:1y, tls:example.si, ...; "
+                                            "paper-invoice: the invoice is posted too")],
     discount: Annotated[str | None, typer.Option(help="One discount code.")] = None,
-    brand: Annotated[str | None, typer.Option(help="Brand policy (fcb, iserver).")] = None,
+    brand: Annotated[str | None, typer.Option(help="Brand (fcb, iserver); default and only "
+                                              "allowed value: the customer's.")] = None,
+    paper_invoice: Annotated[bool, typer.Option("--paper-invoice", help="Post the invoice "
+                                                "too (the brand's fee + VAT on the proforma); "
+                                                "same as --item paper-invoice.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an order and its proforma; the proforma is e-mailed to the customer."""
 
     def run() -> dict[str, Any]:
         p = wired()
-        result = ops.create_order(p.factory, customer, item, discount, brand or p.settings.brand,
-                                  actor())
+        result = ops.create_order(p.factory, customer, item, discount, brand, actor(),
+                                  paper_invoice=paper_invoice)
         p.runner.dispatch(result["order"])
         return result
 
@@ -77,6 +88,18 @@ def order_show(order: str, as_json: JsonOpt = False) -> None:
         table(d["steps"], ["key", "state", "attempts", "last_error"])
 
     emit(data, as_json, render)
+
+
+@proforma_app.command("list")
+def proforma_list(
+    state: Annotated[str | None, typer.Option(help="Only proformas in this state (open, paid, ...).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Proformas, newest first (the read is audited)."""
+    data = guarded(lambda: reads.proformas(factory(), actor(), state, limit))
+    emit(data, as_json, lambda d: table(d, ["number", "order", "customer", "state", "issued_on",
+                                            "due_date", "gross"]))
 
 
 @proforma_app.command("show")
@@ -121,9 +144,11 @@ def payments_list(
     unmatched: Annotated[bool, typer.Option("--unmatched", help="Only payments that need ops: "
                                             "underpaid, overpaid, unknown reference, wrong "
                                             "currency, paid twice, reversals.")] = False,
+    lapsed: Annotated[bool, typer.Option("--lapsed", help="Only payments that arrived for "
+                                         "orders that had lapsed unpaid.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    data = guarded(lambda: ops.list_payments(factory(), unmatched))
+    data = guarded(lambda: reads.payments(factory(), actor(), unmatched, lapsed=lapsed))
     emit(data, as_json, lambda d: table(d, ["id", "provider", "txn_id", "kind", "amount",
                                             "currency", "proforma", "status", "detail"]))
 
@@ -139,7 +164,7 @@ def bank_import(file: Path, as_json: JsonOpt = False) -> None:
             raise InvalidInput(f"cannot read {file}: {exc}") from exc
         p = wired()
         summary = ops.import_statement(p.factory, data, actor(), p.planner,
-                                       account_iban=p.settings.bank_iban)
+                                       account_iban=p.settings.bank_accounts)
         for order_id in summary.pop("_settled_orders"):
             p.runner.dispatch(order_id)
         return summary
@@ -150,10 +175,22 @@ def bank_import(file: Path, as_json: JsonOpt = False) -> None:
 
 
 @invoices_app.command("list")
-def invoices_list(as_json: JsonOpt = False) -> None:
-    data = guarded(lambda: ops.list_invoices(factory()))
-    emit(data, as_json, lambda d: table(d, ["number", "proforma", "customer", "issued_at",
-                                            "net", "vat", "gross"]))
+def invoices_list(
+    to_post: Annotated[bool, typer.Option("--to-post", help="Only paper invoices not yet "
+                                          "posted (`invoices posted NUMBER` once sent).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Invoices, per brand and number; ``post`` says which are to be posted on paper."""
+    data = guarded(lambda: reads.invoices(factory(), actor(), to_post=to_post))
+    emit(data, as_json, lambda d: table(d, ["number", "issuer", "proforma", "customer",
+                                            "issued_at", "net", "vat", "gross", "post"]))
+
+
+@invoices_app.command("posted")
+def invoices_posted(number: str, as_json: JsonOpt = False) -> None:
+    """Record that the paper copy of invoice NUMBER was posted (audited)."""
+    data = guarded(lambda: ops.mark_posted(factory(), number, actor()))
+    emit(data, as_json, lambda d: out.print(f"invoice {d['number']} posted"))
 
 
 # -- discount codes ------------------------------------------------------------------------

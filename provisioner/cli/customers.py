@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -17,9 +17,14 @@ app = typer.Typer(help="Customers.", no_args_is_help=True)
 
 
 @app.command("add")
-def customer_add(file: Path, as_json: JsonOpt = False) -> None:
+def customer_add(
+    file: Path,
+    brand: Annotated[str | None, typer.Option(help="The brand (company) the customer is a "
+                                              "customer of: fcb (default) or iserver.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Add a customer from a JSON file {name, company?, vat_id?, address, postal_code, city,
-    country, email, phone, lang?}."""
+    country, email, phone, lang?, brand?}; ``--brand`` wins over the file's ``brand``."""
 
     def run() -> dict[str, Any]:
         try:
@@ -28,10 +33,13 @@ def customer_add(file: Path, as_json: JsonOpt = False) -> None:
             raise InvalidInput(f"cannot read {file}: {exc}") from exc
         if not isinstance(data, dict):
             raise InvalidInput(f"{file} must hold a JSON object")
+        if brand is not None:
+            data["brand"] = brand
         return ops.add_customer(factory(), data, actor())
 
     data = guarded(run)
-    emit(data, as_json, lambda d: out.print(f"customer [bold]{d['id']}[/] added: {d['name']}"))
+    emit(data, as_json, lambda d: out.print(
+        f"customer [bold]{d['id']}[/] added: {d['name']} ({d['brand']})"))
 
 
 @app.command("show")

@@ -7,10 +7,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy import select
 
-from provisioner.cli.common import JsonOpt, err, factory, guarded, out
+from provisioner.cli.common import JsonOpt, actor, err, factory, guarded, out, settings
+from provisioner.pipeline.usecases.maintenance import EXIT_OUTSIDE_WINDOW, check_window, converge_node
 from provisioner.store.db import transaction
 from provisioner.store.hosting import HostingNode, add_node, node_loads
+from provisioner.timeutil import utcnow
 
 app = typer.Typer(help="Shared-hosting nodes (placement targets)", no_args_is_help=True)
 
@@ -27,14 +30,20 @@ def add(
         "--throwaway", help="Only for a throwaway host of this machine from `provisioner hosts up`; "
         "its SSH host key is not checked.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the node as JSON")] = False,
+    country: Annotated[str | None, typer.Option(
+        "--country", help="ISO 3166 country its data sit in (data residency); default: the "
+        "setting node_country_default for a new node")] = None,
 ) -> None:
     """Register node NAME (or update its address and capacity)."""
 
     def run() -> tuple[dict[str, Any], bool]:
-        with transaction(factory()) as s:
+        cfg = settings()
+        with transaction(factory(cfg)) as s:
+            exists = s.execute(select(HostingNode.id).where(HostingNode.name == name)).first()
+            where = country if country is not None or exists else cfg.node_country_default
             node, created = add_node(s, name, address, capacity_accounts=capacity_accounts,
                                      capacity_disk_mb=capacity_disk_mb, ssh_user=ssh_user,
-                                     ssh_port=ssh_port, throwaway=throwaway)
+                                     ssh_port=ssh_port, throwaway=throwaway, country=where)
             return _row(node, 0, 0), created
 
     row, created = guarded(run)
@@ -47,7 +56,7 @@ def add(
 def _row(node: HostingNode, accounts: int, disk_mb: int) -> dict[str, Any]:
     return {"name": node.name, "address": node.address, "ssh_user": node.ssh_user, "ssh_port": node.ssh_port,
             "state": node.state, "accounts": accounts, "capacity_accounts": node.capacity_accounts,
-            "disk_mb": disk_mb, "capacity_disk_mb": node.capacity_disk_mb}
+            "disk_mb": disk_mb, "capacity_disk_mb": node.capacity_disk_mb, "country": node.country}
 
 
 @app.command("list")
@@ -67,3 +76,32 @@ def list_(as_json: JsonOpt = False) -> None:
         table.add_row(r["name"], r["address"], r["state"], f"{r['accounts']}/{r['capacity_accounts']}",
                       f"{r['disk_mb']}/{r['capacity_disk_mb']}")
     out.print(table)
+
+
+@app.command("converge")
+def converge(
+    name: Annotated[str, typer.Argument(help="the node to converge (hosting_node playbook)")],
+    force_window: Annotated[str | None, typer.Option(
+        "--force-window", metavar="REASON",
+        help="Converge now, outside the maintenance window (audited).")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Only check the window: exit 0 when the converge may run, 4 when not.")] = False,
+) -> None:
+    """Converge node NAME. It restarts the node's daemons, so it runs only inside the
+    maintenance window (23:00-05:00 Europe/Ljubljana) unless --force-window gives a reason;
+    outside it the command exits with status 4 and changes nothing."""
+    cfg = settings()
+    if check:
+        gate = guarded(lambda: check_window(cfg, utcnow(), force_window))
+        typer.echo(json.dumps(gate.as_dict()))
+        raise typer.Exit(0 if gate.allowed else EXIT_OUTSIDE_WINDOW)
+    gate, result = guarded(lambda: converge_node(cfg, factory(cfg), name, force_reason=force_window,
+                                                 actor=actor()))
+    if result is None:
+        err.print(f"[bold red]outside the maintenance window[/] ({gate.window}): node {name} not "
+                  f"converged; it opens {gate.next_opening.isoformat()} (or --force-window REASON)")
+        raise typer.Exit(EXIT_OUTSIDE_WINDOW)
+    if not result.ok:
+        err.print(f"[bold red]converge of {name} failed[/]: {result.errors or result.status}")
+        raise typer.Exit(1)
+    out.print(f"node {name} converged ({result.changed} change(s))")

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, emit, err, factory, follow, guarded, out, table, wired
-from provisioner.pipeline.usecases import ops
+from provisioner.cli.common import JsonOpt, actor, emit, err, factory, follow, guarded, out, table, wired
+from provisioner.pipeline.usecases import maintenance, ops, reads
 from provisioner.pipeline.usecases.orders import find_order
 from provisioner.store.db import transaction
 
@@ -32,9 +32,17 @@ def apply_cmd(
     order: str,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the steps to the end.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
+    force_window: Annotated[str | None, typer.Option(
+        "--force-window", metavar="REASON",
+        help="Run its disruptive steps now, outside the maintenance window (audited).")] = None,
 ) -> None:
-    """Run an order's ready steps (through Celery)."""
+    """Run an order's ready steps (through Celery). Disruptive steps (a plan change that
+    restarts services) wait for the maintenance window unless --force-window gives a reason."""
     p = guarded(wired)
+    if force_window is not None:
+        forced = guarded(lambda: maintenance.force_order_window(p.factory, order, force_window, actor()))
+        err.print(f"order {forced['order']}: {len(forced['steps'])} step(s) may run outside the "
+                  "maintenance window")
 
     def resolve() -> int:
         with transaction(p.factory) as s:
@@ -63,9 +71,19 @@ def jobs_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Steps in the journal."""
-    data = guarded(lambda: ops.list_jobs(factory(), order, failed))
+    data = guarded(lambda: reads.jobs(factory(), actor(), order, failed))
     emit(data, as_json, lambda d: table(d, ["key", "state", "attempts", "updated_at",
                                             "last_error"]))
+
+
+@app.command("force-window")
+def force_window_cmd(
+    step: Annotated[str, typer.Argument(help="the step's key (see `provisioner jobs`)")],
+    reason: Annotated[str, typer.Option("--reason", help="why it cannot wait (audited)")],
+) -> None:
+    """Let one disruptive step run outside the maintenance window."""
+    data = guarded(lambda: maintenance.force_step_window(factory(), step, reason, actor()))
+    out.print(f"step {data['step']} may run outside the maintenance window")
 
 
 @app.command("redrive")

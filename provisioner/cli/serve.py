@@ -8,9 +8,19 @@ from typing import Annotated
 
 import typer
 
+from provisioner.bootstrap import Provisioner
 from provisioner.cli.common import guarded, wired
+from provisioner.pipeline.usecases.residency import check_residency
 
 app = typer.Typer()  # its commands sit at the root: serve, worker, beat
+
+
+def started() -> Provisioner:
+    """The wiring, once the configuration passed the start-up checks: a migrated
+    database, and every place that keeps personal data inside `allowed_countries`."""
+    p = wired()
+    check_residency(p.settings, p.factory)
+    return p
 
 
 @app.command("serve")
@@ -18,7 +28,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """The HTTP API (uvicorn)."""
     import uvicorn  # only this command runs a web server
 
-    guarded(wired)  # a migrated database and a configuration that wires, before serving
+    guarded(started)  # a migrated database and a configuration that wires, before serving
     uvicorn.run("provisioner.api.app:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="info")
 
@@ -31,7 +41,7 @@ def worker(
     """A Celery worker. It refuses to start while the journal holds steps of a kind it
     has no handler for (an old or partial install): a configuration error, not a
     service that fails later and is refunded."""
-    guarded(lambda: wired().runner.check_journal())
+    guarded(lambda: started().runner.check_journal())
     argv = [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "worker",
             "--concurrency", str(concurrency), "--loglevel", "INFO", "-Q", "provisioner"]
     if beat:
@@ -42,6 +52,6 @@ def worker(
 @app.command("beat")
 def beat() -> None:
     """Celery beat: the periodic re-drive."""
-    guarded(wired)
+    guarded(started)
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "beat",
                               "--loglevel", "INFO"])

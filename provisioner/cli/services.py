@@ -9,7 +9,7 @@ import typer
 
 from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, table, wired
 from provisioner.pipeline.capabilities import lifecycle
-from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases import ops, reads
 
 app = typer.Typer(help="Services.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ app = typer.Typer(help="Services.", no_args_is_help=True)
 def services_list(as_json: JsonOpt = False) -> None:
     def run() -> list[dict[str, Any]]:
         p = wired()
-        return ops.list_services(p.factory, planned=p.planner.planned_kinds())
+        return reads.services(p.factory, actor(), planned=p.planner.planned_kinds())
 
     data = guarded(run)
     emit(data, as_json, lambda d: table(d, ["id", "order", "kind", "product", "name", "state",

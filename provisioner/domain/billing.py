@@ -12,13 +12,21 @@ Discount rules (RULES, seed 001 §2.6, 002 §11):
 * codes are not valid for renewals unless ``valid_on_renewals``;
 * a code is valid only between ``valid_from`` and ``valid_until`` (both inclusive);
 * a TLD's first-year promo price applies to a new registration once per domain name
-  (``PromoHistory.domains``); afterwards the normal register / transfer price applies;
+  (``PromoHistory.domains``); a later registration of that name pays the transfer price
+  (001 §2.6: "later the transfer price applies"), not the registration price;
 * a first-year promo code applies once per service (``OrderItem.service_key`` in
   ``PromoHistory.services``), only to the first year's part of a line, and never on top
   of a TLD promo price;
 * the brand's prepay discount applies to hosting / VPS periods of more than 3 months;
   a code's discount is computed on the price after the prepay discount;
-* no line is ever negative.
+* no line is ever negative;
+* a paper invoice (``paper_invoice=True``, RULES "Paper copy of an invoice") is one more
+  line of the brand's fee plus VAT, with no order item and no discount.
+
+Numbers and issuer (RULES: each brand invoices its own customers): proformas and invoices
+are numbered per brand and year (`proforma_number`, `invoice_number`: the brand's prefix,
+none for FCB), the payment reference carries the brand's reference prefix
+(`payment_reference`), and `issuer` is what a document stores of the issuing company.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from decimal import Decimal
 
 from provisioner.domain.catalog import KINDS, Catalog, OrderItem
 from provisioner.domain.money import add_vat, cents, split_gross
-from provisioner.domain.policy import BrandPolicy
+from provisioner.domain.policy import DEFAULT_BRAND, BrandPolicy
+from provisioner.domain.references import make_si12
 from provisioner.errors import InvalidInput
 
 ZERO = Decimal("0.00")
@@ -122,10 +131,13 @@ class PromoHistory:
         return name in self.domains
 
 
+PAPER_INVOICE_DESCRIPTION = "Paper invoice by post / Račun po pošti"
+
+
 @dataclass(frozen=True)
 class PriceLine:
     position: int  # 1-based
-    item: OrderItem
+    item: OrderItem | None  # None: a fee of the order (the paper invoice), not a service
     description: str
     unit_gross: Decimal  # list price for the whole period, before discounts
     discount_gross: Decimal  # prepay discount + code discount
@@ -154,14 +166,22 @@ class Quote:
     @property
     def promo_services(self) -> frozenset[str]:
         """Service keys that used a first-year promo (to add to the PromoHistory once paid)."""
-        return frozenset(line.item.service_key for line in self.lines if line.promo)
+        return frozenset(line.item.service_key for line in self.lines
+                         if line.promo and line.item is not None)
 
     @property
     def promo_domains(self) -> frozenset[str]:
         """Domain names that used a first-year promo (to add to the PromoHistory once paid)."""
         return frozenset(
-            line.item.name for line in self.lines if line.promo and line.item.kind == "domain"
+            line.item.name for line in self.lines
+            if line.promo and line.item is not None and line.item.kind == "domain"
         )
+
+    @property
+    def paper_invoice(self) -> bool:
+        """The order asked for a paper invoice (its fee is a line)."""
+        return any(line.item is None and line.description == PAPER_INVOICE_DESCRIPTION
+                   for line in self.lines)
 
 
 def check_discount_codes(codes: Sequence[str]) -> str | None:
@@ -180,16 +200,47 @@ def due_date(today: date, policy: BrandPolicy) -> date:
     return today + timedelta(days=policy.proforma_due_days)
 
 
-def proforma_number(year: int, seq: int) -> str:
-    """``"PR-2026-000123"``."""
-    _check_year_seq(year, seq)
-    return f"PR-{year}-{seq:06d}"
+def _prefix(brand: BrandPolicy | None) -> str:
+    prefix = (brand or DEFAULT_BRAND).number_prefix
+    return f"{prefix}-" if prefix else ""
 
 
-def invoice_number(year: int, seq: int) -> str:
-    """``"2026-000123"``."""
+def proforma_number(year: int, seq: int, brand: BrandPolicy | None = None) -> str:
+    """``"PR-2026-000123"`` (FCB), ``"IS-PR-2026-000123"`` (iSERVER): the brand's sequence."""
     _check_year_seq(year, seq)
-    return f"{year}-{seq:06d}"
+    return f"{_prefix(brand)}PR-{year}-{seq:06d}"
+
+
+def invoice_number(year: int, seq: int, brand: BrandPolicy | None = None) -> str:
+    """``"2026-000123"`` (FCB), ``"IS-2026-000123"`` (iSERVER): the brand's sequence."""
+    _check_year_seq(year, seq)
+    return f"{_prefix(brand)}{year}-{seq:06d}"
+
+
+def payment_reference(year: int, seq: int, brand: BrandPolicy | None = None) -> str:
+    """The SI12 reference of the brand's proforma ``seq`` of ``year``: FCB's
+    ``"SI12 " + year + seq (6 digits) + K``; another brand's starts with its
+    ``reference_prefix``, so two brands' references never collide."""
+    _check_year_seq(year, seq)
+    return make_si12(f"{(brand or DEFAULT_BRAND).reference_prefix}{year}{seq:06d}")
+
+
+def issuer(brand: BrandPolicy) -> dict[str, str]:
+    """What a proforma or invoice stores of its issuing company, at issue time (a later
+    change of the brand's policy does not rewrite an issued document)."""
+    return {
+        "code": brand.code,
+        "name": brand.name,
+        "display_name": brand.display_name or brand.name,
+        "address": brand.address,
+        "vat_id": brand.vat_id,
+        "iban": brand.iban,
+        "bic": brand.bic,
+        "recipient": brand.recipient,
+        "website_url": brand.website_url,
+        "support_email": brand.support_email,
+        "support_phone": brand.support_phone,
+    }
 
 
 def _check_year_seq(year: int, seq: int) -> None:
@@ -209,9 +260,11 @@ def _plural(n: int, word: str) -> str:
 
 
 def _list_price(
-    item: OrderItem, catalog: Catalog, promo_allowed: bool
+    item: OrderItem, catalog: Catalog, promo_allowed: bool, had_promo: bool = False
 ) -> tuple[Decimal, bool, str]:
-    """(gross list price for the whole period, TLD promo used, description)."""
+    """(gross list price for the whole period, TLD promo used, description).
+    ``had_promo``: the domain name had its first-year promo before, so a registration
+    pays the transfer price for its first year."""
     months = item.period_months
     if item.kind == "hosting":
         plan = catalog.hosting_plan(item.product)
@@ -226,6 +279,11 @@ def _list_price(
             False,
             f"{vps.name} {verb} {item.name}, {_plural(months, 'month')}",
         )
+    if item.kind == "migration":
+        mig = catalog.migration
+        return cents(mig.price), False, (
+            f"{mig.name} of {item.name} (free with new hosting; "
+            f"{mig.withdrawal_price:.2f} EUR if charged on withdrawal)")
     years = item.period_years
     if item.kind == "tls":
         tls = catalog.tls_product(item.product)
@@ -251,6 +309,9 @@ def _list_price(
             f"Domain {item.name} transfer, {_plural(years, 'year')}"
         )
     desc = f"Domain {item.name} registration, {_plural(years, 'year')}"
+    if had_promo and tld.first_year_promo_price is not None:
+        return cents(tld.transfer_price + extra_years), False, (
+            desc + " (first-year promo used before: transfer price)")
     if promo_allowed and tld.first_year_promo_price is not None:
         return cents(tld.first_year_promo_price + extra_years), True, desc + " (first-year promo)"
     return cents(tld.register_price * years), False, desc
@@ -265,6 +326,7 @@ def price_order(
     discount: DiscountCode | None = None,
     renewal: bool = False,
     promo_history: PromoHistory = PromoHistory(),
+    paper_invoice: bool = False,
 ) -> Quote:
     """Price ``items`` into a Quote; InvalidInput for anything the rules refuse.
 
@@ -291,8 +353,9 @@ def price_order(
     prepared: list[tuple[OrderItem, Decimal, Decimal, bool, str]] = []
     for item in items:
         is_renewal = renewal or item.action == "renew"
-        promo_allowed = not is_renewal and not promo_history.had_domain_promo(item.name)
-        unit, tld_promo, desc = _list_price(item, catalog, promo_allowed)
+        had_promo = item.kind == "domain" and promo_history.had_domain_promo(item.name)
+        promo_allowed = not is_renewal and not had_promo
+        unit, tld_promo, desc = _list_price(item, catalog, promo_allowed, had_promo and not is_renewal)
         prepay = ZERO
         pd = policy.prepay_discount
         if pd is not None and pd.applies(item.kind, item.period_months):
@@ -359,6 +422,13 @@ def price_order(
                 promo=tld_promo or code_promo[i],
             )
         )
+    if paper_invoice:
+        fee = paper_invoice_fee_gross(policy)
+        net, vat = split_gross(fee, policy.vat_rate)
+        lines.append(PriceLine(position=len(lines) + 1, item=None,
+                               description=PAPER_INVOICE_DESCRIPTION, unit_gross=fee,
+                               discount_gross=ZERO, gross=fee, net=net, vat=vat,
+                               vat_rate=policy.vat_rate, promo=False))
     return Quote(
         lines=tuple(lines),
         gross=sum((ln.gross for ln in lines), ZERO),

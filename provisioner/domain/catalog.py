@@ -13,22 +13,24 @@ from decimal import Decimal
 from typing import TypeVar
 
 from provisioner.domain.names import normalize_domain
+from provisioner.domain.tld_profiles import registry_profile
 from provisioner.errors import InvalidInput
 
 _T = TypeVar("_T")
 
-KINDS = ("hosting", "vps", "domain", "tls")
+KINDS = ("hosting", "vps", "domain", "tls", "migration")
 #: Allowed ``action`` values per kind; the first one is the default.
 ACTIONS: dict[str, tuple[str, ...]] = {
     "hosting": ("new", "renew"),
     "vps": ("new", "renew"),
     "domain": ("register", "transfer", "renew"),
     "tls": ("new", "renew"),
+    "migration": ("new",),
 }
 #: Periods (months) that can be ordered for hosting and VPS.
 HOSTING_PERIODS_MONTHS = (1, 3, 6, 12, 24, 36)
 VPS_PERIODS_MONTHS = (1, 3, 6, 12, 24, 36)
-DEFAULT_PERIOD_MONTHS = {"hosting": 12, "vps": 1, "domain": 12, "tls": 12}
+DEFAULT_PERIOD_MONTHS = {"hosting": 12, "vps": 1, "domain": 12, "tls": 12, "migration": 1}
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class DomainTld:
     transfer_price: Decimal  # gross EUR (a transfer includes one year)
     periods_years: tuple[int, ...]
     first_year_promo_price: Decimal | None  # first year of a new registration, once per name
-    registry_grace_note: str
+    registry_grace_note: str  # what the registry does at expiry (domain.tld_profiles)
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,30 @@ class TlsProduct:
 
 
 @dataclass(frozen=True)
+class MigrationProduct:
+    """RULES "Free migration from the old provider": free with a new hosting order within
+    the caps; ``withdrawal_price`` (gross EUR) is what a brand that charges the migration
+    on withdrawal (FCB, ``BrandPolicy.migration_charged_on_withdrawal``) bills then: one
+    working hour at our price list (house choice: 49.00 EUR)."""
+
+    code: str = "migration"
+    name: str = "Migration"
+    price: Decimal = Decimal("0.00")
+    withdrawal_price: Decimal = Decimal("49.00")
+    max_sites: int = 1  # RULES: 1 website
+    max_databases: int = 1  # RULES: 1 MySQL database
+    max_mailboxes: int = 2  # RULES: up to 2 mailboxes
+    max_data_mb: int = 2048  # RULES: 2 GB
+    max_minutes: int = 60  # RULES: 1 working hour
+
+
+@dataclass(frozen=True)
 class Catalog:
     hosting: dict[str, HostingPlan] = field(hash=False)
     vps: dict[str, VpsPlan] = field(hash=False)
     tlds: dict[str, DomainTld] = field(hash=False)
     tls: dict[str, TlsProduct] = field(hash=False)
+    migration: MigrationProduct = MigrationProduct()
 
     def hosting_plan(self, code: str) -> HostingPlan:
         return _lookup(self.hosting, code, "hosting plan")
@@ -125,6 +146,8 @@ class Catalog:
             return f".{self.tld(product).tld} domain"
         if kind == "tls":
             return self.tls_product(product).name
+        if kind == "migration":
+            return self.migration.name
         raise InvalidInput(f"unknown item kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 
@@ -172,33 +195,17 @@ _VPS = (
 )
 
 _TLDS = (
-    DomainTld(
-        "si", _d("19.90"), _d("19.90"), _d("9.90"), (1, 2, 3, 4, 5), _d("4.90"),
-        "Deleted .si domains sit 30 days in quarantine; a transfer code is valid until "
-        "first use or 16 days; deletion with refund within 16 days if never activated.",
-    ),
-    DomainTld(
-        "eu", _d("9.90"), _d("9.90"), _d("9.90"), tuple(range(1, 11)), _d("2.90"),
-        "Must be renewed before expiry (we renew 5 days early); an unrenewed .eu goes into "
-        "a 40-day quarantine, reactivatable for a fee.",
-    ),
-    DomainTld(
-        "com", _d("14.90"), _d("14.90"), _d("14.90"), tuple(range(1, 11)), None,
-        "Registry auto-renew grace period of up to 45 days, then redemption (restore fee).",
-    ),
-    DomainTld(
-        "at", _d("19.90"), _d("19.90"), _d("19.90"), (1,), None,
-        "The registry renews .at unless the registrar acts by the cut-off date; we renew "
-        "5 days early.",
-    ),
-    DomainTld(
-        "net", _d("16.90"), _d("16.90"), _d("16.90"), tuple(range(1, 11)), None,
-        "Registry auto-renew grace period of up to 45 days, then redemption (restore fee).",
-    ),
-    DomainTld(
-        "org", _d("16.90"), _d("16.90"), _d("16.90"), tuple(range(1, 11)), None,
-        "Registry auto-renew grace period of up to 45 days, then redemption (restore fee).",
-    ),
+    DomainTld("si", _d("19.90"), _d("19.90"), _d("9.90"), (1, 2, 3, 4, 5), _d("4.90"),
+              registry_profile("si").note),
+    DomainTld("eu", _d("9.90"), _d("9.90"), _d("9.90"), tuple(range(1, 11)), _d("2.90"),
+              registry_profile("eu").note),
+    DomainTld("com", _d("14.90"), _d("14.90"), _d("14.90"), tuple(range(1, 11)), None,
+              registry_profile("com").note),
+    DomainTld("at", _d("19.90"), _d("19.90"), _d("19.90"), (1,), None, registry_profile("at").note),
+    DomainTld("net", _d("16.90"), _d("16.90"), _d("16.90"), tuple(range(1, 11)), None,
+              registry_profile("net").note),
+    DomainTld("org", _d("16.90"), _d("16.90"), _d("16.90"), tuple(range(1, 11)), None,
+              registry_profile("org").note),
 )
 
 _TLS = (
@@ -276,6 +283,8 @@ class OrderItem:
             return f"domain:{self.name}:{self.period_years}y{suffix}"
         if self.kind == "tls":
             return f"tls:{self.product}:{self.name}:{self.period_years}y{suffix}"
+        if self.kind == "migration":
+            return f"migration:{self.name}"
         return f"{self.kind}:{self.product}:{self.name}:{self.period_months}m{suffix}"
 
 
@@ -358,6 +367,12 @@ def parse_item(spec: str, catalog: Catalog = DEFAULT_CATALOG) -> OrderItem:
             )
         return OrderItem(kind, plan, normalize_domain(raw_name), period, action)
 
+    if kind == "migration":
+        if len(rest) != 1 or period != DEFAULT_PERIOD_MONTHS["migration"]:
+            raise InvalidInput(f"bad migration item {spec!r} (expected migration:SITE)")
+        return OrderItem("migration", cat.migration.code, normalize_domain(rest[0]),
+                         DEFAULT_PERIOD_MONTHS["migration"], action)
+
     if kind == "domain":
         if len(rest) != 1:
             raise InvalidInput(
@@ -394,3 +409,13 @@ def parse_item(spec: str, catalog: Catalog = DEFAULT_CATALOG) -> OrderItem:
             f"(allowed: {', '.join(f'{y}y' for y in product.periods_years)})"
         )
     return OrderItem("tls", product.code, normalize_domain(raw_name), period, action)
+
+
+def check_order_lines(items: list[OrderItem] | tuple[OrderItem, ...]) -> None:
+    """Rules across an order's lines: a migration comes with a new hosting line for the
+    same site (RULES "Free migration ...: new hosting orders"). InvalidInput otherwise."""
+    hosted = {i.name for i in items if i.kind == "hosting" and i.action == "new"}
+    for item in items:
+        if item.kind == "migration" and item.name not in hosted:
+            raise InvalidInput(f"migration:{item.name} needs a new hosting line for {item.name} "
+                               "in the same order (e.g. hosting:giga5:" + item.name + ")")

@@ -174,13 +174,20 @@ def shutdown_date(expiry: date, policy: BrandPolicy) -> date:
 
 
 def data_deletion_date(expiry: date, policy: BrandPolicy) -> date:
-    """The day the data are removed from the servers (RULES retention table)."""
-    return expiry + timedelta(days=policy.data_retention_days)
+    """The day the data are removed from the servers (RULES retention table).
+
+    ``data_retention_days`` are the days the data are *kept* after expiry; they may go
+    the day after the last one: iSERVER's "removed when payment is more than 30 days
+    late" (002 §7) is day 31 after expiry, never day 30; FCB keeps them 60 days.
+    """
+    return expiry + timedelta(days=policy.data_retention_days + 1)
 
 
 def backup_purge_date(expiry: date, policy: BrandPolicy) -> date:
-    """The day the data are gone from every backup too (RULES retention table)."""
-    return expiry + timedelta(days=max(policy.backup_retention_days, policy.data_retention_days))
+    """The day the data are gone from every backup too (RULES retention table): the day
+    after the backup retention, never before the files go (iSERVER: the same day)."""
+    kept = max(policy.backup_retention_days, policy.data_retention_days)
+    return expiry + timedelta(days=kept + 1)
 
 
 def domain_renew_by(expiry: date, tld: str, policy: BrandPolicy) -> date:

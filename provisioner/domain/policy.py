@@ -8,6 +8,7 @@ value is noted next to the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -52,6 +53,12 @@ class BrandPolicy:
     mail_from: str = ""  # the sender of the brand's mails (RFC 5322 address with name)
     support_email: str = ""
     support_phone: str = ""
+    # the brand's own gapless number sequences (per year) are told apart by a prefix:
+    # "" keeps FCB's "PR-2026-000123" / "2026-000123"; iSERVER's read "IS-PR-..." / "IS-..."
+    number_prefix: str = ""
+    # the SI12 payment reference's leading digits ("" = FCB's "SI12 2026000123K"); a
+    # brand's prefix keeps its references apart from every other brand's
+    reference_prefix: str = ""
     # the pages customers open (access data, migration form, site disabled); WCAG AA
     # contrast: white text on ``colour`` and ``colour`` text on white both >= 4.5:1
     colour: str = "#1f4e79"
@@ -81,6 +88,12 @@ class BrandPolicy:
     refund_window_days: int = 90
     # RULES "Refund without specific work done": iSERVER 5 EUR fee, FCB none
     refund_fee: Decimal = Decimal("0.00")
+    # RULES "Refund without specific work done": the services that can be withdrawn
+    # (FCB: hosting, 001 §3.2; iSERVER: shared hosting and VPS, 002 §8)
+    refund_kinds: frozenset[str] = frozenset({"hosting"})
+    # RULES "Prepayment": a new order's proforma unpaid this many days after its due date
+    # lapses (order cancelled, customer told); house choice: 7 days
+    new_order_grace_days: int = 7
     # RULES "Refund refused if the free migration was used (iSERVER)"
     migration_blocks_refund: bool = False
     # RULES "migration charged on withdrawal (FCB)"
@@ -109,10 +122,24 @@ class BrandPolicy:
     def __post_init__(self) -> None:
         if not self.code or self.code != self.code.lower():
             raise InvalidInput(f"brand code must be non-empty lower case: {self.code!r}")
+        if self.number_prefix and not re.fullmatch(r"[A-Z]{1,4}", self.number_prefix):
+            raise InvalidInput(f"brand {self.code}: number prefix must be 1-4 capital letters")
+        if self.reference_prefix and not re.fullmatch(r"[1-9][0-9]{0,2}", self.reference_prefix):
+            raise InvalidInput(f"brand {self.code}: reference prefix must be 1-3 digits, no leading 0")
         if not isinstance(self.domain_early_renew_days, MappingProxyType):
             object.__setattr__(
                 self, "domain_early_renew_days", _frozen(self.domain_early_renew_days)
             )
+
+    @property
+    def account(self) -> str:
+        """The brand's IBAN as statements name it: no spaces, upper case."""
+        return "".join(self.iban.split()).upper()
+
+    @property
+    def recipient(self) -> str:
+        """The payee on the UPN form: the legal issuer and its address."""
+        return f"{self.name}, {self.address}" if self.address else self.name
 
     def early_renew_days(self, tld: str) -> int:
         """Days before expiry the provider renews a domain of ``tld`` (0 = on expiry)."""
@@ -155,10 +182,13 @@ ISERVER = BrandPolicy(
     support_email="podpora@iserver.si",
     support_phone="+386 1 000 00 02",
     colour="#8a1c1c",
+    number_prefix="IS",
+    reference_prefix="9",
     data_retention_days=30,
     backup_retention_days=30,  # removed together with the files
     refund_window_days=15,
     refund_fee=Decimal("5.00"),
+    refund_kinds=frozenset({"hosting", "vps"}),
     migration_blocks_refund=True,
     migration_charged_on_withdrawal=False,
     reactivation_fee=Decimal("15.00"),
@@ -178,3 +208,9 @@ def get_brand(code: str) -> BrandPolicy:
     except KeyError:
         known = ", ".join(sorted(BRANDS))
         raise InvalidInput(f"unknown brand {code!r} (known: {known})") from None
+
+
+def brand_for_account(account: str) -> BrandPolicy | None:
+    """The brand whose bank account is ``account`` (an IBAN, spaces and case ignored)."""
+    wanted = "".join(account.split()).upper()
+    return next((b for b in BRANDS.values() if b.account and b.account == wanted), None)

@@ -16,6 +16,10 @@ belongs to (the one-time access link whose token it carries), and `Outbox.send_h
 sends it once, as above. Its template context waits in the row sealed (Fernet) with the
 outbox key, a key file in ``key_dir`` (apart from the database and its backups); it is
 blanked once the mail is sent.
+
+The sender: a step's outbox (`step_outbox`) sends as the brand of the step's order (the
+customer's brand, `BrandPolicy.mail_from`), so an iSERVER customer hears from iSERVER;
+ops mails and anything outside the journal come from the installation's ``mail_from``.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.mail import make_message_id, render_mail
+from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError
 from provisioner.keyfiles import load_or_create_key
 from provisioner.pipeline.engine.ports import Mailer
 from provisioner.pipeline.engine.runner import StepContext
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
-from provisioner.store.models import OutboxMail
+from provisioner.store.models import Order, OutboxMail, Step
 from provisioner.timeutil import utcnow
 
 SYSTEM = "system:outbox"
@@ -59,6 +64,7 @@ class Outbox:
     now: Callable[[], datetime] = utcnow
     key_file: Path | None = None  # seals held mails (`hold`); None: this outbox holds none
     fence: Callable[[Session], None] | None = None  # a step's: raises unless its run holds the step
+    sender: str | None = None  # the From of its mails (a brand's); None: the mailer's own
 
     @property
     def domain(self) -> str:
@@ -91,8 +97,12 @@ class Outbox:
         return self._deliver(key, recipient, template, rendered, message_id)
 
     def _deliver(self, key: str, recipient: str, template: str, rendered: Any, message_id: str) -> Sent:
-        self.mailer.send(to=recipient, rendered=rendered, message_id=message_id,
-                         headers={"X-Provisioner-Step": key})
+        if self.sender is None:
+            self.mailer.send(to=recipient, rendered=rendered, message_id=message_id,
+                             headers={"X-Provisioner-Step": key})
+        else:
+            self.mailer.send(to=recipient, rendered=rendered, message_id=message_id,
+                             headers={"X-Provisioner-Step": key}, sender=self.sender)
         with transaction(self.factory) as s:
             row = s.execute(select(OutboxMail).where(OutboxMail.key == key)).scalar_one()
             row.state = "sent"
@@ -154,7 +164,18 @@ class Outbox:
 
 
 def step_outbox(ctx: StepContext) -> Outbox:
-    """The outbox of a step: its session factory, mailer, sender, clock, the key that
-    seals the mails it holds, and its fence (only the run that holds the step sends)."""
+    """The outbox of a step: its session factory, mailer, sender (the brand of the step's
+    order), clock, the key that seals the mails it holds, and its fence (only the run that
+    holds the step sends)."""
     return Outbox(ctx.factory, ctx.adapters.mailer, ctx.settings.mail_from, ctx.now,
-                  ctx.settings.effective_key_dir / KEY_FILE, ctx.fence)
+                  ctx.settings.effective_key_dir / KEY_FILE, ctx.fence, step_sender(ctx))
+
+
+def step_sender(ctx: StepContext) -> str | None:
+    """The brand's sender of the step's order; None for a step outside the journal."""
+    with transaction(ctx.factory) as s:
+        brand = s.execute(select(Order.brand).join(Step, Step.order_id == Order.id)
+                          .where(Step.key == ctx.step_key)).scalar_one_or_none()
+    if brand is None:
+        return None
+    return get_brand(brand).mail_from or None

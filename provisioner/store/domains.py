@@ -41,5 +41,13 @@ class DomainRecord(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     # a transforming registry command in flight: {"step", "op", "from"}; observed on re-run
     pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # what we did at the registry for an unpaid term (domain.tld_profiles): deleted |
+    # not_renewing | lapsed | restored | withdrawn, and on which day
+    registry_action: Mapped[str | None] = mapped_column(String(24))
+    registry_action_on: Mapped[date | None] = mapped_column(Date)
+    # the first day the registry showed name servers (.si: "activated", no refund after)
+    activated_on: Mapped[date | None] = mapped_column(Date)
+    # a withdrawn registration the customer is to be refunded for (ops / the withdrawal)
+    refund_due: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

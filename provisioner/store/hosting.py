@@ -20,6 +20,7 @@ from provisioner.timeutil import utcnow
 
 _NODE_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+_COUNTRY_RE = re.compile(r"[A-Z]{2}")
 
 
 class HostingNode(Base):
@@ -39,6 +40,8 @@ class HostingNode(Base):
     # How many times the node's mail policy failed open, as the last quota check read it
     # from the node's usage report (a count that grew since is an ops alert).
     mail_policy_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # ISO 3166 alpha-2 country the node's data sit in (data residency, `allowed_countries`)
+    country: Mapped[str | None] = mapped_column(String(2))
 
 
 class HostingAccount(Base):
@@ -73,9 +76,10 @@ class CredentialLink(Base):
 # -- repository ---------------------------------------------------------------------------
 def add_node(s: Session, name: str, address: str, *, capacity_accounts: int, capacity_disk_mb: int,
              ssh_user: str = "root", ssh_port: int = 22,
-             throwaway: bool = False) -> tuple[HostingNode, bool]:
+             throwaway: bool = False, country: str | None = None) -> tuple[HostingNode, bool]:
     """Register a node, or update the address/capacity of one with that name.
-    ``throwaway`` only for a throwaway host of this machine (no host-key check)."""
+    ``throwaway`` only for a throwaway host of this machine (no host-key check);
+    ``country`` (ISO 3166 alpha-2) where its data sit, None: left as it is."""
     if not _NODE_NAME_RE.fullmatch(name or ""):
         raise InvalidInput(f"node name {name!r} must match [a-z][a-z0-9-]{{0,62}}")
     if not _ADDRESS_RE.fullmatch(address or ""):
@@ -95,6 +99,11 @@ def add_node(s: Session, name: str, address: str, *, capacity_accounts: int, cap
     node.ssh_user = ssh_user
     node.ssh_port = ssh_port
     node.throwaway = throwaway
+    if country is not None:
+        code = country.strip().upper()
+        if not _COUNTRY_RE.fullmatch(code):
+            raise InvalidInput(f"node country {country!r} must be an ISO 3166 alpha-2 code (e.g. SI)")
+        node.country = code
     s.flush()
     return node, created
 

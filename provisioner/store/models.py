@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -65,6 +66,9 @@ class Customer(Base):
     phone: Mapped[str] = mapped_column(String(32))
     lang: Mapped[str] = mapped_column(String(2), default="sl")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # brands (issue 17 item 1, migration 0009): the brand whose customer this is; its
+    # orders are that brand's (issuer, bank account, sender, numbers)
+    brand: Mapped[str] = mapped_column(String(16), default="fcb", server_default="fcb")
 
 
 class Contact(Base):
@@ -108,6 +112,8 @@ class Order(Base):
     refund_flag: Mapped[bool] = mapped_column(Boolean, default=False)
     refund_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # paper invoice (issue 17 item 12, migration 0009): its invoice is posted
+    paper_invoice: Mapped[bool] = mapped_column(Boolean, default=False)
     customer: Mapped[Customer] = relationship()
     items: Mapped[list[OrderItemRow]] = relationship(
         back_populates="order", order_by="OrderItemRow.position"
@@ -142,8 +148,18 @@ class Proforma(Base):
     vat: Mapped[Decimal] = mapped_column(Money)
     gross: Mapped[Decimal] = mapped_column(Money)
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # brands (issue 17 item 1, migration 0009): the issuing brand and what the proforma
+    # says of it (name, address, VAT id, IBAN), as at issue time
+    brand: Mapped[str] = mapped_column(String(16), default="fcb", server_default="fcb")
+    issuer: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # issue 17 item 2 (migration 0012): a new order's proforma lapses on this day if still
+    # open (due date + the brand's grace + 1; NULL for renewals), indexed for open ones only
+    lapses_on: Mapped[date | None] = mapped_column(Date)
     order: Mapped[Order] = relationship()
     lines: Mapped[list[ProformaLine]] = relationship(order_by="ProformaLine.position")
+    __table_args__ = (Index("ix_proformas_open_lapses_on", "lapses_on",
+                            sqlite_where=sql_text("state = 'open'"),
+                            postgresql_where=sql_text("state = 'open'")),)
 
 
 class ProformaLine(Base):
@@ -164,11 +180,12 @@ class ProformaLine(Base):
 
 
 class Counter(Base):
-    """Gapless counters: (kind, year) -> last number used. Bumped inside the same
+    """Gapless counters: (kind, brand, year) -> last number used. Bumped inside the same
     transaction that uses the number, so a rollback gives the number back."""
 
     __tablename__ = "counters"
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    brand: Mapped[str] = mapped_column(String(16), primary_key=True)
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
     last: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -188,8 +205,21 @@ class Invoice(Base):
     vat: Mapped[Decimal] = mapped_column(Money)
     gross: Mapped[Decimal] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
-    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
-    __table_args__ = (UniqueConstraint("year", "seq", name="uq_invoices_year_seq"),)
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)  # with the issuer (brands)
+    # brands (issue 17 items 1 and 12, migration 0009): each brand numbers its own
+    # invoices; ``to_post``: the customer ordered a paper invoice
+    brand: Mapped[str] = mapped_column(String(16), default="fcb", server_default="fcb")
+    to_post: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (UniqueConstraint("brand", "year", "seq", name="uq_invoices_brand_year_seq"),)
+
+
+class InvoicePosting(Base):
+    """A paper invoice was posted (issue 17 item 12): the invoice itself never changes."""
+
+    __tablename__ = "invoice_postings"
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), primary_key=True)
+    posted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    posted_by: Mapped[str] = mapped_column(String(100))
 
 
 class Notification(Base):
@@ -274,6 +304,9 @@ class Step(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A disruptive step may run outside the maintenance window only with this reason
+    # (`provisioner apply --force-window`, audited); None: it waits for the window.
+    force_window: Mapped[str | None] = mapped_column(Text)
     order: Mapped[Order] = relationship()
     __table_args__ = (Index("ix_steps_state_lease", "state", "lease_until"),)
 
@@ -304,3 +337,160 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(String(40))
     entity_id: Mapped[str | None] = mapped_column(String(60))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+# -- backups (issue 16): backup hosts, each node's restic repository, verification state --
+class BackupHost(Base):
+    """A host that keeps the nodes' restic repositories (a NAS or a server; a throwaway
+    host here). ``known_hosts`` holds its SSH host key lines: nodes and the controller
+    check the host against them (never trust on first use)."""
+
+    __tablename__ = "backup_hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    address: Mapped[str] = mapped_column(String(253))
+    ssh_port: Mapped[int] = mapped_column(Integer, default=22)
+    known_hosts: Mapped[str] = mapped_column(Text)
+    root: Mapped[str] = mapped_column(String(200))  # where the repositories live on the host
+    throwaway: Mapped[bool] = mapped_column(Boolean, default=False)
+    country: Mapped[str | None] = mapped_column(String(2))  # ISO 3166 alpha-2 (data residency)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class BackupRepository(Base):
+    """A hosting node's restic repository on a backup host, reached by the node's own
+    SFTP user. The repository password is sealed (Fernet, key in ``key_dir``); the
+    database alone never reveals it."""
+
+    __tablename__ = "backup_repositories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("hosting_nodes.id"), unique=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("backup_hosts.id"), index=True)
+    sftp_user: Mapped[str] = mapped_column(String(32), unique=True)
+    path: Mapped[str] = mapped_column(String(255))  # the repository's path on the host
+    sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
+    # the node's own SFTP key (generated on the node, never leaves it): its public half
+    public_key: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class BackupCheck(Base):
+    """The last outcome of one kind of backup job on one repository (nightly, check,
+    drill, retention): ops are alerted once when it starts failing, not on every retry."""
+
+    __tablename__ = "backup_checks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("backup_repositories.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # nightly | check | drill
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_ok_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    failing_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    __table_args__ = (UniqueConstraint("repository_id", "kind", name="uq_backup_checks_repo_kind"),)
+
+
+# -- GDPR and maintenance window (issue 17, items 10 and 11; migration 0013) --------------
+class Breach(Base):
+    """A personal-data breach (RULES "Breach: supervisory authority notified within 72
+    hours"): opened by ops, reminded until closed with the time the authority was told."""
+
+    __tablename__ = "breaches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    brand: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_by: Mapped[str] = mapped_column(String(100))
+    deadline_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    closed_by: Mapped[str | None] = mapped_column(String(100))
+    last_reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# -- migration intake (issue 13, items 1-2; migration 0010) -------------------------------
+class Migration(Base):
+    """A free migration ordered beside a hosting line (the service of kind ``migration``).
+    The old provider's access (``sealed``: Fernet with the key in ``key_dir``, never the
+    database's) arrives through the intake form or ``provisioner migration source``;
+    ``summary`` holds what may be shown (hosts, ports, user names, flags; no secret).
+    ``migration_used_at`` is set by the first copy step (the withdrawal rules read it);
+    ``charge_gross`` is what the brand charges on withdrawal (catalog price at order time)."""
+
+    __tablename__ = "migrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), unique=True)
+    hosting_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
+    domain: Mapped[str] = mapped_column(String(253))
+    state: Mapped[str] = mapped_column(String(24))  # awaiting_source | source_received | wiped
+    charge_gross: Mapped[Decimal] = mapped_column(Money)
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    source_by: Mapped[str | None] = mapped_column(String(100))
+    wiped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    wipe_reason: Mapped[str | None] = mapped_column(String(40))
+    migration_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class MigrationLink(Base):
+    """The one-time link to a migration's intake form (`provisioner.pipeline.onetime`):
+    only the token's hash is stored; used up by the first valid submission."""
+
+    __tablename__ = "migration_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# -- withdrawals (issue 17, item 3; migration 0012): credit notes and their refunds --------
+class CreditNote(Base):
+    """A credit note (dobropis) against an invoice: immutable once issued (a database
+    trigger refuses UPDATE and DELETE), numbered gaplessly per brand and year. One per
+    service: UNIQUE(service_id) is what makes a second withdrawal impossible."""
+
+    __tablename__ = "credit_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    brand: Mapped[str] = mapped_column(String(16))
+    year: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    net: Mapped[Decimal] = mapped_column(Money)
+    vat: Mapped[Decimal] = mapped_column(Money)
+    gross: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    __table_args__ = (UniqueConstraint("brand", "year", "seq", name="uq_credit_notes_brand_year_seq"),)
+
+
+class Refund(Base):
+    """The money of a credit note going back by the original payment's method: a card
+    refund through the provider's API (idempotency key = the credit note's number), or
+    an ops task (bank transfer to the payer's IBAN, PayPal, Braintree, cash)."""
+
+    __tablename__ = "refunds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    credit_note_id: Mapped[int] = mapped_column(ForeignKey("credit_notes.id"), unique=True)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"))
+    provider: Mapped[str] = mapped_column(String(16))  # the original payment's provider
+    method: Mapped[str] = mapped_column(String(16))  # card | ops_task
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | refunded | ops_task
+    provider_ref: Mapped[str | None] = mapped_column(String(200))  # e.g. Stripe's re_...
+    payer_iban: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

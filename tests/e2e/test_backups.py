@@ -1,20 +1,23 @@
-"""Per-account backups and the two stages of deletion, on a throwaway hosting node:
-roles/hosting_node's hosting-backup script and timer, the playbooks of roles/hosting_backup
-and provisioner.adapters.hosting.backups, checked with testinfra.
+"""Backups that survive the node: restic repositories on a separate backup host.
 
-Every test makes accounts of its own (unique names), so the tests share one node (the
-session's ``node``; ``PROVISIONER_E2E_REUSE_NODE=NAME`` uses a running, converged host
-instead, kept afterwards).
+Throwaway hosts: the session's ``node`` (A, restores onto it and most tests), a backup
+host of this module (roles/backup_host, booted from the base image) and a second node
+of this module (C) that is destroyed after its nightly backup. Driven through the
+playbooks (roles/hosting_backup, backup_host.yml, hosting_node_backup.yml) and the node
+script over testinfra; compared with manifests (sha256 per file, the database's rows).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import smtplib
+import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +26,36 @@ import yaml
 
 from provisioner.adapters.hosting import Target, run_playbook
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
-from provisioner.adapters.hosting.backups import HostingBackups, RemovalManifest
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
-from provisioner.errors import InvalidInput
-from tests.e2e.nodes import infra_host, reused_node
+from tests.e2e.nodes import infra_host, own_node
 from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "roles/hosting_node/defaults/main.yml").read_text())
 RETENTION: dict[str, int] = DEFAULTS["hosting_node_backup_retention"]
 SCRIPT = "/usr/local/sbin/hosting-backup"
-BACKUP_ROOT = "/srv/backup"
-ARCHIVE_ROOT = "/srv/backup/terminated"
+RESTIC_ROOT = "/srv/restic"
 
-HOSTILE_NAMES = ["a;reboot", "../etc", "Root", "a" * 33, "a b", "abc\n", "", "-rf", "a/b", "$(id)",
-                 "1abc", "é"]
+HOSTILE_NAMES = ["a;reboot", "../etc", "Root", "a" * 33, "$(id)", "-rf", "a/b"]
 
 
 @dataclass
-class Env:
-    node: Target
-    address: str
-    host: Any  # testinfra
-    accounts: HostingAccounts
-    backups: HostingBackups
+class NodeEnv:
+    """One hosting node enrolled with the backup host."""
 
-    def new_account(self, plan: str = "mega") -> AccountSpec:
-        name = f"bk{uuid.uuid4().hex[:10]}"
-        spec = AccountSpec(name, (f"{name}.si",), CATALOG.hosting_plan(plan), mailboxes=("info",))
-        self.accounts.create(self.node, spec, Secrets.generate(spec.mailboxes)).raise_for_status("e2e.create")
-        return spec.validated()
+    name: str  # its name on the backup host
+    info: Any
+    host: Any  # testinfra
+    password: str = field(repr=False)
+    public_key: str = ""
+
+    @property
+    def target(self) -> Target:
+        return self.info.target()
+
+    @property
+    def accounts(self) -> HostingAccounts:
+        return HostingAccounts(ssh_key=Path(self.info.ssh_key))
 
     def sh(self, command: str, *args: Any) -> str:
         return str(self.host.check_output(command, *args))
@@ -61,26 +64,27 @@ class Env:
         r = self.host.run(" ".join([SCRIPT, *(shlex.quote(a) for a in args)]))
         return r.rc, json.loads(r.stdout)
 
-    def sql(self, database: str, statement: str) -> str:
-        return self.sh("mysql --batch --skip-column-names --database %s -e %s", database, statement)
+    def ok(self, *args: str) -> dict[str, Any]:
+        rc, data = self.script(*args)
+        assert rc == 0, data
+        return data
 
-    def databases(self) -> list[str]:
-        return self.sh("mysql --batch --skip-column-names -e 'SHOW DATABASES'").split()
+    def new_account(self, plan: str = "mega", name: str | None = None) -> AccountSpec:
+        name = name or f"bk{uuid.uuid4().hex[:10]}"
+        spec = AccountSpec(name, (f"{name}.si",), CATALOG.hosting_plan(plan), mailboxes=("info",))
+        created = self.accounts.create(self.target, spec, Secrets.generate(spec.mailboxes))
+        created.raise_for_status("e2e.create")
+        return spec.validated()
 
-    def hashes(self, path: str) -> dict[str, str]:
-        """sha256 of every regular file below path, by relative path."""
-        out = self.sh("cd %s && find . -type f -print0 | sort -z | xargs -0 -r sha256sum", path)
-        return {line[66:]: line[:64] for line in out.splitlines() if line}
-
-    def put(self, spec: AccountSpec, relpath: str, data: str) -> None:
-        """A file in the account's home, owned by the account (as its uploads are)."""
+    def put(self, spec: AccountSpec, relpath: str, size: int) -> None:
+        """A file of random bytes in the account's home, owned by the account."""
         path = f"/srv/hosting/{spec.name}/{relpath}"
         self.sh("install -d -o %s -g %s %s", spec.name, spec.name, os.path.dirname(path))
-        self.sh("printf %s %s > %s && chown %s: %s", "%s", data, path, spec.name, path)
+        self.sh("head -c %s /dev/urandom > %s && chown %s: %s", str(size), path, spec.name, path)
 
     def deliver(self, spec: AccountSpec, subject: str) -> None:
         to = f"info@{spec.domains[0]}"
-        smtp = smtplib.SMTP(self.address, 25, timeout=20)
+        smtp = smtplib.SMTP(self.info.address, 25, timeout=20)
         try:
             smtp.sendmail("sender@outside.example", [to],
                           f"From: sender@outside.example\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nbody\r\n")
@@ -88,259 +92,292 @@ class Env:
             smtp.quit()
         maildir = f"/srv/mail/{spec.domains[0]}/info/Maildir"
         wait_for(lambda: self.host.run("grep -rq -- %s %s", subject, maildir).rc == 0, 30,
-                   "the delivered message in the maildir")
+                 "the delivered message in the maildir")
 
-    def backup_dirs(self, account: str) -> list[str]:
-        out = self.sh("find %s -mindepth 1 -maxdepth 1 -type d -printf '%%f\\n' 2>/dev/null || true",
-                      f"{BACKUP_ROOT}/accounts/{account}")
-        return sorted(out.split())
+    def sql(self, database: str, statement: str) -> str:
+        return self.sh("mysql --batch --skip-column-names --database %s -e %s", database, statement)
+
+    def hashes(self, path: str) -> dict[str, str]:
+        """sha256 of every regular file below path, by relative path."""
+        out = self.sh("cd %s && find . -type f -print0 | sort -z | xargs -0 -r sha256sum", path)
+        return {line[66:]: line[:64] for line in out.splitlines() if line}
+
+    def manifest(self, spec: AccountSpec) -> dict[str, Any]:
+        """Everything of the account a restore must bring back, byte for byte."""
+        return {"home": self.hashes(f"/srv/hosting/{spec.name}"),
+                "mail": self.hashes(f"/srv/mail/{spec.domains[0]}"),
+                "rows": self.sql(spec.name, "SELECT id, item, HEX(blob_col) FROM orders ORDER BY id"),
+                "tables": self.sql(spec.name, "SHOW TABLES")}
+
+    def snapshots(self, account: str) -> list[dict[str, Any]]:
+        return list(self.ok("list", account)["backups"])
+
+
+@dataclass
+class World:
+    hosts: Any
+    backup: Any  # the backup host's HostInfo
+    bh: Any  # testinfra to the backup host
+    a: NodeEnv
+    c: NodeEnv
+    host_key: str = ""
+
+    def nodes_var(self, extra: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        extra = extra or {}
+        return [{"name": n.name, "authorized_keys": [n.public_key, *extra.get(n.name, [])]}
+                for n in (self.a, self.c)]
+
+    def repository(self, node: NodeEnv) -> str:
+        return f"sftp:rn-{node.name}@{self.backup.address}:/repo"
+
+    def converge_backup_host(self, extra: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        return playbook("backup_host.yml", self.backup, {"backup_host_nodes": self.nodes_var(extra)})
+
+    def enrol(self, node: NodeEnv) -> dict[str, Any]:
+        return playbook("hosting_node_backup.yml", node.info, {
+            "hosting_node_backup_repository": self.repository(node),
+            "hosting_node_backup_password": node.password,
+            "hosting_node_backup_known_hosts": self.host_key,
+            "hosting_backup_result_file": ""})
+
+
+def playbook(name: str, info: Any, extravars: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
+    """Run a playbook against one throwaway host; the JSON its role wrote (or {})."""
+    with tempfile.TemporaryDirectory(prefix="e2e-backup-") as private:
+        result = Path(private) / "result.json"
+        key = "backup_host_result_file" if name == "backup_host.yml" else "hosting_backup_result_file"
+        extravars = {key: str(result), **extravars}
+        run = run_playbook(name, [info.target()], extravars, ssh_key=Path(info.ssh_key), throwaway=True,
+                           timeout_s=900)
+        data = json.loads(result.read_text()) if result.is_file() else {}
+    if check:
+        assert run.ok, (run.status, run.errors, data)
+    data["_run"] = run
+    return data
 
 
 @pytest.fixture(scope="module")
-def env(hosts: Any, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    info = reused_node(hosts) or request.getfixturevalue("node").info
-    host = infra_host(info, tmp_path_factory.mktemp("ssh"))
-    key = Path(info.ssh_key)
-    # info.target() is a throwaway host: its host key is not checked
-    return Env(info.target(), info.address, host, HostingAccounts(ssh_key=key), HostingBackups(ssh_key=key))
+def world(hosts: Any, node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    bk_name, c_name = f"t-bk-{os.getpid()}", f"t-nc-{os.getpid()}"
+    try:
+        backup = hosts.up(bk_name)
+        bh = infra_host(backup, tmp_path_factory.mktemp("ssh-bk"))
+        a = NodeEnv("na", node.info, infra_host(node.info, tmp_path_factory.mktemp("ssh-a")),
+                    secrets.token_urlsafe(32))
+        with own_node(hosts, c_name, "e2e.backups.c") as c_info:
+            c = NodeEnv("nc", c_info, infra_host(c_info, tmp_path_factory.mktemp("ssh-c")),
+                        secrets.token_urlsafe(32))
+            for n in (a, c):
+                n.public_key = n.ok("key")["public_key"]
+            w = World(hosts, backup, bh, a, c)
+            w.host_key = w.converge_backup_host()["host_key"]
+            for n in (a, c):
+                w.enrol(n)
+            yield w
+    finally:
+        hosts.down(bk_name)
 
 
-@pytest.fixture(scope="module")
-def live(env: Env) -> AccountSpec:
-    """An account with files, a maildir with a message and a table with rows."""
-    spec = env.new_account("giga5")
-    env.put(spec, "public_html/index.php", "<?php echo 'hello';")
-    env.put(spec, "public_html/deep/er/data.bin", "placeholder")
-    data = f"/srv/hosting/{spec.name}/public_html/deep/er/data.bin"
-    env.sh("head -c 100000 /dev/urandom > %s", data)  # binary content
-    env.put(spec, "notes.txt", "keep me")
-    env.sql(spec.name, "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40)) ENGINE=InnoDB")
-    env.sql(spec.name, "INSERT INTO orders VALUES (1, 'apple'), (2, 'pear'), (3, 'plum')")
-    env.deliver(spec, f"before-backup-{uuid.uuid4().hex}")
+def make_live(n: NodeEnv, plan: str = "giga5") -> AccountSpec:
+    """An account with files (text, binary, nested), a delivered message and a table."""
+    spec = n.new_account(plan)
+    n.put(spec, "public_html/index.php", 200)
+    n.put(spec, "public_html/deep/er/data.bin", 300_000)
+    n.put(spec, "notes.txt", 50)
+    n.sql(spec.name, "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40), blob_col BLOB) "
+                     "ENGINE=InnoDB")
+    n.sql(spec.name, "INSERT INTO orders VALUES (1, 'apple', RANDOM_BYTES(200)), (2, 'pear', NULL), "
+                     "(3, 'šumnik', RANDOM_BYTES(32))")
+    n.deliver(spec, f"before-backup-{uuid.uuid4().hex}")
     return spec
 
 
-# -- backup, list, restore ----------------------------------------------------------------------
-def test_a_backup_record_matches_its_archive_and_manifest_on_the_node(env: Env, live: AccountSpec) -> None:
-    record = env.backups.backup(env.node, live.name)
-    assert record.id.startswith(f"{live.name}/")
-    assert record.account == live.name and record.plan == "giga5"
-    assert env.sh("sha256sum %s", record.path).split()[0] == record.sha256
-    assert int(env.sh("stat -c %%s %s", record.path)) == record.size
-    manifest = json.loads(env.sh("cat %s", record.manifest_path))
-    assert manifest["sha256"] == record.sha256
-    listed = {f["path"] for f in manifest["files"]}
-    assert f"srv/hosting/{live.name}/public_html/deep/er/data.bin" in listed
-    assert "database.sql" in listed
-    assert any(p.startswith(f"srv/mail/{live.domains[0]}/info/Maildir/") for p in listed)
-    assert record.home == f"/srv/hosting/{live.name}"
-    assert record.mail == (f"/srv/mail/{live.domains[0]}",)
-    assert record.database == live.name
-    assert {p.name for p in record.parts} == {"home", f"mail:{live.domains[0]}", "database"}
-    assert env.sh("stat -c %%a:%%U %s", os.path.dirname(record.path)).strip() == "700:root"
-    assert record.id in [r.id for r in env.backups.list(env.node, live.name)]
+# -- the node dies; the account comes back on another node from the backup host alone -----------
+def test_the_nightly_backup_lands_on_the_backup_host_and_the_account_comes_back_on_a_fresh_node(
+        world: World) -> None:
+    c, a = world.c, world.a
+    spec = make_live(c)
+    before = c.manifest(spec)
+    start = c.host.run("systemctl start hosting-backup.service")
+    nightly = json.loads(c.sh("cat /var/lib/hosting-backup/last-nightly.json"))
+    assert start.rc == 0, nightly
+    snap_id = nightly["accounts"][spec.name]["backup"]
+    # it landed on the backup host, in C's repository, encrypted: no file name in clear there
+    on_bk = world.bh.check_output("ls %s/rn-nc/repo/snapshots", RESTIC_ROOT).split()
+    assert snap_id in on_bk
+    assert world.bh.run("grep -rqa %s %s/rn-nc/repo", "public_html", RESTIC_ROOT).rc == 1
+    assert c.password not in json.dumps(nightly)
+    # the node is destroyed: nothing of it is left but the repository on the backup host
+    world.hosts.down(c.info.name)
+    a.new_account("giga5", name=spec.name)
+    world.converge_backup_host(extra={"nc": [a.public_key]})  # A may read C's repository now
+    try:
+        result = playbook("hosting_account_restore.yml", a.info, {
+            "hosting_backup_account": spec.name, "hosting_backup_id": snap_id,
+            "hosting_backup_source_repository": world.repository(c),
+            "hosting_backup_source_password": c.password})
+    finally:
+        world.converge_backup_host()  # and no longer
+    assert result["id"] == snap_id and result["verified_files"] > 3
+    assert sorted(result["restored"]) == sorted([f"/srv/hosting/{spec.name}", f"/srv/mail/{spec.domains[0]}",
+                                                 f"database:{spec.name}"])
+    after = a.manifest(spec)
+    assert after == before
+    # the files belong to the account as it exists on this node
+    owners = a.sh("find %s -printf '%%u\\n' | sort -u", f"/srv/hosting/{spec.name}/public_html").split()
+    assert owners == [spec.name]
+    left = a.sh("ls %s/restore-%s 2>/dev/null || echo gone", "/etc/hosting/backup/sources", spec.name)
+    assert left.strip() == "gone"  # the other repository's password is not kept
 
 
-def test_restore_brings_back_every_file_byte_for_byte_the_mail_and_the_database(
-        env: Env, live: AccountSpec) -> None:
-    home, mail = f"/srv/hosting/{live.name}", f"/srv/mail/{live.domains[0]}"
-    home_before, mail_before = env.hashes(home), env.hashes(mail)
-    assert "./public_html/deep/er/data.bin" in home_before
-    record = env.backups.backup(env.node, live.name)
-
-    env.put(live, "notes.txt", "changed")
-    env.sh("rm -rf %s/public_html/deep", home)
-    env.put(live, "public_html/added-later.txt", "not in the backup")
-    env.sh("rm -rf %s/info/Maildir/new %s/info/Maildir/cur", mail, mail)
-    env.sql(live.name, "DROP TABLE orders")
-    env.sql(live.name, "CREATE TABLE later (i INT)")
-    assert env.hashes(home) != home_before
-
-    result = env.backups.restore(env.node, live.name, record.id)
-    assert result.backup_id == record.id
-    assert result.verified_files == record.file_count - 1  # all but the database dump
-    assert env.hashes(home) == home_before
-    assert env.hashes(mail) == mail_before
-    assert env.sql(live.name, "SELECT id, item FROM orders ORDER BY id").split("\n") == [
-        "1\tapple", "2\tpear", "3\tplum"]
-    assert env.sql(live.name, "SHOW TABLES").split() == ["orders"]
-    data = env.host.file(f"{home}/public_html/deep/er/data.bin")
-    assert (data.user, data.group) == (live.name, live.name)
-    assert env.host.file(home).user == live.name
-    assert env.host.file(f"{mail}/info/Maildir").user == "vmail"
-    assert env.host.run("ls -d %s/.restore-* %s/.restore-*", "/srv/hosting", "/srv/mail").rc != 0
+# -- isolation between nodes -----------------------------------------------------------------------
+def sftp(n: NodeEnv, user: str, address: str, commands: str) -> Any:
+    return n.host.run(
+        "printf %s | sftp -b - -i /etc/hosting/backup/id_ed25519 -o BatchMode=yes -o IdentitiesOnly=yes "
+        "-o UserKnownHostsFile=/etc/hosting/backup/known_hosts %s@%s", commands, user, address)
 
 
-def test_restore_of_an_unknown_backup_is_refused(env: Env, live: AccountSpec) -> None:
-    with pytest.raises(InvalidInput, match="no backup"):
-        env.backups.restore(env.node, live.name, f"{live.name}/20000101T000000Z")
+def test_a_nodes_credentials_cannot_list_read_or_delete_another_nodes_repository(world: World) -> None:
+    a, addr = world.a, world.backup.address
+    other = world.bh.check_output("find %s/rn-nc/repo -type f | sort | sha256sum", RESTIC_ROOT)
+    for commands in ("ls /repo\n", "get /repo/config /tmp/stolen\n", "rm /repo/config\n"):
+        r = sftp(a, "rn-nc", addr, commands)
+        assert r.rc != 0 and "Permission denied" in r.stderr, r.stderr
+    # in its own account it is locked into its chroot: only its repository is there
+    own = sftp(a, "rn-na", addr, "ls -a /\ncd ..\nls -a\n")
+    assert own.rc == 0
+    listed = {w for w in own.stdout.split() if not w.startswith("sftp>")}
+    assert listed <= {".", "..", "repo", "/", "../"} and "rn-nc" not in own.stdout
+    assert sftp(a, "rn-na", addr, "ls /srv/restic/rn-nc\n").rc != 0
+    # no shell either
+    shell = a.host.run("ssh -i /etc/hosting/backup/id_ed25519 -o BatchMode=yes -o IdentitiesOnly=yes "
+                       "-o UserKnownHostsFile=/etc/hosting/backup/known_hosts rn-na@%s id", addr)
+    assert "uid=" not in shell.stdout
+    # restic with A's key against C's repository fails; C's repository is untouched
+    ssh_cmd = ("ssh -i /etc/hosting/backup/id_ed25519 -o IdentitiesOnly=yes -o BatchMode=yes "
+               f"-o UserKnownHostsFile=/etc/hosting/backup/known_hosts -l rn-nc {addr} -s sftp")
+    r = a.host.run("RESTIC_PASSWORD_FILE=/etc/hosting/backup/password restic --no-cache -r %s "
+                   "-o sftp.command=%s snapshots", world.repository(world.c), ssh_cmd)
+    assert r.rc != 0
+    assert world.bh.check_output("find %s/rn-nc/repo -type f | sort | sha256sum", RESTIC_ROOT) == other
 
 
 # -- retention ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("plan", ["mega", "giga5"])
-def test_retention_keeps_the_newest_backup_of_each_of_the_plans_last_n_days(env: Env, plan: str) -> None:
-    spec = env.new_account(plan)
-    keep = RETENTION[plan]
-    days = [f"2024-03-{d:02d}" for d in range(1, keep + 4)]  # keep + 3 days with a backup each
-    for day in days:
-        rc, out = env.script("backup", spec.name, "--at", f"{day}T03:15:00Z")
-        assert rc == 0, out
-    rc, out = env.script("backup", spec.name, "--at", f"{days[-1]}T01:00:00Z")  # two on the last day
-    assert rc == 0, out
-    assert len(env.backups.list(env.node, spec.name)) == keep + 4
-
-    removed = env.backups.prune(env.node, spec.name)
-
-    left = [r.id for r in env.backups.list(env.node, spec.name)]
-    wanted = [f"{spec.name}/{day.replace('-', '')}T031500Z" for day in days[-keep:]]
-    assert left == wanted
+def test_retention_per_plan_over_a_simulated_month_of_nightly_runs(world: World) -> None:
+    a = world.a
+    spec = a.new_account("mega")
+    keep = RETENTION["mega"]
+    for day in range(1, 31):
+        a.put(spec, f"day{day}.txt", 64)  # something changes every night
+        a.ok("backup", spec.name, "--service", "7001", "--time", f"2026-01-{day:02d}T03:15:00Z")
+    a.ok("backup", spec.name, "--time", "2026-01-30T12:00:00Z")  # a second one on the last day
+    assert len(a.snapshots(spec.name)) == 31
+    result = a.ok("forget", spec.name)
+    assert result["keep"] == keep and result["pruned"] is True
+    left = a.snapshots(spec.name)
     assert len(left) == keep
-    assert set(removed) == ({f"{spec.name}/{d.replace('-', '')}T031500Z" for d in days[:3]}
-                            | {f"{spec.name}/{days[-1].replace('-', '')}T010000Z"})
-    assert env.backup_dirs(spec.name) == sorted(r.split("/")[1] for r in wanted)
-    assert env.backups.prune(env.node, spec.name) == ()
+    assert [s["created_at"] for s in left] == (
+        [f"2026-01-{d:02d}T03:15:00Z" for d in range(31 - keep, 30)] + ["2026-01-30T12:00:00Z"])
+    assert all(s["service"] == "7001" for s in left)  # recorded: later runs tag it too
+    assert len(result["removed"]) == 31 - keep
+    assert a.ok("forget", spec.name)["changed"] is False  # nothing more to forget
 
 
-# -- free backups and the nightly timer -------------------------------------------------------------
-def test_the_nightly_run_skips_accounts_without_free_backups(env: Env) -> None:
-    excluded, normal = env.new_account("mega"), env.new_account("mega")
-    assert env.backups.set_free_backups(env.node, excluded.name, False) is True
-    assert env.backups.set_free_backups(env.node, excluded.name, False) is False
-    assert env.host.file(f"/etc/hosting/backup-exclude/{excluded.name}").exists
-    assert env.backups.status(env.node, excluded.name).excluded
-
-    env.sh("systemctl start hosting-backup.service")  # what the timer starts; waits (oneshot)
-    assert env.backups.list(env.node, excluded.name) == []
-    first = env.backups.list(env.node, normal.name)
-    assert len(first) == 1
-
-    # Back to free backups; and the other one marked in its state file ("backups": false).
-    assert env.backups.set_free_backups(env.node, excluded.name, True) is True
-    state = f"/etc/hosting/accounts/{normal.name}.json"
-    env.sh("python3 -c %s %s", "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['backups']=False; "
-           "json.dump(d, open(p, 'w'))", state)
-    env.sh("systemctl start hosting-backup.service")
-    assert len(env.backups.list(env.node, excluded.name)) == 1
-    assert [r.id for r in env.backups.list(env.node, normal.name)] == [r.id for r in first]
-    assert env.host.service("hosting-backup.timer").is_enabled
-
-
-# -- stage 1 and stage 2 -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def removed(env: Env) -> tuple[AccountSpec, RemovalManifest, list[str]]:
-    """Stage 1 done on an account with files, mail and a database (and one older backup)."""
-    spec = env.new_account("mega")
-    env.put(spec, "public_html/index.html", "<h1>shop</h1>")
-    env.sql(spec.name, "CREATE TABLE t (i INT)")
-    env.deliver(spec, f"before-removal-{uuid.uuid4().hex}")
-    older = env.backups.backup(env.node, spec.name)
-    manifest = env.backups.remove_account(env.node, spec, env.accounts)
-    ids = [older.id, manifest.last_backup.id]
-    return spec, manifest, ids
+# -- stage 2 --------------------------------------------------------------------------------------
+def test_stage_2_purge_removes_every_snapshot_of_the_service_and_leaves_the_others(world: World) -> None:
+    a = world.a
+    gone, kept = a.new_account("mega"), a.new_account("mega")
+    for spec, service in ((gone, "8001"), (kept, "8002")):
+        a.put(spec, "big.bin", 2_000_000)  # its own data, so the prune frees bytes
+        a.ok("backup", spec.name, "--service", service)
+        a.put(spec, "more.bin", 100_000)
+        a.ok("backup", spec.name)
+    kept_before = a.snapshots(kept.name)
+    kept_files = a.hashes(f"/srv/hosting/{kept.name}")
+    refused = a.script("purge", kept.name)  # still on the node: stage 1 comes first
+    assert refused[0] == 2 and refused[1]["error"] == "refused"
+    gone_ids = [s["id"] for s in a.snapshots(gone.name)]
+    a.accounts.terminate(a.target, gone).raise_for_status("e2e.terminate")
+    purge = playbook("hosting_account_purge_backups.yml", a.info,
+                     {"hosting_backup_account": gone.name, "hosting_backup_service": "8001"})
+    assert sorted(purge["snapshot_ids"]) == sorted(gone_ids)
+    assert purge["remaining"] == 0 and purge["check"] == {"ok": True}
+    assert purge["bytes_freed"] > 1_000_000
+    assert a.snapshots(gone.name) == []
+    assert a.ok("check", "--read-data-subset", "100%")["ok"] is True
+    again = a.ok("purge", gone.name, "--service", "8001")
+    assert again["changed"] is False and again["snapshot_ids"] == []
+    # the other account's snapshots are intact and restorable
+    assert a.snapshots(kept.name) == kept_before
+    a.sh("rm -rf %s/*", f"/srv/hosting/{kept.name}")
+    restored = a.ok("restore", kept.name, kept_before[-1]["id"])
+    assert restored["verified_files"] >= 2
+    assert a.hashes(f"/srv/hosting/{kept.name}") == kept_files
 
 
-def test_stage_1_leaves_no_home_maildir_or_database_on_the_node(
-        env: Env, removed: tuple[AccountSpec, RemovalManifest, list[str]]) -> None:
-    spec, manifest, _ = removed
-    assert not env.host.file(f"/srv/hosting/{spec.name}").exists
-    assert not env.host.file(f"/srv/mail/{spec.domains[0]}").exists
-    assert spec.name not in env.databases()
-    assert not env.host.user(spec.name).exists
-    assert {(p.kind, p.path) for p in manifest.removed} == {
-        ("home", f"/srv/hosting/{spec.name}"), ("mail", f"/srv/mail/{spec.domains[0]}"),
-        ("database", spec.name)}
-    assert all(p.bytes > 0 and p.files > 0 for p in manifest.removed)
+# -- the backup host is unreachable during the nightly run ----------------------------------------
+def test_an_unreachable_backup_host_fails_the_nightly_run_loudly_and_a_retry_succeeds(world: World) -> None:
+    a = world.a
+    spec = a.new_account("mega")
+    a.put(spec, "precious.bin", 50_000)
+    a.ok("backup", spec.name)
+    files = a.hashes(f"/srv/hosting/{spec.name}")
+    assert a.sh("systemctl show -p Restart --value hosting-backup.service").strip() == "on-failure"
+    a.sh("ip route add unreachable %s/32", world.backup.address)
+    try:
+        start = a.host.run("systemctl start hosting-backup.service")
+        a.host.run("systemctl stop hosting-backup.service")  # no automatic retry inside the test
+        nightly = json.loads(a.sh("cat /var/lib/hosting-backup/last-nightly.json"))
+        assert start.rc != 0
+        assert nightly["ok"] is False and nightly["error"] == "unreachable"
+        assert spec.name in nightly["failed"] and "unreachable" in nightly["accounts"][spec.name]["failed"]
+        run = playbook("hosting_account_backup.yml", a.info,
+                       {"hosting_backup_action": "nightly", "hosting_backup_account": ""}, check=False)
+        assert not run["_run"].ok and run["error"] == "unreachable" and spec.name in run["failed"]
+    finally:
+        a.sh("ip route del unreachable %s/32", world.backup.address)
+    # nothing on the node was lost, no dump was left lying around
+    assert a.hashes(f"/srv/hosting/{spec.name}") == files
+    assert a.sh("ls -A /var/lib/hosting-backup/dump 2>/dev/null || true").strip() == ""
+    # the retry succeeds
+    a.host.run("systemctl reset-failed hosting-backup.service")
+    assert a.host.run("systemctl start hosting-backup.service").rc == 0
+    nightly = json.loads(a.sh("cat /var/lib/hosting-backup/last-nightly.json"))
+    assert nightly["ok"] is True and nightly["error"] is None and nightly["failed"] == []
+    assert len(a.snapshots(spec.name)) == 2
 
 
-def test_stage_1_leaves_a_last_backup_whose_checksum_is_in_the_manifest(
-        env: Env, removed: tuple[AccountSpec, RemovalManifest, list[str]]) -> None:
-    spec, manifest, ids = removed
-    last = manifest.last_backup
-    assert env.sh("sha256sum %s", last.path).split()[0] == last.sha256
-    assert [r.id for r in env.backups.list(env.node, spec.name)] == ids
-    listing = env.sh("tar -tzf %s", last.path)
-    assert f"srv/hosting/{spec.name}/public_html/index.html" in listing
-    assert "database.sql" in listing
-    assert manifest.archive is not None
-    assert manifest.archive.path == f"{ARCHIVE_ROOT}/{spec.name}/{spec.name}.tar.gz"
-    assert env.sh("sha256sum %s", manifest.archive.path).split()[0] == manifest.archive.sha256
-    assert json.loads(json.dumps(manifest.as_dict()))["last_backup"]["sha256"] == last.sha256
+# -- free backups, verification, bad input --------------------------------------------------------
+def test_an_account_without_free_backups_is_skipped_by_the_nightly_run(world: World) -> None:
+    a = world.a
+    spec = a.new_account("mega")
+    assert a.ok("exclude", spec.name)["changed"] is True
+    nightly = a.ok("nightly")
+    assert "marker file" in nightly["accounts"][spec.name]["skipped"]
+    assert a.snapshots(spec.name) == []
+    assert a.ok("include", spec.name)["excluded"] is False
 
 
-def test_stage_2_purges_every_backup_and_the_archive_and_a_second_purge_removes_nothing(
-        env: Env, removed: tuple[AccountSpec, RemovalManifest, list[str]]) -> None:
-    spec, stage1, ids = removed
-    before = {r.id: r for r in env.backups.list(env.node, spec.name)}
-
-    purged = env.backups.purge(env.node, spec.name)
-
-    assert not purged.nothing_removed
-    assert set(purged.backup_ids) == set(ids)
-    archives = {f.backup_id: f for f in purged.removed if f.kind == "backup"}
-    assert {i: f.sha256 for i, f in archives.items()} == {i: r.sha256 for i, r in before.items()}
-    assert {i: f.size for i, f in archives.items()} == {i: r.size for i, r in before.items()}
-    assert stage1.archive is not None
-    terminated = [f for f in purged.removed if f.kind == "archive"]
-    assert [(f.path, f.sha256, f.size) for f in terminated] == [
-        (stage1.archive.path, stage1.archive.sha256, stage1.archive.size)]
-    left = env.sh("find %s %s -name %s", BACKUP_ROOT, ARCHIVE_ROOT, f"*{spec.name}*")
-    assert left == ""
-    assert env.backups.list(env.node, spec.name) == []
-
-    again = env.backups.purge(env.node, spec.name)
-    assert again.nothing_removed
-    assert again.as_dict()["removed"] == []
+def test_the_restore_drill_and_the_weekly_check_pass(world: World) -> None:
+    a = world.a
+    spec = a.new_account("mega")
+    a.put(spec, "drill.bin", 10_000)
+    a.ok("backup", spec.name)
+    drill = a.ok("drill", spec.name)
+    assert drill["ok"] is True and drill["files"] >= 1 and drill["mismatches"] == []
+    assert a.ok("check")["read_data_subset"] == "5%"
+    assert a.sh("systemctl is-enabled hosting-backup-check.timer").strip() == "enabled"
 
 
-def test_purge_is_refused_while_the_account_is_on_the_node(env: Env, live: AccountSpec) -> None:
-    count = len(env.backups.list(env.node, live.name))
-    assert count >= 1
-    with pytest.raises(InvalidInput, match="stage 1"):
-        env.backups.purge(env.node, live.name)
-    assert len(env.backups.list(env.node, live.name)) == count
+@pytest.mark.parametrize("bad", HOSTILE_NAMES)
+def test_a_hostile_account_name_is_refused(world: World, bad: str) -> None:
+    rc, data = world.a.script("backup", bad)
+    assert rc == 2 and data["error"] == "refused"
 
 
-# -- hostile input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_the_script_refuses_hostile_account_names(env: Env, name: str) -> None:
-    before = env.sh("ls -A %s/accounts", BACKUP_ROOT)
-    for op in ("backup", "list", "purge", "prune", "status", "exclude"):
-        rc, out = env.script(op, name)
-        assert rc == 2, (op, out)
-        assert out["refused"] is True
-    assert env.sh("ls -A %s/accounts", BACKUP_ROOT) == before
-
-
-@pytest.mark.parametrize("backup_id", ["other/20240101T000000Z", "{a}/../../etc", "{a}/2024", "{a}/x;id",
-                                       "{a}/20240101T000000Z\n", "{a}"])
-def test_the_script_refuses_bad_backup_ids(env: Env, live: AccountSpec, backup_id: str) -> None:
-    rc, out = env.script("restore", live.name, backup_id.format(a=live.name))
-    assert rc == 2 and out["refused"] is True, out
-
-
-@pytest.mark.parametrize("name", [*HOSTILE_NAMES, "ab\x00c"])
-def test_the_adapter_refuses_hostile_account_names_before_anything_runs(name: str) -> None:
-    calls: list[Any] = []
-
-    def runner(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args)
-        raise AssertionError("nothing may run for a hostile name")
-
-    backups = HostingBackups(runner=runner)
-    node = Target("n", "192.0.2.1")
-    for call in (lambda: backups.backup(node, name), lambda: backups.list(node, name),
-                 lambda: backups.purge(node, name), lambda: backups.prune(node, name),
-                 lambda: backups.restore(node, name, f"{name}/20240101T000000Z"),
-                 lambda: backups.set_free_backups(node, name, False)):
-        with pytest.raises(InvalidInput):
-            call()
-    assert calls == []
-
-
-def test_the_playbook_refuses_a_hostile_name_given_by_hand(env: Env) -> None:
-    result = run_playbook("hosting_account_backup", [env.node],
-                          {"hosting_backup_account": "a;touch /tmp/owned"},
-                          ssh_key=env.backups.ssh_key, timeout_s=120)
-    assert not result.ok
-    assert "hosting_backup_account must match" in " ".join(result.errors.values())
-    assert not env.host.file("/tmp/owned").exists
+def test_the_password_file_is_private_and_never_printed(world: World) -> None:
+    a = world.a
+    assert a.sh("stat -c %%a:%%U %s", "/etc/hosting/backup/password").strip() == "600:root"
+    status = a.ok("status", "nosuchacct")
+    assert status["backups"] == 0 and "repository_error" not in status
+    assert a.password not in json.dumps(status)

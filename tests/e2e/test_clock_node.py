@@ -132,25 +132,25 @@ def test_the_clock_on_a_node_switches_off_removes_and_purges_only_on_their_days(
     assert w.tree(late_home) == late_before  # byte for byte
 
     never_home = f"/srv/hosting/{never['name']}"
-    for day in iter_days(E + timedelta(days=11), E + timedelta(days=59)):
+    for day in iter_days(E + timedelta(days=11), E + timedelta(days=60)):
         w.sweep(day)
     assert w.host.file(never_home).exists  # not one day early
-    w.sweep(E + timedelta(days=60))
+    w.sweep(E + timedelta(days=61))
     assert not w.host.file(never_home).exists
     assert not w.host.file(f"/srv/mail/{never['domain']}").exists
     left = w.backups.list(w.node.target(), never["name"])
     assert left, "stage 1 keeps the backups"
-    for day in iter_days(E + timedelta(days=61), E + timedelta(days=89)):
+    for day in iter_days(E + timedelta(days=62), E + timedelta(days=90)):
         w.sweep(day)
     assert w.backups.list(w.node.target(), never["name"])
-    w.sweep(E + timedelta(days=90))
+    w.sweep(E + timedelta(days=91))
     assert w.backups.list(w.node.target(), never["name"]) == []
     found = w.host.run("find /srv/backup /srv/hosting /srv/mail -name '*%s*'", never["name"])
     assert found.stdout.strip() == ""
     records = clock.stage_records(w.factory, never["sid"])
     assert [(r["stage"], r["done_on"]) for r in records] == [
-        ("shutdown", str(E + timedelta(days=1))), ("delete_data", str(E + timedelta(days=60))),
-        ("purge_backups", str(E + timedelta(days=90)))]
+        ("shutdown", str(E + timedelta(days=1))), ("delete_data", str(E + timedelta(days=61))),
+        ("purge_backups", str(E + timedelta(days=91)))]
     stage1, stage2 = records[1]["manifest"], records[2]["manifest"]
     assert stage1["last_backup"]["sha256"] and any(
         p["path"] == never_home for p in stage1["removed"])

@@ -35,7 +35,8 @@ NODE_NAME = "t-acctpipe"
 class HtmlMailer(MemoryMailer):
     """The recording mailer, keeping the HTML part too (no password may be in it)."""
 
-    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
+    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None,
+             sender: str | None = None) -> None:
         super().send(to=to, rendered=rendered, message_id=message_id, headers=headers)
         self.sent[-1]["html"] = rendered.html
 

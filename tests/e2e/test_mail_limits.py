@@ -7,12 +7,16 @@ data). Enforced by roles/hosting_account's policy service (hosting-mail-policy) 
 roles/hosting_node's Postfix (slow lane, policy settings); measured by
 roles/hosting_node's hosting-usage, read through provisioner.adapters.hosting.usage.
 
-Two accounts of this module's own (unique names) live on the node: ``sender`` (Mega)
-for recipients, the slow lane, mass mailing and usage, and ``counted`` (Mega with the
+Three accounts of this module's own (unique names) live on the node: ``sender`` (Mega)
+for recipients, the slow lane, mass mailing and usage, ``counted`` (Mega with the
 hourly limit lifted, so that a pre-seeded monthly count cannot trip it) for the
-monthly limit. The 61st message in an hour is tested in test_hosting_account.py. A policy
-that fails (its database locked) lets mail pass, counts the failure, and the daily quota
-check alerts ops once.
+monthly limit, and ``hourly`` (Mega) for the 61st message in an hour on every way an
+account's processes send mail: PHP's mail() (PHP-FPM), sendmail, SMTP to 127.0.0.1:25
+as the account's user, and submission with a login. Postfix's own sendmail and postdrop
+refuse the accounts (no way around the count). A policy that fails (its database locked)
+lets mail pass, counts the failure, and the daily quota check alerts ops once. A message
+just under 50 MB is accepted, one just over refused; an SMTP AUTH login is in the
+node's login log.
 Counters are pre-seeded straight into the policy's SQLite file; tests remove what they
 seeded and put back what they changed.
 """
@@ -31,6 +35,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from provisioner.adapters.hosting import Target
@@ -76,6 +81,7 @@ class Env:
     host: Any  # testinfra host
     sender: Account
     counted: Account
+    hourly: Account
 
     def submission(self, account: Account) -> smtplib.SMTP:
         smtp = smtplib.SMTP(self.address, 587, timeout=30)
@@ -139,12 +145,13 @@ def env(node: Any, node_host: Any) -> Iterator[Env]:
     sender = AccountSpec(f"mls{tag}", (f"mls{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
     counted = AccountSpec(f"mlc{tag}", (f"mlc{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",),
                           limit_overrides={"mail_per_hour": 1_000_000})
+    hourly = AccountSpec(f"mlh{tag}", (f"mlh{tag}.si",), CATALOG.hosting_plan("mega"), mailboxes=("info",))
     made = []
-    for spec in (sender, counted):
+    for spec in (sender, counted, hourly):
         secret = Secrets.generate(spec.mailboxes)
         accounts.create(target, spec, secret).raise_for_status("e2e.mail_limits.create")
         made.append(Account(spec.validated(), secret))
-    yield Env(target, node.info.address, ssh_key, node_host, made[0], made[1])
+    yield Env(target, node.info.address, ssh_key, node_host, made[0], made[1], made[2])
     for account in made:
         with contextlib.suppress(Exception):  # the node is thrown away anyway
             node_host.run("python3 -c %s %s %s",
@@ -439,3 +446,156 @@ def test_over_quota_flips_when_the_accounts_limit_is_lowered(env: Env, limit: st
     after = env.usage()[name]
     assert not after.over_quota
     assert after.limits == before.limits
+
+
+# -- the hourly limit on every way an account sends ------------------------------------------------
+AS_USER = "setpriv --reuid={0} --regid={0} --init-groups"
+SEND_BY_SMTP = ("import smtplib, sys\n"
+                "s = smtplib.SMTP('127.0.0.1', 25, local_hostname='localhost', timeout=30)\n"
+                "try:\n"
+                "    s.sendmail(sys.argv[1], [sys.argv[1]], 'Subject: %s\\r\\n\\r\\nx\\r\\n' % sys.argv[2])\n"
+                "    print('sent')\n"
+                "except smtplib.SMTPResponseException as exc:\n"
+                "    print('refused', exc.smtp_code, exc.smtp_error.decode())\n"
+                "finally:\n"
+                "    s.close()\n")
+MAIL_PHP = ("<?php\n"
+            "$ok = mail($_GET['to'], $_GET['subject'], \"x\\n\");\n"
+            "echo $ok ? 'sent' : 'refused';\n")
+
+
+def by_php(env: Env, account: Account, subject: str) -> tuple[bool, str]:
+    reply = httpx.get(f"http://{env.address}/mail-probe.php",
+                      params={"to": account.address, "subject": subject},
+                      headers={"Host": account.domain}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.text.strip() == "sent", reply.text
+
+
+def by_sendmail(env: Env, account: Account, subject: str) -> tuple[bool, str]:
+    out = env.host.run(f"printf 'To: %s\\nSubject: %s\\n\\nx\\n' %s %s | {AS_USER} /usr/sbin/sendmail -t -i",
+                       account.address, subject, account.name)
+    return out.rc == 0, f"rc={out.rc} {out.stderr}"
+
+
+def by_smtp_to_localhost(env: Env, account: Account, subject: str) -> tuple[bool, str]:
+    out = env.host.check_output(f"{AS_USER} python3 -c %s %s %s", account.name, SEND_BY_SMTP, account.address,
+                                subject)
+    return out.strip() == "sent", out
+
+
+def by_submission(env: Env, account: Account, subject: str) -> tuple[bool, str]:
+    smtp = env.submission(account)
+    try:
+        smtp.sendmail(account.address, [account.address], f"Subject: {subject}\r\n\r\nx\r\n")
+    except smtplib.SMTPDataError as exc:
+        return False, f"{exc.smtp_code} {exc.smtp_error.decode()}"
+    finally:
+        with contextlib.suppress(smtplib.SMTPException):
+            smtp.quit()
+    return True, "sent"
+
+
+PATHS = {"php-mail": by_php, "sendmail": by_sendmail, "smtp-localhost": by_smtp_to_localhost,
+         "submission": by_submission}
+
+
+@pytest.fixture(scope="module")
+def mail_probe(env: Env) -> Iterator[None]:
+    """A PHP page in the ``hourly`` account's site that sends with mail()."""
+    account = env.hourly
+    path = f"/srv/hosting/{account.name}/public_html/mail-probe.php"
+    env.python("import sys\nwith open(sys.argv[1], 'w') as f:\n    f.write(sys.argv[2])\n", path, MAIL_PHP)
+    env.host.check_output("chown %s: %s", account.name, path)
+    yield
+    env.host.run("rm -f %s", path)
+
+
+def hour_count(env: Env, account: Account) -> int:
+    rows = json.loads(env.policy_sql(
+        "SELECT COUNT(*) FROM sent WHERE account=? AND ts > strftime('%s','now') - 3600", account.name))
+    return int(rows[0][0])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_the_61st_message_in_an_hour_is_refused_whichever_way_it_is_sent(
+        env: Env, mail_probe: None, path: str) -> None:
+    account, send_by = env.hourly, PATHS[path]
+    assert account.spec.plan.mail_per_hour == 60
+    env.policy_sql("DELETE FROM sent WHERE account=?", account.name)
+    # 59 messages sent within the hour (a minute ago).
+    env.python("import sqlite3, sys, time\n"
+               "c = sqlite3.connect(sys.argv[1], timeout=10)\n"
+               "c.executemany('INSERT INTO sent (account, ts, rcpts) VALUES (?, ?, 1)',\n"
+               "              [(sys.argv[2], time.time() - 60)] * 59)\n"
+               "c.commit()\n", POLICY_DB, account.name)
+    try:
+        subject = f"{path} {uuid.uuid4().hex}"
+        ok, detail = send_by(env, account, f"{subject} 60th")
+        assert ok, detail  # the 60th goes out ...
+        assert hour_count(env, account) == 60  # ... counted for the account
+        ok, detail = send_by(env, account, f"{subject} 61st")
+        assert not ok, detail  # the 61st is refused ...
+        assert "Hourly sending limit of 60" in detail or path == "php-mail", detail
+        assert hour_count(env, account) == 60  # ... and not counted
+        wait_for(lambda: env.inbox_with_subject(account, f"{subject} 60th") == 1, 30, "the 60th message")
+        assert env.inbox_with_subject(account, f"{subject} 61st") == 0
+    finally:
+        env.policy_sql("DELETE FROM sent WHERE account=?", account.name)
+
+
+@pytest.mark.parametrize("command", ["/usr/sbin/sendmail.postfix -i {rcpt}", "/usr/sbin/postdrop"],
+                         ids=["postfix-sendmail", "postdrop"])
+def test_postfixs_own_queue_refuses_the_accounts(env: Env, command: str) -> None:
+    account = env.hourly
+    submit = command.format(rcpt=account.address)
+    out = env.host.run(f"printf 'Subject: around\\n\\nx\\n' | {AS_USER} {submit}", account.name)
+    assert out.rc != 0
+    assert "not allowed to submit mail" in out.stderr, out.stderr
+    # The node's system users still have Postfix's sendmail.
+    root = env.host.run("printf 'Subject: root\\n\\nx\\n' | /usr/sbin/sendmail -i %s", account.address)
+    assert root.rc == 0, root.stderr
+
+
+# -- message size and the login log ----------------------------------------------------------------
+def test_the_50_mb_message_limit_is_enforced(env: Env) -> None:
+    limit = 50 * MIB
+    assert int(env.postconf("message_size_limit")) == limit
+    sender = env.sender
+
+    def submit(size: int) -> tuple[int, bytes]:
+        line = b"x" * 998 + b"\r\n"
+        head = f"From: {sender.address}\r\nSubject: size {size}\r\n\r\n".encode()
+        body = line * ((size - len(head)) // len(line))
+        smtp = env.submission(sender)
+        try:
+            # No SIZE= at MAIL FROM: the server must measure the content itself.
+            assert smtp.mail(sender.address)[0] == 250
+            assert smtp.rcpt(sender.address)[0] == 250
+            return smtp.data(head + body)
+        except smtplib.SMTPResponseException as exc:
+            return exc.smtp_code, exc.smtp_error
+        finally:
+            with contextlib.suppress(smtplib.SMTPException):
+                smtp.quit()
+
+    under_code, under_reply = submit(limit - 64 * 1024)
+    over_code, over_reply = submit(limit + 4 * 1024)
+    assert under_code == 250, under_reply
+    assert over_code == 552 and b"size" in over_reply.lower(), (over_code, over_reply)
+    found = re.search(rb"queued as ([0-9A-F]+)", under_reply)
+    assert found
+    env.host.run("postsuper -d %s", found.group(1).decode())  # not needed in the mailbox
+
+
+def test_an_smtp_auth_login_is_in_the_login_log(env: Env) -> None:
+    sender = env.sender
+    smtp = env.submission(sender)
+    try:
+        smtp.sendmail(sender.address, [sender.address], f"Subject: login {uuid.uuid4().hex}\r\n\r\nx\r\n")
+    finally:
+        smtp.quit()
+    line = re.compile(r"postfix/submission/smtpd\[\d+\]: [0-9A-F]+: client=\S*\[10\.213\.0\.1\]"
+                      rf".*sasl_username={re.escape(sender.address)}")
+    wait_for(lambda: any(line.search(x) for x in env.host.file("/var/log/hosting/logins.log")
+                         .content_string.splitlines()), 20, "the SMTP AUTH login in the login log")

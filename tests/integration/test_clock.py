@@ -146,35 +146,38 @@ def test_a_paid_service_is_never_shut_down(world: ClockWorld) -> None:
 
 def test_stages_run_on_their_day_never_before_and_in_order(world: ClockWorld) -> None:
     sid = world.service("hosting:mega:example.si:12m", E)
-    for day in days(E - timedelta(days=30), E + timedelta(days=59)):
+    for day in days(E - timedelta(days=30), E + timedelta(days=60)):
         world.sweep(day)
     assert world.get(sid).state == "expired"  # FCB keeps the data 60 days
-    world.sweep(E + timedelta(days=60))
+    world.sweep(E + timedelta(days=61))
     assert world.get(sid).state == "deleted"
     _, proforma = world.renewal(sid) or (None, None)
     assert proforma is not None and proforma.state == "cancelled"  # no reactivation now
-    for day in days(E + timedelta(days=61), E + timedelta(days=89)):
+    for day in days(E + timedelta(days=62), E + timedelta(days=90)):
         world.sweep(day)
     assert world.get(sid).state == "deleted"
-    world.sweep(E + timedelta(days=90))
+    world.sweep(E + timedelta(days=91))
     assert world.get(sid).state == "purged"
     records = clock.stage_records(world.factory, sid)
     assert [(r["stage"], r["done_on"]) for r in records] == [
         ("shutdown", str(E + timedelta(days=1))),
-        ("delete_data", str(E + timedelta(days=60))),
-        ("purge_backups", str(E + timedelta(days=90))),
+        ("delete_data", str(E + timedelta(days=61))),
+        ("purge_backups", str(E + timedelta(days=91))),
     ]
     assert all(r["done_on"] >= r["due_on"] for r in records)
-    for day in days(E + timedelta(days=91), E + timedelta(days=120)):
+    for day in days(E + timedelta(days=92), E + timedelta(days=120)):
         assert world.sweep(day).actions == []
 
 
 def test_iserver_removes_files_and_backups_once_more_than_30_days_late(world: ClockWorld) -> None:
     sid = world.service("hosting:mega:example.si:12m", E, brand="iserver")
-    for day in days(E - timedelta(days=30), E + timedelta(days=29)):
+    for day in days(E - timedelta(days=30), E + timedelta(days=30)):
         world.sweep(day)
+    # day 30 after expiry is 30 days late, not more: the data stay (002 §7)
     assert world.get(sid).state == "expired"
-    world.sweep(E + timedelta(days=30))
+    assert count(world, StageRecord, StageRecord.service_id == sid,
+                 StageRecord.stage == "delete_data") == 0
+    world.sweep(E + timedelta(days=31))
     assert world.get(sid).state == "purged"
 
 
@@ -190,7 +193,7 @@ def test_a_stage_step_queued_early_refuses_to_run(world: ClockWorld) -> None:
 
         record(s, order_id, [StepSpec(key, "clock.delete_data", (), {
             "service_id": sid, "term_expiry": E.isoformat(),
-            "due_on": (E + timedelta(days=60)).isoformat()}, sid)])
+            "due_on": (E + timedelta(days=61)).isoformat()}, sid)])
         s.execute(Step.__table__.update().where(Step.key == key).values(state="queued"))
     outcome = world.runner.run_step(key)
     assert outcome.status == "failed" and "not due before" in outcome.detail
@@ -308,10 +311,11 @@ def test_customer_export_and_erasure(world: ClockWorld) -> None:
     cid = world.get(sid).customer_id
     exported = gdpr.export_customer(world.factory, cid, "ops")
     assert exported["customer"]["email"] == "ana@example.si"
+    assert exported["customer"]["brand"] == "fcb"
     assert [s["id"] for s in exported["services"]] == [sid]
     with pytest.raises(Conflict, match="still has services"):
         gdpr.erase_customer(world.factory, cid, "ops")
-    for day in days(E - timedelta(days=30), E + timedelta(days=90)):
+    for day in days(E - timedelta(days=30), E + timedelta(days=91)):
         world.sweep(day)
     assert world.get(sid).state == "purged"
     result = gdpr.erase_customer(world.factory, cid, "ops")

@@ -52,7 +52,7 @@ def sandbox(tmp_path: Path, schema: etree.XMLSchema) -> Iterator[Sandbox]:
         invalid = []
         for message in sb.server.trace:
             if not schema.validate(etree.fromstring(message)):
-                invalid.append((message.decode()[:400], str(schema.error_log.last_error)))
+                invalid.append((message.decode()[:1400], str(schema.error_log.last_error)))
         assert not invalid, invalid
 
 
@@ -204,10 +204,89 @@ def test_expiry_quarantine_and_auto_renew_follow_the_clock(us: EppClient, them: 
     assert "pendingDelete" in info.statuses
     assert not us.check_domains(["poteka.si"])["poteka.si"].available
     assert before and them.info_domain("auto.com").expires == add_period(before, 12)
-    # reactivation during quarantine (a renew by the sponsor)
+    assert [c["op"] for c in sandbox.charges("auto.com")] == ["create", "autoRenew"]
+    # reactivation during quarantine: an RFC 3915 restore (billed), then a renew
+    assert info.expires is not None and info.in_redemption
+    assert info.rgp_statuses == ("redemptionPeriod",)
+    with pytest.raises(StatusProhibits, match="restore it first"):
+        us.renew_domain("poteka.si", info.expires, 1)
+    us.restore_domain("poteka.si")  # past its expiry: restored with a year's renewal
+    restored = us.info_domain("poteka.si")
+    assert not restored.in_redemption and restored.statuses == ("ok",)
+    assert restored.expires == add_period(info.expires, 12)
+    assert [c["op"] for c in sandbox.charges("poteka.si")] == ["create", "restore", "renew"]
+
+
+def test_gtld_deleted_before_expiry_is_not_auto_renewed_and_can_be_restored(
+        us: EppClient, sandbox: Sandbox) -> None:
+    us.create_domain("izbrisi.com", 1, "PVTEST1", {}, NS, auth_info="code-izbrisi")
+    us.create_domain("ostane.com", 1, "PVTEST1", {}, NS, auth_info="code-ostane")
+    sandbox.faults.set(clock_offset_days=364)
+    us.delete_domain("izbrisi.com")
+    sandbox.faults.set(clock_offset_days=367)
+    info = us.info_domain("izbrisi.com")
+    assert info.in_redemption
+    assert sandbox.charges("izbrisi.com", "autoRenew") == []
+    # the one nobody deleted was renewed by the registry, at our cost
+    assert [c["op"] for c in sandbox.charges("ostane.com")] == ["create", "autoRenew"]
+    us.restore_domain("izbrisi.com")
     assert info.expires is not None
-    us.renew_domain("poteka.si", info.expires, 1)
-    assert us.info_domain("poteka.si").statuses == ("ok",)
+    assert us.info_domain("izbrisi.com").expires == add_period(info.expires, 12)
+    assert [c["op"] for c in sandbox.charges("izbrisi.com")] == ["create", "restore", "renew"]
+
+
+def test_domain_deleted_before_expiry_is_restored_with_its_expiry(us: EppClient,
+                                                                  sandbox: Sandbox) -> None:
+    created = us.create_domain("nazaj.com", 1, "PVTEST1", {}, NS, auth_info="code-nazaj")
+    sandbox.faults.set(clock_offset_days=360)
+    us.delete_domain("nazaj.com")
+    us.restore_domain("nazaj.com")
+    assert created.expires is not None
+    assert us.info_domain("nazaj.com").expires == created.expires
+    assert us.renew_domain("nazaj.com", created.expires, 1) == add_period(created.expires, 12)
+    assert [c["op"] for c in sandbox.charges("nazaj.com")] == ["create", "restore", "renew"]
+
+
+def test_at_deletion_at_expiry_keeps_it_until_expiry_and_stops_the_auto_renew(
+        us: EppClient, sandbox: Sandbox) -> None:
+    us.create_domain("konec.at", 1, "PVTEST1", {}, NS, auth_info="code-konec")
+    with pytest.raises(InvalidInput, match="no deletion at expiry"):
+        us.delete_domain("other.com", at_expiry=True)  # refused before anything is sent
+    sandbox.faults.set(clock_offset_days=360)
+    us.delete_domain("konec.at", at_expiry=True)
+    info = us.info_domain("konec.at")
+    assert not info.in_redemption and info.statuses == ("ok",)  # still works until expiry
+    sandbox.faults.set(clock_offset_days=367)
+    info = us.info_domain("konec.at")
+    assert info.in_redemption
+    assert [c["op"] for c in sandbox.charges("konec.at")] == ["create"]
+    with pytest.raises(RegistryRefused, match="cannot be restored"):
+        us.restore_domain("konec.at")
+
+
+def test_at_auto_renews_without_a_scheduled_deletion(us: EppClient, sandbox: Sandbox) -> None:
+    us.create_domain("ostane.at", 1, "PVTEST1", {}, NS, auth_info="code-ostane")
+    sandbox.faults.set(clock_offset_days=367)
+    assert not us.info_domain("ostane.at").in_redemption
+    assert [c["op"] for c in sandbox.charges("ostane.at")] == ["create", "autoRenew"]
+
+
+def test_si_never_activated_is_deleted_with_a_refund_within_16_days(
+        us: EppClient, sandbox: Sandbox) -> None:
+    us.create_domain("brez-ns.si", 1, "PVTEST1", {})  # no name servers: never activated
+    us.create_domain("z-ns.si", 1, "PVTEST1", {}, NS)  # name servers set: activated
+    us.create_domain("pozno.si", 1, "PVTEST1", {})
+    sandbox.faults.set(clock_offset_days=15)
+    us.delete_domain("brez-ns.si")
+    us.delete_domain("z-ns.si")
+    assert us.check_domains(["brez-ns.si"])["brez-ns.si"].available  # freed at once
+    assert [c["op"] for c in sandbox.charges("brez-ns.si")] == ["create", "refund"]
+    assert us.info_domain("z-ns.si").in_redemption
+    assert [c["op"] for c in sandbox.charges("z-ns.si")] == ["create"]
+    sandbox.faults.set(clock_offset_days=17)
+    us.delete_domain("pozno.si")  # after 16 days: a plain deletion, no refund
+    assert [c["op"] for c in sandbox.charges("pozno.si")] == ["create"]
+    assert us.info_domain("pozno.si").in_redemption
 
 
 def test_si_transfer_code_expires_after_16_days(us: EppClient, them: EppClient,

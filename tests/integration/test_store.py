@@ -40,7 +40,7 @@ def test_numbers_are_gapless_with_concurrent_writers_and_rollbacks(db_url: str) 
             for rollback in chunk:
                 try:
                     with transaction(factory) as s:
-                        n = next_number(s, "test", 2026)
+                        n = next_number(s, "test", "fcb", 2026)
                         if rollback:
                             raise Rollback
                 except Rollback:

@@ -62,6 +62,8 @@ class PaymentNotice:
     occurred_at: datetime | None  # timezone-aware UTC
     reverses_txn: str | None = None  # for reversals: the txn it reverses
     raw: bytes = b""  # the exact bytes this notice came from
+    account: str | None = None  # bank: the account (IBAN) it was booked on; it pays only
+    # a proforma of the brand whose account that is
 
     def __post_init__(self) -> None:
         if not self.provider or len(self.provider) > MAX_PROVIDER:

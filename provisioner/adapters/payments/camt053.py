@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
@@ -191,12 +192,15 @@ def account_id(value: str) -> str:
     return "".join(value.split()).upper()
 
 
-def parse_camt053(data: bytes, *, account_iban: str | None = None,
+def parse_camt053(data: bytes, *, account_iban: str | Collection[str] | None = None,
                   max_bytes: int = DEFAULT_MAX_BYTES) -> list[PaymentNotice]:
-    """Every entry (or batched transaction) of every statement in ``data``.
+    """Every entry (or batched transaction) of every statement in ``data``; each notice
+    names the account it was booked on (``account``), so it pays only a proforma of
+    the brand whose account that is.
 
-    With ``account_iban`` (ours), a document holding a statement of any other account
-    is refused whole: another account's credits are not payments to us.
+    With ``account_iban`` (ours: one IBAN, or each brand's), a document holding a
+    statement of any other account is refused whole: another account's credits are not
+    payments to us.
 
     Raises InvalidInput for over-size, malformed, DOCTYPE-carrying or non-camt.053
     input, a statement of another account, and for entries without a readable amount
@@ -208,15 +212,19 @@ def parse_camt053(data: bytes, *, account_iban: str | None = None,
     statements = q.findall(root, "BkToCstmrStmt/Stmt")
     if not statements:
         raise InvalidInput("camt.053 document has no BkToCstmrStmt/Stmt")
-    ours = account_id(account_iban) if account_iban is not None else None
+    if account_iban is None:
+        ours: set[str] | None = None
+    else:
+        given = [account_iban] if isinstance(account_iban, str) else list(account_iban)
+        ours = {account_id(a) for a in given if a.strip()}
     for stmt in statements:
         iban = q.text(stmt, "Acct/Id/IBAN", "Acct/Id/Othr/Id")
         if iban is None:
             raise InvalidInput("camt.053 statement has no account id")
         iban = iban.replace(" ", "").upper()  # as in every event id stored so far
-        if ours is not None and account_id(iban) != ours:
+        if ours is not None and account_id(iban) not in ours:
             raise InvalidInput(f"camt.053 statement of account {iban}, which is not our account "
-                               f"({ours}); nothing imported")
+                               f"({', '.join(sorted(ours))}); nothing imported")
         for entry in q.findall(stmt, "Ntry"):
             notices.extend(_entry_notices(q, iban, entry))
     return notices
@@ -298,6 +306,7 @@ def _entry_notices(q: _Q, iban: str, entry: etree._Element) -> list[PaymentNotic
                 reference=reference,
                 payer=_party_name(q, tx, payer_role),
                 occurred_at=occurred_at,
+                account=account_id(iban),
                 reverses_txn=(e2e or reference) if kind == REVERSAL else None,
                 raw=raw,
             )
@@ -305,4 +314,24 @@ def _entry_notices(q: _Q, iban: str, entry: etree._Element) -> list[PaymentNotic
     return notices
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "PROVIDER", "account_id", "parse_camt053"]
+def payer_account(raw: bytes, txn_id: str | None = None) -> str | None:
+    """The payer's IBAN (``RltdPties/DbtrAcct/Id/IBAN``) of a credit, from the entry's XML
+    a notice kept as ``raw``: the transaction whose bank reference is ``txn_id`` in a batch,
+    else the entry's only one. None when the statement does not name it. A refund of a
+    bank payment goes back to this account (issue 17, item 3)."""
+    try:
+        entry = etree.fromstring(bytes(raw), parser=_parser())
+    except (etree.XMLSyntaxError, ValueError):
+        return None
+    q = _Q(etree.QName(entry).namespace or "")
+    txs = [tx for details in q.findall(entry, "NtryDtls") for tx in q.findall(details, "TxDtls")]
+    if len(txs) > 1 and txn_id:
+        txs = [tx for tx in txs if txn_id in (q.text(tx, "Refs/AcctSvcrRef"),
+                                               q.text(tx, "Refs/EndToEndId"))] or txs[:0]
+    if len(txs) != 1:
+        return None
+    iban = q.text(txs[0], "RltdPties/DbtrAcct/Id/IBAN")
+    return account_id(iban) if iban else None
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "PROVIDER", "account_id", "parse_camt053", "payer_account"]

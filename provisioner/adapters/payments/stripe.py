@@ -41,10 +41,13 @@ currencies whose Stripe representation is a special case.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 
@@ -56,7 +59,7 @@ from provisioner.adapters.payments import (
     bounded_amount,
     currency_code,
 )
-from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature
+from provisioner.errors import ConfigurationError, InvalidInput, InvalidSignature, TransientError
 
 PROVIDER = "stripe"
 
@@ -261,3 +264,79 @@ def parse_stripe(payload: bytes) -> PaymentNotice:
 
 
 __all__ = ["PROVIDER", "minor_to_major", "parse_stripe", "verify_stripe"]
+
+
+# -- refunds (issue 17, item 3: a withdrawal's money back to the card) --------------------
+@dataclass(frozen=True)
+class RefundReceipt:
+    """What Stripe answered for a refund: its id (``re_...``), status and amount."""
+
+    id: str
+    status: str  # succeeded | pending | requires_action | failed | canceled
+    amount: Decimal
+    currency: str
+
+
+def major_to_minor(amount: Decimal, currency: str) -> int:
+    """A Decimal amount in major units as Stripe's integer minor units."""
+    code = currency.upper()
+    if code in AMBIGUOUS:
+        raise InvalidInput(f"Stripe amounts in {code} are a special case; not supported")
+    exponent = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+    minor = bounded_amount(amount, what=f"refund in {code}", places=exponent).scaleb(exponent)
+    return int(minor)
+
+
+def _api_base(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query:
+        raise ConfigurationError(f"stripe_api_base is not a base URL: {url!r}")
+    if parts.scheme == "http":
+        try:
+            loopback = ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            loopback = parts.hostname == "localhost"
+        if not loopback:
+            raise ConfigurationError("stripe_api_base must be https (http only on a loopback "
+                                     f"address, a local stand-in): {url!r}")
+    return url.rstrip("/")
+
+
+class StripeRefunds:
+    """Card refunds through the official SDK (``StripeClient``'s ``v1.refunds.create``,
+    the same ``POST /v1/refunds`` as ``stripe.Refund.create``), pointed at ``api_base``
+    without touching the SDK's process-wide globals. Every refund carries the caller's
+    idempotency key, so a retry after a lost answer gets Stripe's first answer back
+    and never refunds twice; the SDK's own retries are off (the step retries)."""
+
+    def __init__(self, api_key: str, api_base: str = stripe.DEFAULT_API_BASE,
+                 timeout_s: float = 30.0) -> None:
+        if not api_key:
+            raise ConfigurationError("stripe_secret_key is not set: no card refund can be made")
+        self._client = stripe.StripeClient(
+            api_key, base_addresses={"api": _api_base(api_base)}, max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout_s))
+
+    def refund(self, *, payment_intent: str, amount: Decimal, currency: str, idempotency_key: str,
+               metadata: dict[str, str]) -> RefundReceipt:
+        params: dict[str, Any] = {"payment_intent": payment_intent,
+                                  "amount": major_to_minor(amount, currency),
+                                  "reason": "requested_by_customer", "metadata": metadata}
+        try:
+            refund = self._client.v1.refunds.create(params,  # type: ignore[arg-type]
+                                                    {"idempotency_key": idempotency_key})
+        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+            raise TransientError(f"Stripe refund {idempotency_key}: {exc.user_message or exc}") from None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise ConfigurationError(f"Stripe refused our key: {exc.user_message or exc}") from None
+        except stripe.IdempotencyError as exc:
+            raise InvalidInput(f"Stripe refund {idempotency_key} was made with other "
+                               f"parameters: {exc.user_message or exc}") from None
+        except stripe.InvalidRequestError as exc:
+            raise InvalidInput(f"Stripe refused the refund {idempotency_key}: "
+                               f"{exc.user_message or exc}") from None
+        except stripe.StripeError as exc:  # 5xx and the like: Stripe's side, try again
+            raise TransientError(f"Stripe refund {idempotency_key}: {exc.user_message or exc}") from None
+        code = str(refund.currency).upper()
+        return RefundReceipt(str(refund.id), str(refund.status), minor_to_major(int(refund.amount), code),
+                             code)

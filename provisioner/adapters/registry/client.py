@@ -111,6 +111,12 @@ class DomainInfo:
     expires: date | None
     transferred: datetime | None
     auth_info: str | None
+    #: RFC 3915 grace-period states (``redemptionPeriod``: deleted or lapsed, restorable)
+    rgp_statuses: tuple[str, ...] = ()
+
+    @property
+    def in_redemption(self) -> bool:
+        return "redemptionPeriod" in self.rgp_statuses or "pendingDelete" in self.statuses
 
 
 @dataclass(frozen=True)
@@ -440,6 +446,8 @@ class EppClient:
             expires=p.parse_date(p.text(inf, "domain:exDate")),
             transferred=p.parse_datetime(p.text(inf, "domain:trDate")),
             auth_info=p.text(inf, "domain:authInfo/domain:pw"),
+            rgp_statuses=tuple(str(s.get("s")) for s in resp.root.iterfind(
+                "epp:response/epp:extension/rgp:infData/rgp:rgpStatus", p.NSMAP)),
         )
 
     def renew_domain(self, name: str, current_expiry: date, period_years: int) -> date | None:
@@ -513,12 +521,33 @@ class EppClient:
         self._finish(cmd)
         self.execute(root, "domain:update", query=False)
 
-    def delete_domain(self, name: str) -> None:
+    def delete_domain(self, name: str, *, at_expiry: bool = False) -> None:
+        """Delete the domain now, or (``at_expiry``, where the registry supports it: .at)
+        schedule its deletion at expiry, so the registry does not renew it."""
         name = normalize_domain(name)
         root, cmd, obj = self._command("delete", p.DOMAIN_NS)
         p.sub(obj, p.DOMAIN_NS, "name", name)
-        self._finish(cmd)
+        ext = None
+        if at_expiry:
+            if not self.profile(name).delete_at_expiry:
+                raise InvalidInput(f".{name.rsplit('.', 1)[-1]} has no deletion at expiry")
+            ext = etree.Element(p.q(p.AT_DOMAIN_NS, "delete"),
+                                nsmap={"at-ext-domain": p.AT_DOMAIN_NS})
+            p.sub(ext, p.AT_DOMAIN_NS, "scheduledate", "expiration")
+        self._finish(cmd, [ext])
         self.execute(root, "domain:delete", query=False)
+
+    def restore_domain(self, name: str) -> None:
+        """RFC 3915 restore request: bring a domain in its redemption (quarantine) period
+        back; the registry bills the restore. A renew follows for the new term."""
+        name = normalize_domain(name)
+        root, cmd, obj = self._command("update", p.DOMAIN_NS)
+        p.sub(obj, p.DOMAIN_NS, "name", name)
+        p.sub(obj, p.DOMAIN_NS, "chg")
+        ext = etree.Element(p.q(p.RGP_NS, "update"), nsmap={"rgp": p.RGP_NS})
+        p.sub(ext, p.RGP_NS, "restore", op="request")
+        self._finish(cmd, [ext])
+        self.execute(root, "domain:update restore", query=False)
 
     # -- contacts --------------------------------------------------------------------
     def check_contacts(self, handles: Sequence[str]) -> dict[str, bool]:

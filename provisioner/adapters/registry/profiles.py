@@ -8,7 +8,11 @@ A profile decides what goes on the wire for its TLD; the client stays generic.
 * ``.eu`` (EURid): contacts carry the EURid contact extension (type, language); the
   transfer code is not in ``info`` but must be requested with the authInfo extension;
   renewed 5 days before expiry (house policy).
+* ``.at`` (nic.at): a deletion can be scheduled at expiry (its extension), which is how
+  the registry is told not to renew.
 * everything else: a generic gTLD profile (RFC 5731 only).
+What each registry does at expiry (auto-renew, cut-off, quarantine, restore fee) is in
+``provisioner.domain.tld_profiles``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from provisioner.adapters.registry.protocol import (
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.policy import BrandPolicy
+from provisioner.domain.tld_profiles import registry_profile
 from provisioner.errors import InvalidInput
 
 
@@ -68,6 +73,8 @@ class TldProfile:
     refund_window_days: int | None = None
     #: how long a transfer code stays valid (days), if the registry limits it
     auth_code_valid_days: int | None = None
+    #: .at: a deletion can be scheduled at expiry (the registry then does not renew)
+    delete_at_expiry: bool = False
 
     def check_period(self, years: int) -> int:
         if isinstance(years, bool) or not isinstance(years, int) or years not in self.periods_years:
@@ -111,4 +118,4 @@ def profile_for(tld: str, policy: BrandPolicy | None = None) -> TldProfile:
                           auth_code_valid_days=16)
     if tld == "eu":
         return TldProfile("eu", periods, early, auth_info_request=True, contact_extension="eurid")
-    return TldProfile(tld, periods, early)
+    return TldProfile(tld, periods, early, delete_at_expiry=registry_profile(tld).do_not_renew)

@@ -21,8 +21,12 @@ HOST_NS = "urn:ietf:params:xml:ns:host-1.0"
 DNSSI_NS = "http://www.arnes.si/xml/epp/dnssi-1.2"
 EURID_CONTACT_NS = "http://www.eurid.eu/xml/epp/contact-ext-1.3"
 EURID_AUTHINFO_NS = "http://www.eurid.eu/xml/epp/authInfo-1.1"
+#: RFC 3915: grace periods and the restore of a domain in redemption
+RGP_NS = "urn:ietf:params:xml:ns:rgp-1.0"
+#: nic.at's domain extension: a deletion scheduled at expiry (the .at "do not renew")
+AT_DOMAIN_NS = "http://www.nic.at/xsd/at-ext-domain-1.0"
 OBJ_URIS = (DOMAIN_NS, CONTACT_NS, HOST_NS)
-EXT_URIS = (DNSSI_NS, EURID_CONTACT_NS, EURID_AUTHINFO_NS)
+EXT_URIS = (DNSSI_NS, EURID_CONTACT_NS, EURID_AUTHINFO_NS, RGP_NS, AT_DOMAIN_NS)
 
 NSMAP = {
     "epp": EPP_NS,
@@ -32,6 +36,8 @@ NSMAP = {
     "dnssi": DNSSI_NS,
     "ce": EURID_CONTACT_NS,
     "ai": EURID_AUTHINFO_NS,
+    "rgp": RGP_NS,
+    "atd": AT_DOMAIN_NS,
 }
 
 #: Largest message either side accepts (a registry answer is a few kB).

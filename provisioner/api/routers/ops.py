@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks
+from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from provisioner.api.deps import Actor, State
-from provisioner.pipeline.usecases import ops
+from provisioner.pipeline.usecases import ops, reads
 
 
 class OrderIn(BaseModel):
     customer_id: int
     items: list[str] = Field(min_length=1, max_length=50)
     discount: str | None = None
-    brand: str | None = None
+    brand: str | None = None  # the customer's brand when none; another one is refused
+    paper_invoice: bool = False  # the invoice is posted too (the brand's fee on the proforma)
 
 
 class CustomerIn(BaseModel):
@@ -36,6 +37,7 @@ class CustomerIn(BaseModel):
     email: str
     phone: str
     lang: str = "sl"
+    brand: str | None = None  # fcb (default) or iserver: the company it is a customer of
 
 
 router = APIRouter()
@@ -51,7 +53,7 @@ def create_order(data: OrderIn, background: BackgroundTasks, state: State,
                  actor: Actor) -> dict[str, Any]:
     provisioner = state.provisioner
     result = ops.create_order(provisioner.factory, data.customer_id, data.items, data.discount,
-                              data.brand or state.settings.brand, actor)
+                              data.brand, actor, paper_invoice=data.paper_invoice)
     background.add_task(provisioner.runner.dispatch, result["order"])
     return result
 
@@ -74,6 +76,35 @@ def get_service(service_id: int, state: State, actor: Actor) -> dict[str, Any]:
     provisioner = state.provisioner
     return ops.show_service(provisioner.factory, service_id, actor,
                             planned=provisioner.planner.planned_kinds())
+
+
+# -- lists: each read is audited like a single one (a customer.read row per customer shown)
+@router.get("/services", tags=["ops"])
+def list_services(state: State, actor: Actor) -> list[dict[str, Any]]:
+    provisioner = state.provisioner
+    return reads.services(provisioner.factory, actor, planned=provisioner.planner.planned_kinds())
+
+
+@router.get("/payments", tags=["ops"])
+def list_payments(state: State, actor: Actor, unmatched: bool = False) -> list[dict[str, Any]]:
+    return reads.payments(state.provisioner.factory, actor, unmatched)
+
+
+@router.get("/invoices", tags=["ops"])
+def list_invoices(state: State, actor: Actor) -> list[dict[str, Any]]:
+    return reads.invoices(state.provisioner.factory, actor)
+
+
+@router.get("/proformas", tags=["ops"])
+def list_proformas(state: State, actor: Actor, proforma_state: str | None = Query(None, alias="state"),
+                   limit: int = Query(1000, ge=1, le=10_000)) -> list[dict[str, Any]]:
+    return reads.proformas(state.provisioner.factory, actor, proforma_state, limit)
+
+
+@router.get("/jobs", tags=["ops"])
+def list_jobs(state: State, actor: Actor, order: str | None = None,
+              failed: bool = False) -> list[dict[str, Any]]:
+    return reads.jobs(state.provisioner.factory, actor, order, failed)
 
 
 @router.get("/health", tags=["meta"])

@@ -253,7 +253,7 @@ async def bank_statement(request: Request, background: BackgroundTasks, state: S
         raise InvalidInput("send the camt.053 XML as the request body (application/xml)")
     provisioner = state.provisioner
     summary = await run_in_threadpool(ops.import_statement, provisioner.factory, body, actor,
-                                      provisioner.planner, account_iban=provisioner.settings.bank_iban)
+                                      provisioner.planner, account_iban=provisioner.settings.bank_accounts)
     for order_id in summary.pop("_settled_orders", []):
         background.add_task(provisioner.runner.dispatch, order_id)
     return summary

@@ -64,6 +64,7 @@ NODE_PACKAGES: tuple[str, ...] = (
     "quota",
     "rsyslog",
     "logrotate",
+    "restic",  # hosting-backup: nightly backups into the node's repository on the backup host
 )
 
 

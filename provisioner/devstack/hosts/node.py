@@ -13,17 +13,22 @@ from pathlib import Path
 
 from provisioner.adapters.hosting.ansible import PLAYBOOKS_DIR, ROLES_DIR, RunResult
 from provisioner.adapters.hosting.ansible import run_playbook as _run_playbook
+from provisioner.devstack.hosts.disk import attach_hosting_disk
 from provisioner.devstack.hosts.images import NODE, Layer, file_lock, run
 from provisioner.devstack.hosts.nspawn import HostInfo, NspawnHosts, _container_init
 from provisioner.errors import StepFailed
 
 PLAYBOOK = "hosting_node.yml"
 BUILDER = "node-image-build"
+# Per-node secrets the converge makes that must not be shared through the image (every
+# node converged from it makes its own again): the SSH key the node logs in to the
+# backup host with (roles/hosting_node, tasks/backup.yml).
+NODE_IDENTITY = ("etc/hosting/backup/id_ed25519", "etc/hosting/backup/id_ed25519.pub")
 
 
 def role_digest() -> str:
     """Hash of everything that decides what a converged node looks like."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(repr(NODE_IDENTITY).encode())
     files = sorted(p for p in (ROLES_DIR / "hosting_node").rglob("*") if p.is_file())
     for p in [PLAYBOOKS_DIR / PLAYBOOK, *files]:
         h.update(str(p.relative_to(ROLES_DIR.parent)).encode())
@@ -57,6 +62,8 @@ def ensure_node_image(hosts: NspawnHosts, *, timeout_s: float = 1200) -> Layer:
             result = converge(info, timeout_s=timeout_s)
             result.raise_for_status("hosts.node_image")
             _poweroff(hosts, info)
+            for rel in NODE_IDENTITY:
+                (hosts.host_dir(BUILDER) / "upper" / rel).unlink(missing_ok=True)
             hosts.snapshot(BUILDER, layer)
         finally:
             hosts.down(BUILDER)
@@ -66,7 +73,9 @@ def ensure_node_image(hosts: NspawnHosts, *, timeout_s: float = 1200) -> Layer:
 def up_node(hosts: NspawnHosts, name: str) -> HostInfo:
     """Boot ``name`` from the converged-node image (built first if needed)."""
     layer = ensure_node_image(hosts)
-    return hosts.up(name, layer=layer)
+    info = hosts.up(name, layer=layer)
+    attach_hosting_disk(info)  # /srv/hosting on a block device of its own (IOPS caps)
+    return info
 
 
 def _poweroff(hosts: NspawnHosts, info: HostInfo, timeout_s: float = 60) -> None:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,22 @@ class Sandbox:
         )
         values.update(over)
         return RegistryConfig(**values)
+
+    def charges(self, name: str | None = None, op: str | None = None) -> list[dict[str, Any]]:
+        """The registrar bill: every billable event (create, renew, autoRenew, restore,
+        transfer, refund), oldest first."""
+        sql, args = "SELECT * FROM charges WHERE 1 = 1", list[str]()
+        if name is not None:
+            sql, args = sql + " AND name = ?", [*args, name]
+        if op is not None:
+            sql, args = sql + " AND op = ?", [*args, op]
+        store = self.server.store
+        with store.lock:
+            return store.all(sql + " ORDER BY id", *args)
+
+    def at(self, day: date) -> None:
+        """Move the registry's clock so that today is ``day`` (time of day unchanged)."""
+        self.faults.set(clock_offset_days=(day - datetime.now(UTC).date()).days)
 
     def other_config(self, **over: Any) -> RegistryConfig:
         """The competitor registrar (owns domains we transfer in)."""

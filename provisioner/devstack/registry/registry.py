@@ -4,7 +4,14 @@ One registry serving several TLDs (as a registry back-end does), with per-TLD ru
 periods, auth codes (.si: made by the registry, valid 16 days or until used; .eu: handed
 out on request), transfers (immediate with the right code, expiry + 1 year; gTLDs pending
 five days unless the losing registrar acts), expiry (.si, .eu go into quarantine; gTLDs
-and .at are auto-renewed by the registry) and quarantine / redemption after delete.
+and .at are auto-renewed by the registry, billed to the registrar, unless deleted first;
+.at can also be told to delete at expiry) and quarantine / redemption after delete, from
+which the sponsor restores a domain with an RFC 3915 restore request (billed) before it
+can renew it. A .si registration never activated (no name servers ever set) and deleted
+within 16 days is refunded and freed at once.
+
+Every billable event (create, renew, autoRenew, restore, transfer, refund) is written to
+the ``charges`` table: the registrar's bill, which tests read to prove what cost us money.
 """
 
 from __future__ import annotations
@@ -35,12 +42,16 @@ class TldRules:
     registry_auth: bool = False  # the registry makes the transfer code (.si)
     auth_valid_days: int | None = None
     auth_on_request: bool = False  # .eu: code only via the authInfo extension
+    restorable: bool = True  # a domain in quarantine can be restored by its sponsor
+    refund_delete_days: int | None = None  # .si: never-activated, deleted within: refunded
+    delete_at_expiry: bool = False  # .at: a deletion can be scheduled at expiry
 
 
 RULES: dict[str, TldRules] = {
-    "si": TldRules(tuple(range(1, 6)), 30, registry_auth=True, auth_valid_days=16),
+    "si": TldRules(tuple(range(1, 6)), 30, registry_auth=True, auth_valid_days=16,
+                   refund_delete_days=16),
     "eu": TldRules(tuple(range(1, 11)), 40, auth_on_request=True, auth_valid_days=40),
-    "at": TldRules((1,), 30, expire_to_quarantine=False),
+    "at": TldRules((1,), 30, expire_to_quarantine=False, restorable=False, delete_at_expiry=True),
     "com": TldRules(tuple(range(1, 11)), 35, expire_to_quarantine=False, transfer_pending_days=5),
     "net": TldRules(tuple(range(1, 11)), 35, expire_to_quarantine=False, transfer_pending_days=5),
     "org": TldRules(tuple(range(1, 11)), 35, expire_to_quarantine=False, transfer_pending_days=5),
@@ -92,6 +103,10 @@ class Registry:
                            cl_id, iso(self.now()), msg,
                            json.dumps(data))
 
+    def charge(self, cl_id: str, name: str, op: str, years: int = 0) -> None:
+        self.store.execute("INSERT INTO charges (cl_id, name, op, years, at) VALUES (?, ?, ?, ?, ?)",
+                           cl_id, name, op, years, iso(self.now()))
+
     def domain(self, name: str) -> dict[str, Any]:
         row = self.store.get("domains", "name", name)
         if row is None:
@@ -112,9 +127,9 @@ class Registry:
             rules = RULES.get(row["tld"])
             if rules is None:
                 continue
-            if rules.expire_to_quarantine:
+            if rules.expire_to_quarantine or row.get("delete_at_expiry"):
                 row.update(state="quarantine", deleted_at=row["ex_date"],
-                           statuses=["pendingDelete", "serverHold"])
+                           statuses=["pendingDelete", "serverHold"], delete_at_expiry=0)
                 self.message(row["cl_id"], f"Domain {row['name']} expired; in quarantine",
                              {"name": row["name"], "event": "expired"})
             else:
@@ -122,6 +137,7 @@ class Registry:
                 assert ex is not None
                 while ex < now:
                     ex = plus_years(ex, 1)
+                    self.charge(row["cl_id"], row["name"], "autoRenew", 1)
                 row["ex_date"] = iso(ex)
                 self.message(row["cl_id"], f"Domain {row['name']} auto-renewed",
                              {"name": row["name"], "event": "autoRenew", "exDate": iso(ex)})
@@ -174,9 +190,10 @@ class Registry:
             "statuses": ["ok"] if ns else ["inactive"], "cl_id": cl_id, "cr_id": cl_id,
             "cr_date": iso(now), "up_date": None, "ex_date": iso(plus_years(now, years)),
             "tr_date": None, "auth_pw": auth, "auth_set_at": iso(now), "state": "active",
-            "deleted_at": None, "ns_set_at": iso(now) if ns else None,
+            "deleted_at": None, "ns_set_at": iso(now) if ns else None, "delete_at_expiry": 0,
         }
         self.store.put("domains", row)
+        self.charge(cl_id, name, "create", years)
         return row
 
     def info_domain(self, cl_id: str, name: str, auth: str | None,
@@ -221,11 +238,35 @@ class Registry:
         if new_ex > plus_years(self.now(), 10):
             raise EppFailure(2004, "a domain cannot be registered more than 10 years ahead")
         if row["state"] == "quarantine":
-            # reactivation during quarantine / redemption (restore, for a fee)
-            row.update(state="active", deleted_at=None,
-                       statuses=["ok"] if row["ns"] else ["inactive"])
+            raise EppFailure(2304, "the domain is in its redemption period: restore it first "
+                                   "(RFC 3915)")
         row["ex_date"] = iso(new_ex)
         row["up_date"] = iso(self.now())
+        row["delete_at_expiry"] = 0  # renewed: a scheduled deletion is withdrawn
+        self.store.put("domains", row)
+        self.charge(cl_id, name, "renew", years)
+        return row
+
+    def restore_domain(self, cl_id: str, name: str) -> dict[str, Any]:
+        """RFC 3915 restore request: a domain in redemption is active again at once (the
+        sandbox needs no restore report, as EURid's reactivation). One whose expiry has
+        passed is renewed with it, a year at a time from the old expiry (billed as renewals);
+        one deleted before its expiry keeps it."""
+        row = self.own_domain(name, cl_id)
+        rules = self.rules(name)
+        if row["state"] != "quarantine":
+            raise EppFailure(2304, "the domain is not in its redemption period")
+        if not rules.restorable:
+            raise EppFailure(2306, f".{row['tld']} domains cannot be restored")
+        now = self.now()
+        self.charge(cl_id, name, "restore")
+        ex = parse(row["ex_date"])
+        assert ex is not None
+        while ex < now:
+            ex = plus_years(ex, 1)
+            self.charge(cl_id, name, "renew", 1)
+        row.update(state="active", deleted_at=None, statuses=["ok"] if row["ns"] else ["inactive"],
+                   up_date=iso(now), ex_date=iso(ex))
         self.store.put("domains", row)
         return row
 
@@ -292,6 +333,7 @@ class Registry:
         now = self.now()
         ex = parse(row["ex_date"])
         assert ex is not None
+        self.charge(tr["re_id"], row["name"], "transfer", int(tr["period"]))
         row.update(
             cl_id=tr["re_id"], tr_date=iso(now), ex_date=iso(plus_years(ex, int(tr["period"]))),
             auth_pw=self.new_auth(), auth_set_at=iso(now),
@@ -352,16 +394,36 @@ class Registry:
             row["auth_set_at"] = iso(self.now())
         self.store.put("domains", row)
 
-    def delete_domain(self, cl_id: str, name: str) -> None:
+    def delete_domain(self, cl_id: str, name: str, at_expiry: bool = False) -> str:
+        """Delete now (into quarantine), or schedule the deletion at expiry (.at). Returns
+        what happened: ``quarantine``, ``scheduled`` or ``refunded`` (.si never activated,
+        within 16 days: the registration is refunded and the name freed)."""
         row = self.own_domain(name, cl_id)
+        rules = self.rules(name)
         if {"clientDeleteProhibited", "serverDeleteProhibited"} & set(row["statuses"]):
             raise EppFailure(2304, "delete prohibited by the domain's status")
         if row["state"] != "active":
             raise EppFailure(2304, "already pending delete")
         for host in self.store.all("SELECT name FROM hosts WHERE name LIKE ?", f"%.{name}"):
             raise EppFailure(2305, f"subordinate host {host['name']} exists")
-        row.update(state="quarantine", deleted_at=iso(self.now()), statuses=["pendingDelete"])
+        now = self.now()
+        if at_expiry:
+            if not rules.delete_at_expiry:
+                raise EppFailure(2306, f".{row['tld']} has no deletion at expiry")
+            row.update(delete_at_expiry=1, up_date=iso(now))
+            self.store.put("domains", row)
+            return "scheduled"
+        created = parse(row["cr_date"])
+        if (rules.refund_delete_days is not None and row.get("ns_set_at") is None
+                and created is not None and now - created <= timedelta(days=rules.refund_delete_days)):
+            self.store.delete("domains", "name", name)
+            self.charge(cl_id, name, "refund")
+            self.message(cl_id, f"Domain {name} deleted; registration refunded",
+                         {"name": name, "event": "deletedRefunded"})
+            return "refunded"
+        row.update(state="quarantine", deleted_at=iso(now), statuses=["pendingDelete"])
         self.store.put("domains", row)
+        return "quarantine"
 
     # -- contacts and hosts ----------------------------------------------------------
     def create_contact(self, cl_id: str, handle: str, data: dict[str, Any], auth: str) -> None:

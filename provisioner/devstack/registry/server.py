@@ -183,7 +183,8 @@ class SandboxHandler(socketserver.BaseRequestHandler):
         return root
 
     def response(self, code: int, cl_trid: str | None, res: etree._Element | None = None,
-                 msgq: dict[str, Any] | None = None, reason: str = "") -> etree._Element:
+                 msgq: dict[str, Any] | None = None, reason: str = "",
+                 extension: etree._Element | None = None) -> etree._Element:
         root = p.epp_root()
         r = p.sub(root, p.EPP_NS, "response")
         result = p.sub(r, p.EPP_NS, "result", code=str(code))
@@ -202,6 +203,8 @@ class SandboxHandler(socketserver.BaseRequestHandler):
         if res is not None:
             rd = p.sub(r, p.EPP_NS, "resData")
             rd.append(res)
+        if extension is not None:
+            p.sub(r, p.EPP_NS, "extension").append(extension)
         tr = p.sub(r, p.EPP_NS, "trID")
         if cl_trid:
             p.sub(tr, p.EPP_NS, "clTRID", cl_trid)
@@ -308,7 +311,11 @@ class SandboxHandler(socketserver.BaseRequestHandler):
             auth = p.text(obj, "domain:authInfo/domain:pw")
             want = cmd.find("epp:extension/ai:info/ai:request", p.NSMAP) is not None
             row, full = reg.info_domain(me, name, auth, want)
-            return self.response(1000, cl_trid, self.domain_inf(row, full))
+            rgp = None
+            if row["state"] == "quarantine":  # RFC 3915: the grace-period state
+                rgp = etree.Element(p.q(p.RGP_NS, "infData"), nsmap={"rgp": p.RGP_NS})
+                p.sub(rgp, p.RGP_NS, "rgpStatus", s="redemptionPeriod")
+            return self.response(1000, cl_trid, self.domain_inf(row, full), extension=rgp)
         if key == "domain:renew":
             name = _name(obj, "domain:name")
             period = obj.find("domain:period", p.NSMAP)
@@ -337,6 +344,13 @@ class SandboxHandler(socketserver.BaseRequestHandler):
             return self.response(code, cl_trid, res)
         if key == "domain:update":
             name = _name(obj, "domain:name")
+            restore = cmd.find("epp:extension/rgp:update/rgp:restore", p.NSMAP)
+            if restore is not None:  # RFC 3915
+                if restore.get("op") == "request":
+                    reg.restore_domain(me, name)
+                elif reg.own_domain(name, me)["state"] != "active":
+                    raise EppFailure(2304, "no restore is pending")
+                return self.response(1000, cl_trid)
             parts = {}
             for tag in ("add", "rem"):
                 el = obj.find(f"domain:{tag}", p.NSMAP)
@@ -356,7 +370,10 @@ class SandboxHandler(socketserver.BaseRequestHandler):
             reg.update_domain(me, name, parts["add"], parts["rem"], registrant, auth)
             return self.response(1000, cl_trid)
         if key == "domain:delete":
-            reg.delete_domain(me, _name(obj, "domain:name"))
+            when = p.text(cmd, "epp:extension/atd:delete/atd:scheduledate") or "now"
+            if when not in ("now", "expiration"):
+                raise EppFailure(2004, f"scheduledate {when!r} is not now or expiration")
+            reg.delete_domain(me, _name(obj, "domain:name"), at_expiry=when == "expiration")
             return self.response(1000, cl_trid)
         if key == "contact:check":
             res = _el(p.CONTACT_NS, "chkData")

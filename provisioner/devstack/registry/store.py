@@ -33,7 +33,12 @@ CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY AUTOINCREMENT, cl_id TEXT NOT NULL, qdate TEXT NOT NULL,
   msg TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS seq (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS charges (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, cl_id TEXT NOT NULL, name TEXT NOT NULL,
+  op TEXT NOT NULL, years INTEGER NOT NULL DEFAULT 0, at TEXT NOT NULL);
 """
+#: columns added after the first release: (table, column, definition)
+ADDED_COLUMNS = (("domains", "delete_at_expiry", "INTEGER NOT NULL DEFAULT 0"),)
 
 JSON_COLUMNS = frozenset({"contacts", "ns", "statuses", "data", "addrs"})
 
@@ -48,6 +53,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        for table, column, definition in ADDED_COLUMNS:  # a data dir from an older sandbox
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self.lock:

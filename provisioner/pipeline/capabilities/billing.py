@@ -1,6 +1,12 @@
 """Billing steps: invoice issuance, the proforma/payment/invoice e-mails, service
 activation.
 
+Brands: an invoice is its proforma's brand's: numbered in the brand's own gapless
+sequence of the year, with the issuer the proforma was issued by (stored on the
+proforma at issue time, copied into the invoice's snapshot), and marked ``to_post``
+when the order asked for a paper invoice. The proforma mail's payee and IBAN are the
+issuer's, never an installation-wide account.
+
 Each handler observes before it acts, so running it twice changes nothing the
 second time. The handlers are listed in `HANDLERS` at the end; the composition root
 (`provisioner.bootstrap`) gathers every capability's list into the runner's registry.
@@ -17,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from provisioner.domain import billing
 from provisioner.domain.lifecycle import ProformaState, ServiceState, add_period, earliest_event
+from provisioner.domain.policy import get_brand
 from provisioner.errors import Conflict, StepFailed
 from provisioner.pipeline.engine.plan import LinePlanner
 from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
@@ -58,6 +65,11 @@ def _lines(p: Proforma) -> list[dict[str, Any]]:
     ]
 
 
+def proforma_issuer(p: Proforma) -> dict[str, str]:
+    """Who issued proforma ``p``: as stored at issue time (the brand's details then)."""
+    return dict(p.issuer) if p.issuer else billing.issuer(get_brand(p.brand))
+
+
 def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
     """Issue the invoice of a paid proforma, once. Returns (invoice, created)."""
     existing = s.execute(
@@ -71,9 +83,12 @@ def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
     customer = s.get(Customer, p.order.customer_id)
     assert customer is not None
     year = p.paid_at.year
-    seq = next_number(s, "invoice", year)
+    brand = get_brand(p.brand)
+    seq = next_number(s, "invoice", brand.code, year)
     invoice = Invoice(
-        number=billing.invoice_number(year, seq),
+        number=billing.invoice_number(year, seq, brand),
+        brand=brand.code,
+        to_post=bool(p.order.paper_invoice),
         year=year,
         seq=seq,
         proforma_id=p.id,
@@ -84,6 +99,8 @@ def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
         gross=p.gross,
         currency=p.currency,
         snapshot={
+            "issuer": proforma_issuer(p),
+            "paper_invoice": bool(p.order.paper_invoice),
             "proforma": p.number,
             "reference": p.reference,
             "customer": {
@@ -102,7 +119,8 @@ def issue_invoice(s: Session, proforma_id: int) -> tuple[Invoice, bool]:
     )
     s.add(invoice)
     s.flush()
-    audit(s, SYSTEM, "invoice.issued", "invoice", invoice.number, {"proforma": p.number})
+    audit(s, SYSTEM, "invoice.issued", "invoice", invoice.number,
+          {"proforma": p.number, "brand": brand.code, "to_post": invoice.to_post})
     return invoice, True
 
 
@@ -125,7 +143,8 @@ def _customer_ctx(c: Customer) -> dict[str, Any]:
     return {"name": c.name, "company": c.company, "email": c.email, "lang": c.lang}
 
 
-def _proforma_ctx(ctx: StepContext, p: Proforma) -> dict[str, Any]:
+def _proforma_ctx(p: Proforma) -> dict[str, Any]:
+    issuer = proforma_issuer(p)
     return {
         "number": p.number,
         "issued_on": p.issued_on,
@@ -135,8 +154,10 @@ def _proforma_ctx(ctx: StepContext, p: Proforma) -> dict[str, Any]:
         "vat": p.vat,
         "gross": p.gross,
         "reference": p.reference,
-        "iban": ctx.settings.bank_iban,
-        "recipient": ctx.settings.bank_recipient,
+        "iban": issuer["iban"],  # the issuing brand's own account (UPN form)
+        "recipient": issuer["recipient"],
+        "issuer": issuer,
+        "paper_invoice": bool(p.order.paper_invoice),
     }
 
 
@@ -145,7 +166,9 @@ def _mail_context(ctx: StepContext, s: Session, template: str, p: Proforma) -> d
     assert customer is not None
     data: dict[str, Any] = {
         "customer": _customer_ctx(customer),
-        "proforma": _proforma_ctx(ctx, p),
+        "proforma": _proforma_ctx(p),
+        "issuer": proforma_issuer(p),
+        "company": proforma_issuer(p)["display_name"],
     }
     if template == "payment_confirmation":
         payment = s.execute(
@@ -177,7 +200,10 @@ def _mail_context(ctx: StepContext, s: Session, template: str, p: Proforma) -> d
             "net": invoice.net,
             "vat": invoice.vat,
             "gross": invoice.gross,
+            "issuer": invoice.snapshot.get("issuer") or proforma_issuer(p),
+            "to_post": invoice.to_post,
         }
+        data["issuer"] = data["invoice"]["issuer"]
     return data
 
 

@@ -1,9 +1,15 @@
-"""Domain steps: register, transfer, renew, name servers (issue 6).
+"""Domain steps: register, transfer, renew, name servers (issue 6), and what must happen
+at the registry before its cut-off (issue 17).
 
 Plan per domain line (``service:{id}/...``):
   register: ``domain.register`` -> ``domain.nameservers`` (-> ``activate`` by the core)
   transfer: ``domain.transfer`` -> ``domain.nameservers``
-  renew:    ``domain.renew``
+  renew:    ``domain.renew`` (a domain in its redemption period is restored first; after
+            the registry's cut-off a domain that cannot be restored is refused, clearly)
+The clock writes ``clock.registry_cutoff`` for an unpaid term on the TLD profile's lapse
+day (``domain.tld_profiles``): an auto-renewing domain is deleted, or set not to renew
+where the registry supports it, before the registry renews it at our cost.
+``withdraw_registration`` deletes a never-activated .si registration with a refund.
 
 Every handler observes the registry before it acts. A transforming command whose answer
 is lost (timeout, dropped connection) is followed by ``domain:info``: if we are the
@@ -24,6 +30,7 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +46,27 @@ from provisioner.adapters.registry import (
     ObjectNotFound,
     OutcomeUnknown,
     RegistryContact,
+    StatusProhibits,
     TldProfile,
     profile_for,
 )
 from provisioner.config import Settings
 from provisioner.domain import customers as dc
-from provisioner.domain.lifecycle import add_period, earliest_event
+from provisioner.domain.lifecycle import (
+    ProformaState,
+    ServiceState,
+    add_period,
+    earliest_event,
+    transition,
+)
 from provisioner.domain.names import normalize_domain
 from provisioner.domain.policy import get_brand
+from provisioner.domain.tld_profiles import (
+    RESTORE_FEE_DESCRIPTION,
+    Withdrawable,
+    domain_withdrawable,
+    registry_profile,
+)
 from provisioner.errors import (
     ConfigurationError,
     Conflict,
@@ -70,7 +90,7 @@ from provisioner.pipeline.outbox import step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.domains import DomainRecord
-from provisioner.store.models import Contact, Customer, Order, Service, Step
+from provisioner.store.models import Contact, Customer, Order, Proforma, ProformaLine, Service, Step
 from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.domains")
@@ -82,6 +102,7 @@ def plan_domain(view: OrderView, service: ServiceView, options: PlanOptions) -> 
     params: dict[str, Any] = {"service_id": service.id, "name": service.name,
                               "years": max(service.period_months // 12, 1)}
     if service.action == "renew":  # one key per term: next year's renewal is a new step
+        params.update(term_expiry=service.term_expiry, proforma_id=view.proforma_id)
         return [StepSpec(service_step(service.id, "domain.renew", service.term_expiry),
                          "domain.renew", (), params, service.id)]
     first = "domain.transfer" if service.action == "transfer" else "domain.register"
@@ -111,10 +132,9 @@ def renewal_due_on(tld: str, expires_on: date, brand: str = "fcb") -> date:
 def si_refund_allowed(record: DomainRecord, today: date, brand: str = "fcb") -> bool:
     """A .si registration that was never activated (no name servers) may be deleted with
     a refund within the refund window (Register.si rule, brand policy: 15 days)."""
-    if record.tld != "si" or record.registered_on is None:
-        return False
-    window = get_brand(brand).si_refund_window_days
-    return not record.nameservers and (today - record.registered_on).days <= window
+    activated = bool(record.nameservers) or record.activated_on is not None
+    return domain_withdrawable(f"x.{record.tld}", record.registered_on, activated, today,
+                               get_brand(brand)).allowed
 
 
 def contact_handle(customer_id: int, contact: dc.Contact, profile: TldProfile, privacy: bool) -> str:
@@ -250,6 +270,7 @@ class _Job:
             record.manager = _kept(rows.get("manager")) or _kept(contacts[dc.ContactRole.OWNER])
             record.payer = _kept(rows.get("billing")) or _kept(contacts[dc.ContactRole.OWNER])
             self.record_id = record.id
+            self.registry_action = record.registry_action
             self.pending = dict(record.pending or {})
             self.known_expiry = record.expires_on
             self.transfer_code = _transfer_code(ctx.settings, record)
@@ -284,6 +305,8 @@ class _Job:
             record.nameservers = list(info.nameservers)
             record.statuses = list(info.statuses)
             record.expires_on = info.expires
+            if info.nameservers and record.activated_on is None:
+                record.activated_on = self.ctx.now().date()  # .si: activated, no refund
             # a finished renewal keeps its marker: a re-run of the same step renews nothing
             record.pending = done
             record.detail = None
@@ -465,6 +488,10 @@ def step_domain_nameservers(ctx: StepContext, step: Step) -> StepResult:
 
 
 def step_domain_renew(ctx: StepContext, step: Step) -> StepResult:
+    """Renew at the registry; a domain in its redemption period (quarantine) is restored
+    first (RFC 3915) while its profile allows. After the cut-off a domain we deleted or set
+    not to renew, or one past its redemption, is refused with a clear error (the runner
+    fails the line and flags the refund) instead of a registry failure."""
     job = _Job(ctx, step)
     client = job.client
     info = job.info()
@@ -475,21 +502,214 @@ def step_domain_renew(ctx: StepContext, step: Step) -> StepResult:
         # this step renewed it already (an earlier run, or one whose answer was lost)
         job.save(info, "registered", done={**mine, "done": True})
         return StepResult(False, {"name": job.name, "expires_on": str(info.expires)})
-    job.mark_pending("renew", **{"from": str(info.expires)})
-    try:
-        client.renew_domain(job.name, info.expires, job.years)
-    except OutcomeUnknown as exc:
-        after = job.info()
-        if after is None or after.expires == info.expires:
-            raise TransientError(f"{job.name}: renew outcome unknown: {exc}") from None
+    today = ctx.now().date()
+    profile = registry_profile(job.tld)
+    term = _date_param(step, "term_expiry") or info.expires
+    restore = info.in_redemption
+    stopped = job.registry_action in ("deleted", "not_renewing") and not restore
+    until = profile.restorable_until(term)
+    if stopped or (restore and (until is None or today > until)):
+        why = (f"we told the registry not to renew it ({job.registry_action})" if stopped
+               else "it is in quarantine and can no longer be restored" if until is not None
+               else f".{job.tld} domains cannot be restored once they lapse")
+        raise InvalidInput(f"{job.name}: renewal refused: past the registry's cut-off "
+                           f"({profile.cutoff_on(term).isoformat()}); {why}. Refund the "
+                           "renewal; the name can be registered anew once it is free.")
+    restore_fee = _restore_fee_paid(ctx, step) if restore else None
+    job.mark_pending("renew", **{"from": str(info.expires), "restore": restore})
+    if restore:
+        ctx.heartbeat()
+        try:
+            client.restore_domain(job.name)
+        except (OutcomeUnknown, StatusProhibits) as exc:
+            again = job.info()
+            if again is None or again.in_redemption:
+                raise TransientError(f"{job.name}: restore outcome unknown: {exc}") from None
+        if restore_fee is None and profile.restore_fee:
+            log.warning("restore of %s: no restore fee on the proforma", job.name)
+    restored = job.info() if restore else None
+    # a registry that renews with the restore (the domain had expired) needs no renew
+    if restored is None or restored.expires == info.expires:
+        try:
+            client.renew_domain(job.name, info.expires, job.years)
+        except OutcomeUnknown as exc:
+            after = job.info()
+            if after is None or after.expires == info.expires:
+                raise TransientError(f"{job.name}: renew outcome unknown: {exc}") from None
+    elif job.years > 1 and restored.expires == add_period(info.expires, 12):
+        client.renew_domain(job.name, restored.expires, job.years - 1)  # the rest of the term
     after = job.info()
     assert after is not None
     expected = add_period(info.expires, 12 * job.years)
     if after.expires != expected:
         log.warning("renew %s: registry expiry %s, expected %s", job.name, after.expires, expected)
+    extra: dict[str, Any] = {}
+    if restore:
+        extra = {"registry_action": "restored", "registry_action_on": today}
     job.save(after, "registered", done={"step": step.key, "op": "renew", "from": str(info.expires),
-                                        "done": True})
-    return StepResult(True, {"name": job.name, "expires_on": str(after.expires)})
+                                        "done": True, "restored": restore}, **extra)
+    details: dict[str, Any] = {"name": job.name, "expires_on": str(after.expires)}
+    if restore:
+        details["restored"] = {"fee_on_proforma": str(restore_fee) if restore_fee else None}
+    return StepResult(True, details)
+
+
+def _date_param(step: Step, key: str) -> date | None:
+    value = step.params.get(key)
+    return date.fromisoformat(str(value)) if value else None
+
+
+def _restore_fee_paid(ctx: StepContext, step: Step) -> Decimal | None:
+    """The restore fee on the renewal proforma this step carries out (None: none)."""
+    proforma_id = step.params.get("proforma_id")
+    if not proforma_id:
+        return None
+    with transaction(ctx.factory) as s:
+        fee = s.execute(select(ProformaLine.gross).where(
+            ProformaLine.proforma_id == int(proforma_id),
+            ProformaLine.description == RESTORE_FEE_DESCRIPTION)).scalar()
+    return Decimal(fee) if fee is not None else None
+
+
+# -- the registry's cut-off (written by the clock for an unpaid term) ----------------------
+def step_registry_cutoff(ctx: StepContext, step: Step) -> StepResult:
+    """The lapse day of an unpaid term (``TldRegistryProfile.lapse_on``): an auto-renewing
+    domain is deleted, or scheduled for deletion at expiry where the registry supports it
+    (.at), so the registry does not renew it at our cost. A lapsing one (.si, .eu) needs
+    nothing: what the registry shows is recorded. Never before its day; a renewal paid
+    meanwhile stops it."""
+    service_id = int(step.params["service_id"])
+    term = date.fromisoformat(str(step.params["term_expiry"]))
+    due_on = date.fromisoformat(str(step.params["due_on"]))
+    today = ctx.now().date()
+    if today < due_on:
+        raise StepFailed(step.key, f"not due before {due_on.isoformat()} (today {today})")
+    with transaction(ctx.factory) as s:
+        service = s.get(Service, service_id)
+        proforma = s.get(Proforma, int(step.params["proforma_id"])) if step.params.get(
+            "proforma_id") else None
+        if service is None or service.expires_on != term:
+            return StepResult(False, {"skipped": "the term was renewed"})
+        if proforma is not None and proforma.state == ProformaState.PAID.value:
+            return StepResult(False, {"skipped": "the renewal was paid"})
+    job = _Job(ctx, step)
+    client = job.client
+    profile = registry_profile(job.tld)
+    info = job.info()
+    if info is None or info.sponsor != job.ours:
+        return StepResult(False, {"skipped": f"{job.name} is not ours at the registry"})
+    if info.expires is not None and info.expires > term:
+        # the registry renewed it already: it cost us a year; ops must know
+        raise StepFailed(step.key, f"{job.name} was renewed by the registry to {info.expires} "
+                                   "before the cut-off action ran")
+    if not profile.auto_renews or info.in_redemption:
+        job.save(info, "registered" if not info.in_redemption else "deleted",
+                 registry_action=job.registry_action or "lapsed", registry_action_on=today)
+        return StepResult(False, {"name": job.name, "lapsed": True,
+                                  "in_redemption": info.in_redemption})
+    at_expiry = profile.do_not_renew and client.profile(job.name).delete_at_expiry
+    job.mark_pending("cutoff", at_expiry=at_expiry)
+    ctx.heartbeat()
+    try:
+        client.delete_domain(job.name, at_expiry=at_expiry)
+    except (OutcomeUnknown, StatusProhibits) as exc:
+        again = job.info()
+        if again is not None and not again.in_redemption and not at_expiry:
+            raise TransientError(f"{job.name}: delete outcome unknown: {exc}") from None
+        if at_expiry and isinstance(exc, OutcomeUnknown):
+            raise TransientError(f"{job.name}: scheduling the deletion: {exc}") from None
+    after = job.info()
+    action = "not_renewing" if at_expiry else "deleted"
+    if after is None:  # gone at once (a registry that frees the name immediately)
+        with transaction(ctx.factory) as s:
+            record = s.get(DomainRecord, job.record_id)
+            assert record is not None
+            record.status, record.registry_action, record.registry_action_on = (
+                "deleted", action, today)
+            record.pending = None
+            audit(s, SYSTEM, "domain.deleted", "service", service_id, {"name": job.name})
+    else:
+        job.save(after, "deleted" if action == "deleted" else "registered",
+                 registry_action=action, registry_action_on=today)
+    return StepResult(True, {"name": job.name, "action": action,
+                             "cutoff_on": profile.cutoff_on(term).isoformat()})
+
+
+# -- withdrawal of a never-activated .si registration --------------------------------------
+def withdrawable(factory: sessionmaker[Session], client: EppClient, service_id: int,
+                 today: date) -> Withdrawable:
+    """Whether the domain service may be withdrawn with a refund, from what the registry
+    shows (name servers ever set count as activation; so does our record of it)."""
+    name, brand, activated_before = _withdrawal_subject(factory, service_id)
+    try:
+        info = client.info_domain(name)
+    except ObjectNotFound:
+        return Withdrawable(False, f"{name} is not registered")
+    if info.sponsor != client.config.login:
+        return Withdrawable(False, f"{name} is not sponsored by us")
+    registered = info.created.date() if info.created else None
+    return domain_withdrawable(name, registered, activated_before or bool(info.nameservers),
+                               today, get_brand(brand))
+
+
+def withdraw_registration(factory: sessionmaker[Session], client: EppClient, service_id: int,
+                          today: date, actor: str = "ops") -> dict[str, Any]:
+    """Withdraw a .si registration that was never activated, within the brand's window:
+    delete it at the registry (which refunds it), cancel the service and flag the refund
+    (the order's refund flag and ``DomainRecord.refund_due``). Refused with the reason
+    otherwise. Safe to run twice."""
+    name, _brand, _ = _withdrawal_subject(factory, service_id)
+    with transaction(factory) as s:
+        done = s.execute(select(DomainRecord).where(DomainRecord.service_id == service_id)
+                         ).scalar_one_or_none()
+        if done is not None and done.registry_action == "withdrawn":
+            return {"service": service_id, "name": name, "withdrawn": False,
+                    "refund_due": done.refund_due, "note": "withdrawn before"}
+    verdict = withdrawable(factory, client, service_id, today)
+    if not verdict.allowed:
+        raise Conflict(f"{name} cannot be withdrawn with a refund: {verdict.reason}")
+    try:
+        client.delete_domain(name)
+    except OutcomeUnknown as exc:
+        try:
+            client.info_domain(name)
+        except ObjectNotFound:
+            pass  # deleted by the lost command
+        else:
+            raise TransientError(f"{name}: delete outcome unknown: {exc}") from None
+    with transaction(factory) as s:
+        service = s.get(Service, service_id)
+        assert service is not None
+        record = _record(s, service)
+        record.status, record.registry_action, record.registry_action_on = (
+            "withdrawn", "withdrawn", today)
+        record.refund_due = True
+        record.updated_at = _now()
+        service.state = transition(service.state, ServiceState.CANCELLED).value
+        service.clock_on = None
+        service.updated_at = _now()
+        order = s.get(Order, service.order_id)
+        if order is not None and not order.refund_flag:
+            order.refund_flag = True
+            order.refund_reason = (f"domain {name} withdrawn: never activated, deleted at the "
+                                   "registry with a refund")
+        audit(s, actor, "domain.withdrawn", "service", service_id,
+              {"name": name, "refund_due": True, "reason": verdict.reason,
+               "last_day": verdict.last_day.isoformat() if verdict.last_day else None})
+    return {"service": service_id, "name": name, "withdrawn": True, "refund_due": True,
+            "reason": verdict.reason}
+
+
+def _withdrawal_subject(factory: sessionmaker[Session], service_id: int) -> tuple[str, str, bool]:
+    with transaction(factory) as s:
+        service = s.get(Service, service_id)
+        if service is None or service.kind != "domain":
+            raise NotFound(f"no domain service {service_id}")
+        order = s.get(Order, service.order_id)
+        record = s.execute(select(DomainRecord).where(DomainRecord.service_id == service_id)
+                           ).scalar_one_or_none()
+        activated = record is not None and record.activated_on is not None
+        return normalize_domain(service.name), order.brand if order else "fcb", activated
 
 
 # -- registry messages -----------------------------------------------------------------
@@ -527,4 +747,5 @@ HANDLERS: dict[str, Handler] = {
     "domain.transfer": step_domain_transfer,
     "domain.nameservers": step_domain_nameservers,
     "domain.renew": step_domain_renew,
+    "clock.registry_cutoff": step_registry_cutoff,
 }

@@ -22,7 +22,6 @@ import base64
 import hashlib
 import json
 import logging
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,7 +42,8 @@ from provisioner.pipeline.engine.plan import (
     StepSpec,
     service_step,
 )
-from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
+from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult, disruptive
+from provisioner.pipeline.onetime import brand_context, checked_digest, claim, new_token, refuse, token_hash
 from provisioner.pipeline.outbox import Outbox, step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
@@ -139,10 +139,6 @@ def _fernet_key(token: str) -> bytes:
     return base64.urlsafe_b64encode(digest)
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def seal(token: str, data: dict[str, Any]) -> bytes:
     return Fernet(_fernet_key(token)).encrypt(json.dumps(data).encode())
 
@@ -156,18 +152,24 @@ def unseal(token: str, sealed: bytes) -> dict[str, Any]:
     return data
 
 
-def access_data(account: HostingAccount, node: HostingNode, secret: Secrets) -> dict[str, Any]:
+def access_data(account: HostingAccount, node: HostingNode, secret: Secrets,
+                control_panel_url: str = "") -> dict[str, Any]:
+    """What the account has, as the customer's mail programs and FTP clients ask for it.
+    A control panel only where the installation has one (the setting ``control_panel_url``)."""
     mailbox = f"{MAILBOXES[0]}@{account.domain}"
-    return {
+    data: dict[str, Any] = {
         "domain": account.domain,
-        "panel": {"user": account.username, "password": secret.account},
-        "ftp": {"host": node.address, "user": account.username, "password": secret.account,
-                "security": "FTPS (explicit TLS, port 21)"},
+        "ftp": {"host": node.address, "port": 21, "user": account.username, "password": secret.account,
+                "security": "FTPS (explicit TLS)"},
         "database": {"host": "localhost", "name": account.username, "user": account.username,
                      "password": secret.database},
-        "mail": {"address": mailbox, "password": secret.mailboxes[MAILBOXES[0]],
-                 "imap": f"{node.address}:993 (TLS)", "smtp": f"{node.address}:587 (STARTTLS)"},
+        "mail": {"address": mailbox, "user": mailbox, "password": secret.mailboxes[MAILBOXES[0]],
+                 "imap_host": node.address, "imap_port": 993, "imap_security": "TLS",
+                 "smtp_host": node.address, "smtp_port": 587, "smtp_security": "STARTTLS"},
     }
+    if control_panel_url:
+        data["panel"] = {"url": control_panel_url, "user": account.username, "password": secret.account}
+    return data
 
 
 def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str, service_id: int,
@@ -175,7 +177,7 @@ def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str
     """In ``s`` (the caller's fenced transaction): seal ``secret`` in a new one-time link
     and hold the e-mail that carries the link, under ``notify_key``. Earlier unused links
     of the service stop working: their passwords are gone."""
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     expires = ctx.now() + LINK_TTL
     service = s.get(Service, service_id)
     assert service is not None
@@ -191,11 +193,13 @@ def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str
         "ftp_host": node.address,
         "username": account.username,
         "mailbox": f"{MAILBOXES[0]}@{account.domain}",
+        "panel": bool(ctx.settings.control_panel_url),
+        **brand_context(s, service.order_id),
     }
     s.execute(delete(CredentialLink).where(CredentialLink.service_id == service_id,
                                            CredentialLink.used_at.is_(None)))
     s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
-                         sealed=seal(token, access_data(account, node, secret)),
+                         sealed=seal(token, access_data(account, node, secret, ctx.settings.control_panel_url)),
                          expires_at=expires, created_at=ctx.now()))
     box.hold(s, notify_key, customer.email, "credentials", customer.lang, context)
     audit(s, SYSTEM, "hosting.credentials_link", "service", service_id,
@@ -233,18 +237,9 @@ def open_link(factory: sessionmaker[Session], token: str, now: datetime) -> dict
     re-checks the condition on the row a concurrent claim has just committed). The
     claimed row's sealed data are read from that UPDATE and blanked in the same
     transaction. Why a link cannot be opened is read afterwards, for the message only."""
-    if not isinstance(token, str) or not 20 <= len(token) <= 100:
-        raise InvalidInput("this link is not valid")
-    digest = token_hash(token)
+    digest = checked_digest(token)  # the claim itself: `provisioner.pipeline.onetime`
     with transaction(factory) as s:
-        claimed = s.execute(
-            update(CredentialLink)
-            .where(CredentialLink.token_sha256 == digest, CredentialLink.used_at.is_(None),
-                   CredentialLink.expires_at > now)
-            .values(used_at=now)
-            .returning(CredentialLink.id, CredentialLink.service_id, CredentialLink.sealed)
-            .execution_options(synchronize_session=False)
-        ).first()
+        claimed = claim(s, CredentialLink, digest, now, CredentialLink.sealed)
         if claimed is not None:
             data = unseal(token, claimed.sealed)  # InvalidInput rolls the claim back
             s.execute(update(CredentialLink).where(CredentialLink.id == claimed.id)
@@ -252,13 +247,7 @@ def open_link(factory: sessionmaker[Session], token: str, now: datetime) -> dict
                       .execution_options(synchronize_session=False))
             audit(s, "customer:link", "hosting.credentials_viewed", "service", claimed.service_id, {})
             return data
-        link = s.execute(select(CredentialLink.used_at)
-                         .where(CredentialLink.token_sha256 == digest)).first()
-    if link is None:
-        raise InvalidInput("this link is not valid")
-    if link.used_at is not None:
-        raise InvalidInput("this link was already used; ask for new access data")
-    raise InvalidInput("this link has expired; ask for new access data")
+        raise refuse(s, CredentialLink, digest, now)  # LinkUnusable: unknown, used or expired
 
 
 def purge_expired_links(factory: sessionmaker[Session], now: datetime) -> int:
@@ -274,8 +263,38 @@ def purge_expired_links(factory: sessionmaker[Session], now: datetime) -> int:
         return int(purged.rowcount or 0)  # type: ignore[attr-defined]
 
 
+# -- hosting.change_plan: disruptive (PHP-FPM and the account's limits restart) ------------
+@disruptive
+def step_hosting_change_plan(ctx: StepContext, step: Step) -> StepResult:
+    """Move the account to ``params["plan"]``: the role's change_plan action converges the
+    limits and restarts the account's services, so the runner holds this step for the
+    maintenance window (002 §12) unless it is forced with a reason."""
+    service_id = int(step.params["service_id"])
+    plan = DEFAULT_CATALOG.hosting_plan(str(step.params["plan"]))  # InvalidInput: no such plan
+    account, node = _load(ctx, service_id)
+    before = account.plan
+    account.plan = plan.code
+    ctx.heartbeat()
+    result = ctx.adapters.hosting.change_plan(target_of(node), spec_of(account))
+    result.raise_for_status(step.key)
+    with transaction(ctx.factory) as s:
+        ctx.fence(s)
+        row = s.get(HostingAccount, account.id)
+        assert row is not None
+        if row.plan != plan.code:
+            row.plan = plan.code
+            row.disk_mb = plan.disk_mb
+            row.updated_at = ctx.now()
+            audit(s, SYSTEM, "hosting.plan_changed", "service", service_id,
+                  {"from": before, "to": plan.code})
+    return StepResult(bool(result.changed) or before != plan.code,
+                      {"node": node.name, "account": account.username, "plan": plan.code,
+                       "from": before})
+
+
 PLANNERS: dict[str, LinePlanner] = {"hosting": plan_hosting_line}
 HANDLERS: dict[str, Handler] = {
     "hosting.account": step_hosting_account,
     "notify.credentials": step_notify_credentials,
+    "hosting.change_plan": step_hosting_change_plan,
 }

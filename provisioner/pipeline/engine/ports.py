@@ -12,15 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 from provisioner.adapters.acme import ChallengeSolver, IssuedCertificate
 from provisioner.adapters.dns import DnsResult
 from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
 from provisioner.adapters.hosting.ansible import Target
-from provisioner.adapters.hosting.backups import PurgeManifest, RemovalManifest
+from provisioner.adapters.hosting.backups import (
+    AccountFootprint,
+    BackupHostNode,
+    BackupRecord,
+    CheckResult,
+    DrillResult,
+    ForgetResult,
+    NightlyResult,
+    PurgeManifest,
+    RemovalManifest,
+    RestoreResult,
+    SourceRepository,
+)
 from provisioner.adapters.hosting.usage import NodeUsage
 from provisioner.adapters.mail import RenderedMail
+from provisioner.adapters.payments.stripe import RefundReceipt
 from provisioner.adapters.registry import EppClient
 from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.errors import ConfigurationError
@@ -29,8 +43,10 @@ T = TypeVar("T")
 
 
 class Mailer(Protocol):
+    """``sender``: the From of this mail (a brand's `mail_from`); None: the installation's."""
+
     def send(self, *, to: str, rendered: RenderedMail, message_id: str,
-             headers: Mapping[str, str] | None = None) -> None: ...
+             headers: Mapping[str, str] | None = None, sender: str | None = None) -> None: ...
 
 
 class OpsAlert(Protocol):
@@ -53,16 +69,46 @@ class HostingAccounts(Protocol):
 
     def terminate(self, node: Target, spec: AccountSpec) -> AccountResult: ...
 
+    def change_plan(self, node: Target, spec: AccountSpec) -> AccountResult: ...
+
 
 class HostingBackups(Protocol):
-    """Backups of accounts on their node (`adapters.hosting.backups.HostingBackups`)."""
+    """Backups of accounts in their node's restic repository on a backup host
+    (`adapters.hosting.backups.HostingBackups`)."""
 
-    def remove_account(self, node: Target, spec: AccountSpec,
-                       accounts: Any) -> RemovalManifest: ...
+    def remove_account(self, node: Target, spec: AccountSpec, accounts: Any,
+                       service: int | str | None = None) -> RemovalManifest: ...
 
-    def purge(self, node: Target, account: str) -> PurgeManifest: ...
+    def purge(self, node: Target, account: str, service: int | str | None = None) -> PurgeManifest: ...
 
     def set_free_backups(self, node: Target, account: str, enabled: bool) -> bool: ...
+
+    def backup(self, node: Target, account: str, service: int | str | None = None) -> BackupRecord: ...
+
+    def list(self, node: Target, account: str) -> list[BackupRecord]: ...
+
+    def restore(self, node: Target, account: str, backup_id: str,
+                source: SourceRepository | None = None) -> RestoreResult: ...
+
+    def forget(self, node: Target, account: str) -> ForgetResult: ...
+
+    def status(self, node: Target, account: str, domains: Sequence[str] = ()) -> AccountFootprint: ...
+
+    def public_key(self, node: Target) -> str: ...
+
+    def init(self, node: Target) -> bool: ...
+
+    def check(self, node: Target, subset: str | None = None) -> CheckResult: ...
+
+    def drill(self, node: Target, account: str | None = None) -> DrillResult: ...
+
+    def nightly(self, node: Target) -> NightlyResult: ...
+
+    def configure_node(self, node: Target, extravars: Mapping[str, Any]) -> bool: ...
+
+    def last_nightly(self, node: Target) -> NightlyResult | None: ...
+
+    def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode]) -> dict[str, Any]: ...
 
 
 class UsageReader(Protocol):
@@ -102,6 +148,14 @@ class DkimKeys(Protocol):
     def __call__(self, service_id: int) -> tuple[str, str] | None: ...
 
 
+class Refunds(Protocol):
+    """Card refunds through the payment provider's API (`adapters.payments.stripe.StripeRefunds`):
+    the same ``idempotency_key`` never refunds twice."""
+
+    def refund(self, *, payment_intent: str, amount: Decimal, currency: str, idempotency_key: str,
+               metadata: dict[str, str]) -> RefundReceipt: ...
+
+
 @dataclass(frozen=True)
 class Adapters:
     """Every outside system a handler may reach, typed. Built once per process."""
@@ -116,6 +170,7 @@ class Adapters:
     acme: CertificateAuthority | None = None
     registry: EppClient | None = None
     dkim: DkimKeys | None = None
+    refunds: Refunds | None = None  # card refunds (Stripe); None: no card refund can be made
     # where a certificate goes when no account of ours serves its site: None in
     # production (such an order is a clear error); the devstack's loopback nginx in tests
     tls_fallback: CertificateTarget | None = None

@@ -41,6 +41,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.config import Settings
 from provisioner.domain.lifecycle import ServiceState, StepState
+from provisioner.domain.maintenance import describe, in_window, next_window_start
+from provisioner.domain.policy import get_brand
 from provisioner.errors import (
     ConfigurationError,
     Conflict,
@@ -169,10 +171,23 @@ Handler = Callable[[StepContext, Step], StepResult]
 Handlers = Mapping[str, Handler]
 
 
+def disruptive(fn: Handler) -> Handler:
+    """Mark a handler's steps as disruptive work (it restarts customer-facing services):
+    the runner runs them only inside the brand's maintenance window (002 §12), or when
+    the step carries a ``force_window`` reason (`Runner._wait_for_window`)."""
+    fn.disruptive = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_disruptive(fn: Handler) -> bool:
+    return bool(getattr(fn, "disruptive", False))
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     key: str
     status: str  # done | skipped | retry | failed | lost (another run holds the step now)
+    #              | waiting (a disruptive step outside the maintenance window)
     detail: str = ""
 
 
@@ -318,6 +333,10 @@ class Runner:
             # left out): a configuration error for ops, not a failed service or a refund.
             # The step stays queued; the re-drive offers it again.
             raise ConfigurationError(f"step {key}: no handler for step kind {kind!r} in this process")
+        if kind is not None and is_disruptive(self.handlers[kind]):
+            waiting = self._wait_for_window(key)
+            if waiting is not None:
+                return waiting
         step = self._claim(key, owner)
         if step is None:
             return RunOutcome(key, "skipped", "not queued, already running or finished")
@@ -342,6 +361,41 @@ class Runner:
             return self._lost(step, "finished, but another run holds the step now")
         self.dispatch(step.order_id)
         return RunOutcome(key, "done", "changed" if result.changed else "unchanged")
+
+    def _wait_for_window(self, key: str) -> RunOutcome | None:
+        """A disruptive step outside its brand's maintenance window waits for the window's
+        next opening (``next_attempt_at``; the claim and the re-drive respect it), without
+        an attempt counted; one with a ``force_window`` reason runs now, audited. None:
+        the step may be claimed now."""
+        now = self.now()
+        tz = self.settings.maintenance_timezone
+        with transaction(self.factory) as s:
+            row = s.execute(select(Step.state, Step.force_window, Order.brand)
+                            .join(Order, Order.id == Step.order_id).where(Step.key == key)).first()
+            if row is None or row.state != StepState.QUEUED.value:
+                return None  # the claim decides (finished, running, or a takeover)
+            window = get_brand(row.brand).maintenance_window
+            if in_window(now, window, tz):
+                return None
+            if row.force_window:
+                audit(s, SYSTEM, "step.window_forced", "step", key,
+                      {"reason": row.force_window, "window": describe(window, tz)})
+                return None
+            opening = next_window_start(now, window, tz)
+            res = s.execute(
+                update(Step)
+                .where(Step.key == key, Step.state == StepState.QUEUED.value,
+                       Step.force_window.is_(None),
+                       or_(Step.next_attempt_at.is_(None), Step.next_attempt_at < opening))
+                .values(next_attempt_at=opening, updated_at=now)
+            )
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                audit(s, SYSTEM, "step.window_wait", "step", key,
+                      {"until": opening.isoformat(), "window": describe(window, tz)})
+        detail = (f"disruptive: waits for the maintenance window ({describe(window, tz)}), "
+                  f"{opening.isoformat()}")
+        log.info("step %s: %s", key, detail)
+        return RunOutcome(key, "waiting", detail)
 
     @staticmethod
     def _lost(step: Step, detail: str) -> RunOutcome:

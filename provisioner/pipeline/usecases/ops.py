@@ -14,8 +14,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.payments import camt053 as bank
+from provisioner.domain import billing
 from provisioner.domain.billing import DiscountCode
 from provisioner.domain.lifecycle import StepState
+from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError, InvalidInput, NotFound
 from provisioner.pipeline.engine.plan import Planner, plan
 from provisioner.pipeline.usecases import orders
@@ -26,12 +28,15 @@ from provisioner.store.models import (
     Customer,
     DiscountCodeRow,
     Invoice,
+    InvoicePosting,
     Notification,
+    Order,
     Payment,
     Proforma,
     Service,
     Step,
 )
+from provisioner.timeutil import utcnow
 
 Factory = sessionmaker[Session]
 MATCHED = "matched"
@@ -56,6 +61,7 @@ def customer_dict(c: Customer) -> dict[str, Any]:
         "id": c.id, "name": c.name, "company": c.company, "vat_id": c.vat_id,
         "email": c.email, "address": c.address, "postal_code": c.postal_code,
         "city": c.city, "country": c.country, "phone": c.phone, "lang": c.lang,
+        "brand": c.brand,
     }
 
 
@@ -87,6 +93,9 @@ def proforma_dict(p: Proforma) -> dict[str, Any]:
         "vat": p.vat,
         "gross": p.gross,
         "paid_at": p.paid_at,
+        "brand": p.brand,
+        "issuer": p.issuer or billing.issuer(get_brand(p.brand)),
+        "paper_invoice": p.order.paper_invoice,
         "lines": [
             {"position": li.position, "description": li.description,
              "unit_gross": li.unit_gross, "discount": li.discount_gross,
@@ -98,11 +107,13 @@ def proforma_dict(p: Proforma) -> dict[str, Any]:
 
 
 def create_order(factory: Factory, customer_id: int, items: Sequence[str],
-                 discount: str | None, brand: str, actor: str) -> dict[str, Any]:
+                 discount: str | None, brand: str | None, actor: str, *,
+                 paper_invoice: bool = False) -> dict[str, Any]:
+    """``brand`` None: the customer's brand (another one is refused)."""
     with transaction(factory) as s:
         order, proforma = orders.create_order(
             s, customer_id=customer_id, item_specs=items, discount=discount,
-            brand=brand, actor=actor,
+            brand=brand, actor=actor, paper_invoice=paper_invoice,
         )
         return {"order": order.id, "proforma": proforma_dict(proforma)}
 
@@ -243,9 +254,10 @@ def notification_dict(n: Notification) -> dict[str, Any]:
     })
 
 
-def list_payments(factory: Factory, unmatched: bool) -> list[dict[str, Any]]:
+def list_payments(factory: Factory, unmatched: bool, lapsed: bool = False) -> list[dict[str, Any]]:
     """Recorded payments (with ``unmatched``: those that need ops), then the
-    notifications that could not be recorded as a payment (`NOTIFICATIONS_FOR_OPS`)."""
+    notifications that could not be recorded as a payment (`NOTIFICATIONS_FOR_OPS`).
+    With ``lapsed`` only the payments for orders that lapsed unpaid (issue 17 item 2)."""
     with transaction(factory) as s:
         q = (
             select(Payment, Proforma.number)
@@ -254,35 +266,64 @@ def list_payments(factory: Factory, unmatched: bool) -> list[dict[str, Any]]:
         )
         if unmatched:
             q = q.where(Payment.status != MATCHED)
+        if lapsed:
+            q = q.join(Order, Order.id == Proforma.order_id).where(Order.status == "lapsed")
+            return [payment_dict(p, number) for p, number in s.execute(q).all()]
         rows = [payment_dict(p, number) for p, number in s.execute(q).all()]
         notes = s.execute(select(Notification).where(Notification.status.in_(NOTIFICATIONS_FOR_OPS))
                           .order_by(Notification.id)).scalars()
         return rows + [notification_dict(n) for n in notes]
 
 
-def list_invoices(factory: Factory) -> list[dict[str, Any]]:
+def list_invoices(factory: Factory, to_post: bool = False) -> list[dict[str, Any]]:
+    """Every invoice (by brand, year, number); ``to_post``: only paper invoices not yet
+    posted (`mark_posted`)."""
     with transaction(factory) as s:
-        rows = s.execute(
-            select(Invoice, Proforma.number)
+        q = (
+            select(Invoice, Proforma.number, InvoicePosting.posted_at)
             .join(Proforma, Proforma.id == Invoice.proforma_id)
-            .order_by(Invoice.year, Invoice.seq)
-        ).all()
+            .outerjoin(InvoicePosting, InvoicePosting.invoice_id == Invoice.id)
+            .order_by(Invoice.brand, Invoice.year, Invoice.seq)
+        )
+        if to_post:
+            q = q.where(Invoice.to_post.is_(True), InvoicePosting.invoice_id.is_(None))
         return [
-            jsonable({"number": inv.number, "proforma": number, "customer": inv.customer_id,
+            jsonable({"number": inv.number, "brand": inv.brand,
+                      "issuer": (inv.snapshot.get("issuer") or {}).get("name"),
+                      "proforma": number, "customer": inv.customer_id,
                       "issued_at": inv.issued_at, "net": inv.net, "vat": inv.vat,
-                      "gross": inv.gross, "currency": inv.currency})
-            for inv, number in rows
+                      "gross": inv.gross, "currency": inv.currency,
+                      "post": "posted" if posted_at else ("to post" if inv.to_post else ""),
+                      "posted_at": posted_at})
+            for inv, number, posted_at in s.execute(q).all()
         ]
 
 
+def mark_posted(factory: Factory, number: str, actor: str) -> dict[str, Any]:
+    """Ops posted the paper copy of invoice ``number`` (once; the invoice is unchanged)."""
+    with transaction(factory) as s:
+        inv = s.execute(select(Invoice).where(Invoice.number == number.strip())).scalar_one_or_none()
+        if inv is None:
+            raise NotFound(f"no invoice {number!r}")
+        if not inv.to_post:
+            raise InvalidInput(f"invoice {inv.number} was not ordered on paper")
+        if s.get(InvoicePosting, inv.id) is not None:
+            raise InvalidInput(f"invoice {inv.number} was posted already")
+        s.add(InvoicePosting(invoice_id=inv.id, posted_at=utcnow(), posted_by=actor))
+        audit(s, actor, "invoice.posted", "invoice", inv.number)
+        return {"number": inv.number, "posted": True}
+
+
 def import_statement(factory: Factory, data: bytes, actor: str, planner: Planner, *,
-                     account_iban: str) -> dict[str, Any]:
-    """Import a camt.053 statement of our account (``account_iban``, the `bank_iban`
-    setting): every entry is a notification of its own. A statement of another account
-    is refused whole (InvalidInput) and nothing of it is stored."""
-    if not account_iban.strip():
-        raise ConfigurationError("bank_iban is not set: no statement can be checked against our account")
-    notices = bank.parse_camt053(data, account_iban=account_iban)
+                     account_iban: str | Sequence[str]) -> dict[str, Any]:
+    """Import a camt.053 statement of one of our accounts (``account_iban``: the brands'
+    accounts, `Settings.bank_accounts`): every entry is a notification of its own, and
+    pays only a proforma of the brand whose account it is. A statement of another
+    account is refused whole (InvalidInput) and nothing of it is stored."""
+    accounts = [account_iban] if isinstance(account_iban, str) else list(account_iban)
+    if not any(a.strip() for a in accounts):
+        raise ConfigurationError("no bank account is set: no statement can be checked against ours")
+    notices = bank.parse_camt053(data, account_iban=accounts)
     counts: dict[str, int] = {}
     settled: list[int] = []
     for notice in notices:

@@ -2,6 +2,11 @@
 
 Pricing and every rule live in `provisioner.domain`; this module loads what the
 rules need, calls them, and stores the result in one transaction.
+
+Brands: a customer belongs to one brand (``customers.brand``, FCB unless given); an
+order is its customer's brand (an order naming another brand is refused), and its
+proforma is that brand's: the brand's number sequence and payment reference, and the
+issuer (name, address, VAT id, bank account) stored on the proforma at issue time.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioner.domain import billing, catalog, customers, references
+from provisioner.domain import billing, catalog, customers
+from provisioner.domain.lapse import lapse_date
 from provisioner.domain.lifecycle import ProformaState, ServiceState
-from provisioner.domain.policy import get_brand
+from provisioner.domain.policy import DEFAULT_BRAND, BrandPolicy, get_brand
 from provisioner.errors import InvalidInput, NotFound
 from provisioner.pipeline.engine.plan import OrderView, ServiceView, plan
 from provisioner.pipeline.engine.runner import record
@@ -34,9 +40,21 @@ from provisioner.store.models import (
 from provisioner.timeutil import utcnow
 
 
+def customer_brand(data: Mapping[str, object]) -> str:
+    """The brand code a customer's data name (``"brand"``), FCB when none."""
+    value = data.get("brand") if isinstance(data, Mapping) else None
+    if value is None or value == "":
+        return DEFAULT_BRAND.code
+    if not isinstance(value, str):
+        raise InvalidInput(f"brand must be text, not {type(value).__name__}")
+    return get_brand(value).code
+
+
 def add_customer(session: Session, data: Mapping[str, object], actor: str) -> Customer:
     parsed = customers.parse_customer(data)
+    brand = customer_brand(data)
     row = Customer(
+        brand=brand,
         name=parsed.name,
         company=parsed.company,
         vat_id=parsed.vat_id,
@@ -66,7 +84,7 @@ def add_customer(session: Session, data: Mapping[str, object], actor: str) -> Cu
                 phone=contact.phone,
             )
         )
-    audit(session, actor, "customer.created", "customer", row.id)
+    audit(session, actor, "customer.created", "customer", row.id, {"brand": brand})
     return row
 
 
@@ -112,17 +130,26 @@ def create_order(
     customer_id: int,
     item_specs: Sequence[str],
     discount: str | None,
-    brand: str,
+    brand: str | None,
     actor: str,
     today: date | None = None,
+    paper_invoice: bool = False,
 ) -> tuple[Order, Proforma]:
+    """An order and its proforma. ``brand`` None: the customer's brand; another brand than
+    the customer's is refused. ``paper_invoice``: the invoice is posted too (the brand's
+    fee is a line of the proforma; the invoice is listed by ``invoices list --to-post``)."""
     if not item_specs:
         raise InvalidInput("an order needs at least one --item")
     customer = session.get(Customer, customer_id)
     if customer is None:
         raise NotFound(f"no customer {customer_id}")
-    policy = get_brand(brand)
-    items = [catalog.parse_item(spec) for spec in item_specs]
+    policy = order_brand(customer, brand)
+    specs = [spec for spec in item_specs if spec.strip().lower() != PAPER_INVOICE_ITEM]
+    paper_invoice = paper_invoice or len(specs) != len(item_specs)
+    if not specs:
+        raise InvalidInput("an order needs at least one service item besides the paper invoice")
+    items = [catalog.parse_item(spec) for spec in specs]
+    catalog.check_order_lines(items)
     today = today or utcnow().date()
     quote = billing.price_order(
         items,
@@ -131,6 +158,7 @@ def create_order(
         today=today,
         discount=_discount(session, discount),
         promo_history=_promo_history(session, items),
+        paper_invoice=paper_invoice,
     )
     now = utcnow()
     order = Order(
@@ -138,6 +166,7 @@ def create_order(
         brand=policy.code,
         status="open",
         discount_code=quote.discount_code,
+        paper_invoice=paper_invoice,
         created_at=now,
     )
     session.add(order)
@@ -157,14 +186,17 @@ def create_order(
         session.add(row)
         item_rows.append(row)
     session.flush()
-    seq = next_number(session, "proforma", today.year)
+    seq = next_number(session, "proforma", policy.code, today.year)
     proforma = Proforma(
-        number=billing.proforma_number(today.year, seq),
-        reference=references.proforma_reference(seq, today.year),
+        number=billing.proforma_number(today.year, seq, policy),
+        reference=billing.payment_reference(today.year, seq, policy),
+        brand=policy.code,
+        issuer=billing.issuer(policy),
         order_id=order.id,
         state=ProformaState.OPEN.value,
         issued_on=today,
         due_date=quote.due_date,
+        lapses_on=lapse_date(quote.due_date, policy),  # unpaid new orders lapse (issue 17 item 2)
         currency="EUR",
         net=quote.net,
         vat=quote.vat,
@@ -177,7 +209,7 @@ def create_order(
             ProformaLine(
                 proforma_id=proforma.id,
                 position=line.position,
-                item_id=item_rows[line.position - 1].id,
+                item_id=item_rows[line.position - 1].id if line.item is not None else None,
                 description=line.description,
                 unit_gross=line.unit_gross,
                 discount_gross=line.discount_gross,
@@ -205,9 +237,23 @@ def create_order(
         )
     session.flush()
     audit(session, actor, "order.created", "order", order.id,
-          {"items": [i.to_spec() for i in items], "proforma": proforma.number})
+          {"items": [i.to_spec() for i in items], "proforma": proforma.number,
+           "brand": policy.code, "paper_invoice": paper_invoice})
     record(session, order.id, plan(order_view(session, order.id)))
     return order, proforma
+
+
+PAPER_INVOICE_ITEM = "paper-invoice"  # `order create --item paper-invoice`
+
+
+def order_brand(customer: Customer, brand: str | None) -> BrandPolicy:
+    """The brand of a new order of ``customer``: the customer's; a ``brand`` given must be
+    the same (one customer is never invoiced by, or pays into, two companies)."""
+    policy = get_brand(customer.brand or DEFAULT_BRAND.code)
+    if brand is not None and brand.strip() and get_brand(brand).code != policy.code:
+        raise InvalidInput(f"customer {customer.id} is a customer of {policy.display_name or policy.name} "
+                           f"(brand {policy.code}); an order of brand {get_brand(brand).code} is refused")
+    return policy
 
 
 def order_view(session: Session, order_id: int) -> OrderView:

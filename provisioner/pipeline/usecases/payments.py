@@ -30,6 +30,10 @@ fails becomes `error` with the reason, ops are alerted once, and `payments list
 a passing failure (database busy or unreachable) leaves it `stored` for the next run.
 A reversal counts against the proforma of the payment it reverses, so one recorded
 before settlement lowers what counts as paid.
+
+Brands: a credit booked on a brand's bank account (``PaymentNotice.account``) pays only
+that brand's proformas; one naming another brand's proforma is recorded unmatched for
+ops (`_wrong_account`), never settled.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ from provisioner.adapters.payments import PaymentNotice
 from provisioner.domain import references
 from provisioner.domain.lifecycle import ProformaState, ServiceState
 from provisioner.domain.payments import MatchStatus, match_payment
+from provisioner.domain.policy import brand_for_account, get_brand
 from provisioner.errors import ConfigurationError, InvalidInput, TransientError
+from provisioner.pipeline.capabilities.lifecycle.lapse import note_late_payment
 from provisioner.pipeline.engine.plan import Planner
 from provisioner.pipeline.engine.ports import OpsAlert
 from provisioner.pipeline.engine.runner import record
@@ -333,6 +339,20 @@ def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, 
     return None, "the payment names no proforma and no reference"
 
 
+def _wrong_account(proforma: Proforma | None, notice: PaymentNotice) -> str | None:
+    """Why a payment booked on a bank account (``notice.account``) may not pay
+    ``proforma``: the account is not the proforma's brand's. None when it may."""
+    if proforma is None or notice.account is None:
+        return None
+    brand = get_brand(proforma.brand)
+    if brand.account == "".join(notice.account.split()).upper():
+        return None
+    owner = brand_for_account(notice.account)
+    return (f"paid into {owner.code if owner else 'another'} account {notice.account}, but "
+            f"proforma {proforma.number} is {brand.code}'s (account {brand.account}): "
+            "not settled; ops must return or move the money")
+
+
 def process(
     factory: sessionmaker[Session], notification_id: int, notice: PaymentNotice, actor: str,
     planner: Planner, confirm: Confirm | None = None,
@@ -429,6 +449,9 @@ def _process(
                     "id: not recorded; ops must look at it")
         return IngestResult("no_txn_id", notification_id)
     proforma, why = _find_proforma(s, notice)
+    wrong_account = _wrong_account(proforma, notice)
+    if wrong_account is not None:
+        proforma, why = None, wrong_account
     if proforma is None and notice.kind == "reversal" and notice.reverses_txn:
         proforma = _reversed_proforma(s, notice)
     kind = "reversal" if notice.kind == "reversal" else "payment"
@@ -472,6 +495,8 @@ def _process(
     audit(s, actor, "payment.recorded", "payment", payment_row[0],
           {"status": status.value, "amount": str(notice.amount),
            "proforma": proforma.number if proforma else None})
+    if status is MatchStatus.PROFORMA_CANCELLED and proforma is not None:
+        note_late_payment(s, payment_row[0], proforma)  # a lapsed order's: ops told once
     settled = False
     order_id = proforma.order_id if proforma is not None else None
     if settles and proforma is not None:

@@ -151,9 +151,13 @@ options:
     type: int
     default: 5
   io_device:
-    description: Block device for the slices' IOPS limits (C("") = no IOPS limit).
+    description:
+      - Block device for the slices' IOPS limits (C(IOReadIOPSMax=)/C(IOWriteIOPSMax=)).
+      - C(auto) finds it from I(node_root) (the whole disk under the filesystem of the
+        accounts' homes, from its device number in /sys/dev/block); none is found when
+        I(node_root) is not on a block device (overlayfs, tmpfs). C("") = no IOPS limit.
     type: str
-    default: ""
+    default: auto
   helper:
     description: The node-side helper whose login-file and MariaDB logic this module reuses.
     type: path
@@ -247,6 +251,9 @@ NGINX_AVAILABLE = "/etc/nginx/sites-available"
 NGINX_ENABLED = "/etc/nginx/sites-enabled"
 POSTFIX_DOMAINS = "/etc/postfix/virtual_mailbox_domains"
 POSTFIX_MAILBOXES = "/etc/postfix/virtual_mailbox_maps"
+# The accounts Postfix's postdrop refuses (roles/hosting_node's authorized_submit_users):
+# their sendmail goes over SMTP, through the sending limits.
+POSTFIX_SUBMIT_DENY = "/etc/postfix/hosting_submit_deny"
 SUPPORT_STAMP = "/etc/hosting/.support-version"
 NAMES_FILE = "/usr/local/lib/hosting/hosting_names.py"  # the helpers' copy of module_utils/hosting_names.py
 LOCK = "/run/hosting-account.lock"
@@ -353,6 +360,26 @@ def render_slice(a, p):
         lines += ["IOReadIOPSMax=%s %d" % (p["io_device"], lim["iops"]),
                   "IOWriteIOPSMax=%s %d" % (p["io_device"], lim["iops"])]
     return "\n".join(lines) + "\n"
+
+
+def block_device_of(path, sys_block="/sys/dev/block"):
+    """The whole disk holding the filesystem of ``path`` ("/dev/NAME"), or "" when that
+    filesystem is not on a block device (overlayfs, tmpfs: device major 0, or no entry in
+    /sys/dev/block). A partition gives its disk: IOPS caps are set per disk."""
+    while not os.path.exists(path):  # the hosting root is made later in the same run
+        path = os.path.dirname(path)
+    dev = os.stat(path).st_dev
+    entry = "%s/%d:%d" % (sys_block, os.major(dev), os.minor(dev))
+    if os.major(dev) == 0 or not os.path.isdir(entry):
+        return ""
+    real = os.path.realpath(entry)
+    if os.path.exists(os.path.join(real, "partition")):
+        real = os.path.dirname(real)
+    name = os.path.basename(real)
+    for line in (read_text(os.path.join(real, "uevent")) or "").splitlines():
+        if line.startswith("DEVNAME="):
+            name = line.split("=", 1)[1].strip()
+    return "/dev/" + name
 
 
 def render_php_dropin(a):
@@ -859,7 +886,8 @@ class Converge:
         if maps:
             for path, body in ((POSTFIX_DOMAINS, lambda a: ["%s OK" % d for d in a["domains"]]),
                                (POSTFIX_MAILBOXES, lambda a: ["%s@%s OK" % (b["local"], a["domains"][0])
-                                                              for b in a["mailboxes"]] or None)):
+                                                              for b in a["mailboxes"]] or None),
+                               (POSTFIX_SUBMIT_DENY, lambda a: ["%s x" % a["name"]])):
                 before = read_text(path)
                 text = before
                 for a in self.accounts:
@@ -1003,7 +1031,7 @@ def main():
             php_conf_dir=dict(type="path", default="/etc/php/8.2/fpm/hosting"),
             php_memory_limit=dict(type="str", default="256M"),
             php_max_children=dict(type="int", default=5),
-            io_device=dict(type="str", default=""),
+            io_device=dict(type="str", default="auto"),
             helper=dict(type="path", default="/usr/local/sbin/hosting-account"),
         ),
         supports_check_mode=True,
@@ -1014,10 +1042,12 @@ def main():
     try:
         if not MEMORY_RE.match(p["php_memory_limit"]) or not 1 <= p["php_max_children"] <= 1000:
             raise Refused("Refused: bad PHP memory limit or max_children")
-        if p["io_device"] and not DEVICE_RE.match(p["io_device"]):
-            raise Refused("Refused: bad IO device %r" % p["io_device"])
         if not p["node_root"].startswith("/srv/") or ".." in p["node_root"]:
             raise Refused("Refused: bad node root %r" % p["node_root"])
+        if p["io_device"] == "auto":
+            p["io_device"] = block_device_of(p["node_root"])
+        if p["io_device"] and not DEVICE_RE.match(p["io_device"]):
+            raise Refused("Refused: bad IO device %r" % p["io_device"])
         helper = load_helper(p["helper"])
         try:
             accounts = [normalize(raw, p, helper) for raw in p["accounts"]]

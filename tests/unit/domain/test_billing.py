@@ -118,16 +118,32 @@ def test_tld_first_year_promo_on_new_registration() -> None:
 
 
 def test_tld_promo_once_per_domain_name() -> None:
+    # 001 §2.6: once per domain name, "later the transfer price applies" (.si 9.90, not
+    # the 19.90 registration price)
     history = PromoHistory(domains=frozenset({"example.si"}))
     q = quote(["domain:example.si:1y", "domain:other.si:1y"], history=history)
-    assert [line.unit_gross for line in q.lines] == [D("19.90"), D("4.90")]
+    assert [line.unit_gross for line in q.lines] == [D("9.90"), D("4.90")]
     assert [line.promo for line in q.lines] == [False, True]
+    assert "transfer price" in q.lines[0].description
+
+
+def test_tld_promo_used_before_prices_later_years_as_renewals() -> None:
+    history = PromoHistory(domains=frozenset({"example.si"}))
+    (line,) = quote(["domain:example.si:3y"], history=history).lines
+    assert line.unit_gross == D("49.70")  # 9.90 transfer price + 2 x 19.90
+    assert not line.promo
+
+
+def test_tld_without_promo_keeps_its_registration_price() -> None:
+    history = PromoHistory(domains=frozenset({"example.com"}))
+    (line,) = quote(["domain:example.com:1y"], history=history).lines
+    assert line.unit_gross == D("14.90")
 
 
 def test_tld_promo_history_matches_normalized_names() -> None:
     history = PromoHistory(domains=frozenset({"xn--aba-b3a.si"}))
     q = quote(["domain:ŽABA.si:1y"], history=history)
-    assert q.lines[0].unit_gross == D("19.90")
+    assert q.lines[0].unit_gross == D("9.90")
 
 
 @pytest.mark.parametrize("spec", ["domain:example.si:1y:transfer", "domain:example.si:1y:renew"])

@@ -27,14 +27,15 @@ def test_fcb_schedule_of_a_hosting_term() -> None:
         "reminder-7": E - timedelta(days=7),
         "reminder-1": E - timedelta(days=1),
         "shutdown": E + timedelta(days=1),
-        "delete_data": E + timedelta(days=60),
-        "purge_backups": E + timedelta(days=90),
+        "delete_data": E + timedelta(days=61),
+        "purge_backups": E + timedelta(days=91),
     }
 
 
 def test_iserver_removes_files_and_backups_together() -> None:
     got = {d.tag: d.on for d in term_schedule(E, "hosting", "example.si", ISERVER)}
-    assert got["delete_data"] == got["purge_backups"] == E + timedelta(days=30)
+    # 002 §7: removed when payment is *more than* 30 days late: day 31, never day 30
+    assert got["delete_data"] == got["purge_backups"] == E + timedelta(days=31)
 
 
 @pytest.mark.parametrize(("name", "lead"), [("example.eu", 5), ("example.at", 5), ("example.si", 0)])
@@ -71,7 +72,7 @@ def test_next_look_is_the_next_event_and_never_later() -> None:
     assert next_clock_on("active", E, "hosting", "x.si", FCB, E - timedelta(days=14)) == \
         E - timedelta(days=7)
     assert next_clock_on("expired", E, "hosting", "x.si", FCB, E + timedelta(days=1)) == \
-        E + timedelta(days=60)
+        E + timedelta(days=61)
     assert next_clock_on("purged", E, "hosting", "x.si", FCB, E) is None
     assert next_clock_on("active", None, "hosting", "x.si", FCB, E) is None
     assert earliest_event(E) <= min(d.on for p in (FCB, ISERVER)

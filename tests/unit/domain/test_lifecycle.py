@@ -165,10 +165,10 @@ def test_policy_dates() -> None:
         date(2026, 5, 31), date(2026, 6, 16), date(2026, 6, 23), date(2026, 6, 29),
     )
     assert shutdown_date(expiry, FCB) == date(2026, 7, 1)
-    assert data_deletion_date(expiry, FCB) == date(2026, 8, 29)
-    assert data_deletion_date(expiry, ISERVER) == date(2026, 7, 30)
-    assert backup_purge_date(expiry, FCB) == date(2026, 9, 28)
-    assert backup_purge_date(expiry, ISERVER) == date(2026, 7, 30)
+    assert data_deletion_date(expiry, FCB) == date(2026, 8, 30)
+    assert data_deletion_date(expiry, ISERVER) == date(2026, 7, 31)
+    assert backup_purge_date(expiry, FCB) == date(2026, 9, 29)
+    assert backup_purge_date(expiry, ISERVER) == date(2026, 7, 31)
     assert domain_renew_by(expiry, "eu", FCB) == date(2026, 6, 25)
     assert domain_renew_by(expiry, "si", FCB) == expiry
 

@@ -5,6 +5,8 @@ given password; an existing one only with ``set_passwords`` or ``reset_password`
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +16,22 @@ from typing import Any
 from provisioner.adapters.acme import IssuedCertificate
 from provisioner.adapters.hosting.accounts import AccountResult, AccountSpec, Secrets
 from provisioner.adapters.hosting.ansible import RunResult, Target
+from provisioner.adapters.hosting.backups import (
+    AccountFootprint,
+    BackupRecord,
+    CheckResult,
+    DrillResult,
+    ForgetResult,
+    NightlyResult,
+    PurgeManifest,
+    RemovalManifest,
+    RemovedFile,
+    RemovedPath,
+    RestoreResult,
+    SourceRepository,
+)
 from provisioner.adapters.tls_targets import CertificateInfo
+from provisioner.errors import InvalidInput
 
 
 def run_result(ok: bool = True) -> RunResult:
@@ -76,6 +93,9 @@ class FakeHosting:
     def terminate(self, node: Target, spec: AccountSpec) -> AccountResult:
         return self._go("terminate", node, spec)
 
+    def change_plan(self, node: Target, spec: AccountSpec) -> AccountResult:
+        return self._go("change_plan", node, spec)
+
 
 @dataclass
 class SlowMailer:
@@ -86,7 +106,8 @@ class SlowMailer:
     slow_text: str = ""
     during: Callable[[], None] | None = None
 
-    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None) -> None:
+    def send(self, *, to: str, rendered: Any, message_id: str, headers: Any = None,
+             sender: str | None = None) -> None:
         if self.during is not None and self.slow_text and self.slow_text in rendered.text:
             self.during()
         self.sent.append({"to": to, "subject": rendered.subject, "text": rendered.text,
@@ -141,3 +162,126 @@ class Alerts:
 
     def __call__(self, *, step_key: str, order_id: int, detail: str, attempts: int) -> None:
         self.sent.append({"step_key": step_key, "order_id": order_id, "detail": detail})
+
+
+@dataclass
+class FakeBackups:
+    """Meets `ports.HostingBackups`: a repository per node in memory (account -> snapshots),
+    the accounts each node holds, and every call recorded. ``nightly_error`` (node -> error
+    kind, e.g. "unreachable") makes that node's nightly run fail; ``check_ok`` and
+    ``drill_ok`` (node -> bool) the verifications."""
+
+    repos: dict[str, dict[str, list[BackupRecord]]] = field(default_factory=dict)
+    accounts: dict[str, set[str]] = field(default_factory=dict)  # node -> accounts living there
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    nightly_error: dict[str, str] = field(default_factory=dict)
+    check_ok: dict[str, bool] = field(default_factory=dict)
+    drill_ok: dict[str, bool] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # node -> its SFTP public key
+    host_converges: list[dict[str, list[str]]] = field(default_factory=list)
+    node_converges: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    restored_from: list[SourceRepository | None] = field(default_factory=list)
+    clock: int = 0
+
+    def snapshot(self, node: str, account: str, service: int | str | None = None,
+                 at: datetime | None = None) -> BackupRecord:
+        self.clock += 1
+        ident = hashlib.sha256(f"{node}/{account}/{self.clock}".encode()).hexdigest()
+        tags = [f"account:{account}"] + ([f"service:{service}"] if service is not None else [])
+        when = at or datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=self.clock)
+        record = BackupRecord(ident, account, when,
+                              "mega", f"sftp:bk-{node}@backup:/repo", 1000 * self.clock, 3,
+                              f"/srv/hosting/{account}", (f"/var/mail/vhosts/{account}.si",), account,
+                              short_id=ident[:8], service=None if service is None else str(service),
+                              hostname=node, tags=tuple(tags))
+        self.repos.setdefault(node, {}).setdefault(account, []).append(record)
+        return record
+
+    def backup(self, node: Target, account: str, service: int | str | None = None) -> BackupRecord:
+        self.calls.append(("backup", node.name, account))
+        return self.snapshot(node.name, account, service)
+
+    def list(self, node: Target, account: str) -> list[BackupRecord]:
+        self.calls.append(("list", node.name, account))
+        return list(self.repos.get(node.name, {}).get(account, []))
+
+    def restore(self, node: Target, account: str, backup_id: str,
+                source: SourceRepository | None = None) -> RestoreResult:
+        self.calls.append(("restore", node.name, account, backup_id))
+        self.restored_from.append(source)
+        if account not in self.accounts.get(node.name, set()):
+            raise InvalidInput(f"account {account} is not on {node.name}")
+        return RestoreResult(account, backup_id, (f"/srv/hosting/{account}", f"database:{account}"), 3,
+                             node.name, source.node if source else node.name)
+
+    def forget(self, node: Target, account: str) -> ForgetResult:
+        self.calls.append(("forget", node.name, account))
+        return ForgetResult(account, 7, (), (), True)
+
+    def status(self, node: Target, account: str, domains: Any = ()) -> AccountFootprint:
+        self.calls.append(("status", node.name, account))
+        live = account in self.accounts.get(node.name, set())
+        return AccountFootprint(account, live, f"/srv/hosting/{account}" if live else None, (),
+                                account if live else None,
+                                len(self.repos.get(node.name, {}).get(account, [])), None, None)
+
+    def set_free_backups(self, node: Target, account: str, enabled: bool) -> bool:
+        self.calls.append(("free_backups", node.name, account, enabled))
+        return True
+
+    def remove_account(self, node: Target, spec: AccountSpec, accounts: Any,
+                       service: int | str | None = None) -> RemovalManifest:
+        self.calls.append(("remove_account", node.name, spec.name, service))
+        last = self.snapshot(node.name, spec.name, service)
+        accounts.terminate(node, spec)
+        self.accounts.get(node.name, set()).discard(spec.name)
+        home = RemovedPath("home", f"/srv/hosting/{spec.name}", 10, 1)
+        return RemovalManifest(spec.name, node.name, (home,), last)
+
+    def purge(self, node: Target, account: str, service: int | str | None = None) -> PurgeManifest:
+        self.calls.append(("purge", node.name, account, service))
+        gone = self.repos.get(node.name, {}).pop(account, [])
+        return PurgeManifest(account, node.name, tuple(RemovedFile("backup", r.repository, 0, None, r.id)
+                                                       for r in gone),
+                             snapshot_ids=tuple(r.id for r in gone),
+                             bytes_freed=sum(r.size or 0 for r in gone),
+                             remaining=0, check_ok=True, service=None if service is None else str(service))
+
+    def public_key(self, node: Target) -> str:
+        self.calls.append(("key", node.name))
+        key = base64.b64encode(node.name.encode() * 8).decode()
+        return self.keys.setdefault(node.name, f"ssh-ed25519 {key} hosting-backup@{node.name}")
+
+    def init(self, node: Target) -> bool:
+        self.calls.append(("init", node.name))
+        created = node.name not in self.repos
+        self.repos.setdefault(node.name, {})
+        return created
+
+    def check(self, node: Target, subset: str | None = None) -> CheckResult:
+        self.calls.append(("check", node.name, subset))
+        ok = self.check_ok.get(node.name, True)
+        return CheckResult(ok, f"sftp:bk-{node.name}@backup:/repo", subset, "" if ok else "pack 1234 damaged")
+
+    def drill(self, node: Target, account: str | None = None) -> DrillResult:
+        self.calls.append(("drill", node.name, account))
+        ok = self.drill_ok.get(node.name, True)
+        return DrillResult(ok, account, "ab" * 32, 3, 100, () if ok else ("/srv/hosting/x/index.html",),
+                           "" if ok else "1 mismatch")
+
+    def nightly(self, node: Target) -> NightlyResult:
+        self.calls.append(("nightly", node.name))
+        error = self.nightly_error.get(node.name)
+        if error:
+            return NightlyResult(node.name, {}, (), True, error, f"backup host: {error}")
+        done = {a: {"backup": self.snapshot(node.name, a).id}
+                for a in sorted(self.accounts.get(node.name, ()))}
+        return NightlyResult(node.name, done, (), True, None)
+
+    def configure_node(self, node: Target, extravars: Any) -> RunResult:
+        self.node_converges.append((node.name, dict(extravars)))
+        return run_result()
+
+    def configure_backup_host(self, host: Target, nodes: Any) -> dict[str, Any]:
+        self.host_converges.append({n.name: list(n.authorized_keys) for n in nodes})
+        return {"host_key": "", "accounts": {n.name: {"user": n.user, "repository": "/repo"} for n in nodes}}

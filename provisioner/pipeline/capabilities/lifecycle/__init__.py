@@ -38,8 +38,9 @@ reactivation fee), `stages` (the step handlers) and `hold` (ops' hold and the st
 records). The names below are its public surface.
 """
 
+from provisioner.pipeline.capabilities.lifecycle import lapse, stages
 from provisioner.pipeline.capabilities.lifecycle.hold import hold, release, stage_records
-from provisioner.pipeline.capabilities.lifecycle.stages import HANDLERS, PLANNERS
+from provisioner.pipeline.capabilities.lifecycle.stages import PLANNERS
 from provisioner.pipeline.capabilities.lifecycle.sweeper import (
     Action,
     SweepReport,
@@ -47,6 +48,9 @@ from provisioner.pipeline.capabilities.lifecycle.sweeper import (
     step_key,
     sweep,
 )
+from provisioner.pipeline.engine.runner import Handler
+
+HANDLERS: dict[str, Handler] = {**stages.HANDLERS, **lapse.HANDLERS}  # lapse: unpaid new orders (issue 17)
 
 __all__ = ["HANDLERS", "PLANNERS", "Action", "SweepReport", "hold", "release", "run_day",
            "stage_records", "step_key", "sweep"]

@@ -11,10 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioner.pipeline.engine.plan import StepSpec
-from provisioner.store.counters import next_number
+from provisioner.store.counters import counter_row
 from provisioner.store.lifecycle import Renewal
 from provisioner.store.models import (
-    Counter,
     OrderItemRow,
     Proforma,
     Service,
@@ -37,7 +36,7 @@ class Batch:
         self.keys: set[str] = set()
         self.items: dict[int, OrderItemRow] = {}
         self.new_proformas: list[Proforma] = []
-        self._counter: Any = None
+        self._counters: dict[tuple[str, int], Any] = {}  # (brand, year) -> locked row
         if not ids:
             return
         for r, p in s.execute(select(Renewal, Proforma).join(Proforma, Proforma.id == Renewal.proforma_id)
@@ -60,17 +59,14 @@ class Batch:
         self.s.add(step_row(service.order_id, spec))
         return True
 
-    def next_proforma_number(self, year: int) -> int:
-        """Gapless: the counter row is read (and locked) once per batch and bumped in
-        memory; it is written with the batch, in the same transaction."""
-
-        if self._counter is None or self._counter.year != year:
-            next_number(self.s, "proforma", year)  # creates and locks the row, bumps it once
-            self._counter = self.s.execute(select(Counter).where(
-                Counter.kind == "proforma", Counter.year == year)).scalar_one()
-            return int(self._counter.last)
-        self._counter.last += 1
-        return int(self._counter.last)
+    def next_proforma_number(self, year: int, brand: str) -> int:
+        """Gapless, per brand: the brand's counter row is read (and locked) once per batch
+        and bumped in memory; it is written with the batch, in the same transaction."""
+        row = self._counters.get((brand, year))
+        if row is None:
+            row = self._counters[(brand, year)] = counter_row(self.s, "proforma", brand, year)
+        row.last += 1
+        return int(row.last)
 
 
 def step_row(order_id: int, spec: StepSpec) -> Step:

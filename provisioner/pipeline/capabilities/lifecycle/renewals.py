@@ -10,7 +10,7 @@ from decimal import Decimal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from provisioner.domain import billing, catalog, references
+from provisioner.domain import billing, catalog
 from provisioner.domain.lifecycle import (
     ProformaState,
     renew_by,
@@ -58,17 +58,18 @@ def ensure_renewal(s: Session, service: Service, policy: BrandPolicy, today: dat
     quote = billing.price_order([item], catalog=catalog.DEFAULT_CATALOG, policy=policy, today=today,
                                 renewal=True)
     now = utcnow()
-    seq = b.next_proforma_number(today.year) if b is not None else next_number(s, "proforma",
-                                                                                  today.year)
+    seq = (b.next_proforma_number(today.year, policy.code) if b is not None
+           else next_number(s, "proforma", policy.code, today.year))
     order = Order(customer_id=service.customer_id, brand=policy.code, status="open",
                   discount_code=None, renewal=True, created_at=now)
     row = OrderItemRow(position=1, kind=item.kind, product=item.product, name=item.name,
                        period_months=item.period_months, action="renew", spec=item.to_spec())
     order.items.append(row)
     due = max(renew_by(term, service.kind, service.name, policy), today)
-    proforma = Proforma(number=billing.proforma_number(today.year, seq),
-                        reference=references.proforma_reference(seq, today.year),
-                        order=order, state=ProformaState.OPEN.value, issued_on=today,
+    proforma = Proforma(number=billing.proforma_number(today.year, seq, policy),
+                        reference=billing.payment_reference(today.year, seq, policy),
+                        brand=policy.code, issuer=billing.issuer(policy), order=order,
+                        state=ProformaState.OPEN.value, issued_on=today,
                         due_date=due, currency="EUR", net=quote.net, vat=quote.vat,
                         gross=quote.gross)
     for line in quote.lines:
@@ -98,7 +99,14 @@ def record_proforma_plan(s: Session, proforma: Proforma) -> None:
 
 def add_reactivation_fee(s: Session, proforma: Proforma, policy: BrandPolicy) -> bool:
     """Add the brand's reactivation fee to an OPEN proforma; False if it is no longer open."""
-    fee = policy.reactivation_fee
+    return add_fee_line(s, proforma, policy.reactivation_fee,
+                        "Reactivation fee / Pristojbina za ponovni vklop", policy)
+
+
+def add_fee_line(s: Session, proforma: Proforma, fee: Decimal, description: str,
+                 policy: BrandPolicy) -> bool:
+    """Add a fee line (gross ``fee``) to an OPEN proforma; False if it is no longer open.
+    The reactivation fee; a domain's restore fee (``domain.tld_profiles``)."""
     net, vat = split_gross(fee, policy.vat_rate)
     if proforma.id is None:  # made in this very batch: nobody else can see (or pay) it yet
         proforma.net += net
@@ -106,11 +114,11 @@ def add_reactivation_fee(s: Session, proforma: Proforma, policy: BrandPolicy) ->
         proforma.gross += fee
         proforma.lines.append(ProformaLine(
             position=len(proforma.lines) + 1, item_id=None,
-            description="Reactivation fee / Pristojbina za ponovni vklop", unit_gross=fee,
+            description=description, unit_gross=fee,
             discount_gross=Decimal("0.00"), net=net, vat=vat, gross=fee,
             vat_rate=policy.vat_rate, promo=False))
         audit(s, SYSTEM, "proforma.fee_added", "proforma", proforma.number,
-              {"fee": str(fee), "gross": str(proforma.gross)})
+              {"fee": str(fee), "gross": str(proforma.gross), "line": description})
         return True
     res = s.execute(update(Proforma)
                     .where(Proforma.id == proforma.id, Proforma.state == ProformaState.OPEN.value)
@@ -121,11 +129,11 @@ def add_reactivation_fee(s: Session, proforma: Proforma, policy: BrandPolicy) ->
         return False
     position = max((line.position for line in proforma.lines), default=0) + 1
     proforma.lines.append(ProformaLine(position=position, item_id=None,
-                       description="Reactivation fee / Pristojbina za ponovni vklop",
+                       description=description,
                        unit_gross=fee, discount_gross=Decimal("0.00"), net=net, vat=vat, gross=fee,
                        vat_rate=policy.vat_rate, promo=False))
     gross = proforma.gross + fee
     s.expire(proforma, ["net", "vat", "gross"])  # the UPDATE above wrote them
     audit(s, SYSTEM, "proforma.fee_added", "proforma", proforma.number,
-          {"fee": str(fee), "gross": str(gross)})
+          {"fee": str(fee), "gross": str(gross), "line": description})
     return True

@@ -141,14 +141,15 @@ def _policy(ctx: StepContext, service: Service) -> BrandPolicy:
 
 def step_delete_data(ctx: StepContext, step: Step) -> StepResult:
     """Stage 1: a last backup, then the account is removed from its node."""
-    st = _load_stage(ctx, step, ServiceState.EXPIRED)
+    # a withdrawal's stage 1 runs on a cancelled service (issue 17 item 3; params say so)
+    st = _load_stage(ctx, step, ServiceState(str(step.params.get("from_state", "expired"))))
     if isinstance(st, StepResult):
         return st
     manifest: dict[str, Any] = {"kind": st.service.kind}
     if st.account is not None and st.node is not None and st.account.state != "removed":
         ctx.heartbeat()
         removal = ctx.adapters.backups.remove_account(target_of(st.node), spec_of(st.account),
-                                                      ctx.adapters.hosting)
+                                                      ctx.adapters.hosting, st.service.id)
         manifest.update({"node": st.node.name, "account": st.account.username,
                          **removal.as_dict()})
         with transaction(ctx.factory) as s:
@@ -163,15 +164,21 @@ def step_delete_data(ctx: StepContext, step: Step) -> StepResult:
 
 
 def step_purge_backups(ctx: StepContext, step: Step) -> StepResult:
-    """Stage 2: every backup of the account is purged; what was removed is recorded."""
+    """Stage 2: every snapshot of the account (its tag and the service's) is forgotten in
+    its node's repository on the backup host and the repository pruned; the stage record
+    keeps the proof: the snapshot ids, the bytes the prune freed, that no snapshot with the
+    tag remains and that ``restic check`` passed (the adapter fails the step otherwise)."""
     st = _load_stage(ctx, step, ServiceState.DELETED)
     if isinstance(st, StepResult):
         return st
     manifest: dict[str, Any] = {"kind": st.service.kind}
     if st.account is not None and st.node is not None:
         ctx.heartbeat()
-        purged = ctx.adapters.backups.purge(target_of(st.node), st.account.username)
-        manifest.update({"node": st.node.name, "account": st.account.username, **purged.as_dict()})
+        purged = ctx.adapters.backups.purge(target_of(st.node), st.account.username, st.service.id)
+        manifest.update({"node": st.node.name, "account": st.account.username, **purged.as_dict(),
+                         "proof": {"snapshot_ids": list(purged.backup_ids),
+                                   "bytes_freed": purged.bytes_freed, "remaining": purged.remaining,
+                                   "restic_check_ok": purged.check_ok}})
     else:
         manifest["note"] = "no backups on a node for this service"
     _finish_stage(ctx, st, "purge_backups", ServiceState.PURGED, manifest)

@@ -25,6 +25,8 @@ from provisioner.domain.lifecycle import (
 from provisioner.domain.policy import BrandPolicy, get_brand
 from provisioner.pipeline.capabilities.dns_tls import renewal_step
 from provisioner.pipeline.capabilities.lifecycle.batch import Batch, step_row
+from provisioner.pipeline.capabilities.lifecycle.cutoff import registry_cutoff
+from provisioner.pipeline.capabilities.lifecycle.lapse import lapse_due
 from provisioner.pipeline.capabilities.lifecycle.renewals import (
     add_reactivation_fee,
     ensure_renewal,
@@ -87,6 +89,7 @@ def sweep(factory: sessionmaker[Session], today: date, *, dry_run: bool = False,
     """Do what is due on ``today``; with ``dry_run`` only say what that would be."""
     report = SweepReport(today, dry_run)
     report.actions += _certificates(factory, today, dry_run, tls_renew_days)
+    report.actions += [Action(*a) for a in lapse_due(factory, today, dry_run=dry_run)]
     after_id = 0
     while True:
         with transaction(factory) as s:
@@ -161,6 +164,9 @@ def _advance(b: Batch, service: Service, policy: BrandPolicy) -> list[Action]:
     due = due_events(service.state, expiry, service.kind, service.name, policy, today)
     actions: list[Action] = []
     look_again_tomorrow = False
+    cutoff = registry_cutoff(b, service, policy)  # a domain's registry cut-off (its lapse day)
+    if cutoff.event is not None and cutoff.due_on is not None:
+        actions.append(Action(service.id, cutoff.event, cutoff.due_on, cutoff.detail))
     if expiry is not None:
         reminders = [event for event in due if event.event is ClockEvent.REMINDER]
         latest_reminder = reminders[-1] if reminders else None  # stale ones are not sent late
@@ -175,6 +181,8 @@ def _advance(b: Batch, service: Service, policy: BrandPolicy) -> list[Action]:
     next_on = next_clock_on(service.state, expiry, service.kind, service.name, policy, today)
     if look_again_tomorrow:  # something due could not happen yet (a step still running)
         next_on = today + timedelta(days=1)
+    if cutoff.next_on is not None and (next_on is None or cutoff.next_on < next_on):
+        next_on = cutoff.next_on
     service.clock_on = next_on
     return actions
 

@@ -1,0 +1,200 @@
+"""Benchmark: restic backups of one account to the backup host, beside ``tar | ssh`` (issue 16).
+
+On two throwaway hosts (a node from the converged-node image, a backup host from the
+base image, set up by ``playbooks/backup_host.yml`` and ``playbooks/hosting_node_backup.yml``):
+
+1. one account with ``--files`` (20,000) files of random bytes, ``--mb`` (1,000) MB in
+   all, a delivered-mail-sized maildir and a ``--db-mb`` (200) MB database;
+2. the floor of a full copy: ``mysqldump --single-transaction`` to a file, then
+   ``tar -c`` of the home, the maildir and the dump piped into ``ssh backup-host 'cat > …'``;
+3. ``hosting-backup backup`` (dump + restic backup over SFTP), the first time and again
+   unchanged (incremental);
+4. restore: ``ssh backup-host cat … | tar -x`` into a scratch directory (the floor) beside
+   ``hosting-backup drill`` (restic restore of the whole snapshot into a scratch
+   directory, then compared with the snapshot's file list) and ``hosting-backup restore``
+   (home and maildir swapped in, the database re-imported) beside the floor plus
+   ``mysql`` importing the same dump.
+
+Targets: first backup / floor <= 1.5; unchanged second / first < 0.10. Prints one JSON
+document and writes it to ``--out`` (default ``bench/results/backups.json``). Run from the
+repo root as root (under the e2e lock: it boots throwaway hosts)::
+
+    .venv/bin/python bench/backups.py [--mb 1000 --files 20000 --db-mb 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import secrets
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from provisioner.adapters.hosting import run_playbook  # noqa: E402
+from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets  # noqa: E402
+from provisioner.devstack.hosts import NspawnHosts  # noqa: E402
+from provisioner.devstack.hosts.node import up_node  # noqa: E402
+from provisioner.devstack.hosts.ssh import ssh_exec  # noqa: E402
+from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backups.json"
+ACCOUNT = "benchbk"
+FLOOR_KEY = "/root/.ssh/bench_floor"
+SCRATCH = "/var/tmp/bench-restore"
+
+MAKE_FILES = r"""
+import os, sys
+root, count, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+size = total // count
+for i in range(count):
+    d = os.path.join(root, "d%03d" % (i // 200))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d.bin" % i), "wb") as fh:
+        fh.write(os.urandom(size))
+"""
+
+
+class Host:
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    def sh(self, command: str, timeout_s: float = 3600) -> str:
+        status, out = ssh_exec(self.info.name, self.info.address, Path(self.info.ssh_key), command,
+                               timeout_s=timeout_s)
+        if status != 0:
+            raise RuntimeError(f"{self.info.name}: {command[:200]!r} failed ({status}): {out[-800:]}")
+        return out
+
+    def timed(self, command: str) -> tuple[float, str]:
+        started = time.monotonic()
+        out = self.sh(command)
+        return time.monotonic() - started, out
+
+
+def playbook(name: str, info: Any, extravars: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-backups-") as private:
+        result = Path(private) / "result.json"
+        key = "backup_host_result_file" if name == "backup_host.yml" else "hosting_backup_result_file"
+        run = run_playbook(name, [info.target()], {key: str(result), **extravars},
+                           ssh_key=Path(info.ssh_key), throwaway=True, timeout_s=1800)
+        run.raise_for_status(f"bench.{name}")
+        return json.loads(result.read_text()) if result.is_file() else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=1000, help="MB of files in the home")
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--db-mb", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    hosts = NspawnHosts()
+    names = ("bench-bk-node", "bench-bk-host")
+    result: dict[str, Any] = {"machine": platform.node(), "mb": args.mb, "files": args.files,
+                              "db_mb": args.db_mb}
+    try:
+        node_info = up_node(hosts, names[0])
+        bk_info = hosts.up(names[1])
+        node, bk = Host(node_info), Host(bk_info)
+        # enrol the node with the backup host (as in production), and give the floor a root login
+        key = json.loads(node.sh("/usr/local/sbin/hosting-backup key"))["public_key"]
+        host_key = playbook("backup_host.yml", bk_info, {
+            "backup_host_nodes": [{"name": "bench", "authorized_keys": [key]}]})["host_key"]
+        playbook("hosting_node_backup.yml", node_info, {
+            "hosting_node_backup_repository": f"sftp:rn-bench@{bk_info.address}:/repo",
+            "hosting_node_backup_password": secrets.token_urlsafe(32),
+            "hosting_node_backup_known_hosts": host_key})
+        node.sh(f"install -d -m 700 /root/.ssh && cat > {FLOOR_KEY} && chmod 600 {FLOOR_KEY}"
+                f" <<'EOF'\n{Path(hosts.key_path).read_text()}EOF")
+        floor_ssh = (f"ssh -i {FLOOR_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                     f"-o BatchMode=yes root@{bk_info.address}")
+
+        plan = DEFAULT_CATALOG.hosting_plan("giga15")
+        spec = AccountSpec(ACCOUNT, ("benchbk.si",), plan, mailboxes=("info",))
+        HostingAccounts(ssh_key=Path(node_info.ssh_key)).create(
+            node_info.target(), spec, Secrets.generate(spec.mailboxes)).raise_for_status("bench.create")
+        home = f"/srv/hosting/{ACCOUNT}"
+        t, _ = node.timed(f"python3 -c {shlex.quote(MAKE_FILES)} {home}/public_html/data {args.files} "
+                          f"{args.mb * 1_000_000} && chown -R {ACCOUNT}: {home}/public_html/data")
+        result["generate_files_s"] = t
+        rows = int(args.db_mb) * 1000  # 1,000 random bytes a row
+        sql = ("CREATE TABLE blobs (id INT PRIMARY KEY, b VARBINARY(1024)) ENGINE=InnoDB; "  # noqa: S608
+               f"INSERT INTO blobs SELECT seq, RANDOM_BYTES(1000) FROM seq_1_to_{rows}")
+        t, _ = node.timed(f"mysql --database {ACCOUNT} -e {shlex.quote(sql)}")
+        result["generate_db_s"] = t
+        result["data"] = json.loads(node.sh(f"/usr/local/sbin/hosting-backup status {ACCOUNT}"))
+        node.sh("sync; echo 3 > /proc/sys/vm/drop_caches || true")
+
+        # the floor: a dump and tar | ssh of the same data to the same host
+        dump = "/var/tmp/bench-floor.sql"
+        t_floor, _ = node.timed(
+            f"mysqldump --single-transaction --routines --triggers --events --add-drop-database "
+            f"--databases {ACCOUNT} > {dump} && tar -cf - -C / srv/hosting/{ACCOUNT} srv/mail/benchbk.si "
+            f"{dump.lstrip('/')} | {floor_ssh} 'cat > /var/tmp/floor.tar'")
+        result["floor_tar_ssh_s"] = t_floor
+        result["floor_bytes"] = int(bk.sh("stat -c %s /var/tmp/floor.tar").strip())
+
+        t_first, out = node.timed(f"/usr/local/sbin/hosting-backup backup {ACCOUNT}")
+        first = json.loads(out)
+        t_second, out = node.timed(f"/usr/local/sbin/hosting-backup backup {ACCOUNT}")
+        second = json.loads(out)
+        result["restic_first_s"] = t_first
+        result["restic_first_added_bytes"] = first.get("added_bytes")
+        result["restic_second_s"] = t_second
+        result["restic_second_added_bytes"] = second.get("added_bytes")
+        result["repository_bytes"] = int(bk.sh("du -sb /srv/restic/rn-bench/repo").split()[0])
+
+        # restore: the floor into a scratch dir, restic into a scratch dir (drill), and in place
+        t_floor_restore, _ = node.timed(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} && "
+                                        f"{floor_ssh} 'cat /var/tmp/floor.tar' | tar -x -C {SCRATCH}")
+        t_floor_import, _ = node.timed(f"mysql --batch < {SCRATCH}/{dump.lstrip('/')}")
+        node.sh(f"rm -rf {SCRATCH} {dump}")
+        t_drill, out = node.timed(f"/usr/local/sbin/hosting-backup drill {ACCOUNT}")
+        result["restic_drill"] = {k: v for k, v in json.loads(out).items() if k != "mismatches"}
+        t_restore, out = node.timed(f"/usr/local/sbin/hosting-backup restore {ACCOUNT} {second['id']}")
+        result["restic_restore_verified_files"] = json.loads(out).get("verified_files")
+        result["floor_restore_ssh_tar_x_s"] = t_floor_restore
+        result["floor_restore_plus_import_s"] = t_floor_restore + t_floor_import
+        result["restic_restore_scratch_s"] = t_drill
+        result["restic_restore_in_place_s"] = t_restore
+
+        result["ratios"] = {
+            "first_over_floor": t_first / t_floor, "first_over_floor_target": 1.5,
+            "second_over_first": t_second / t_first, "second_over_first_target": 0.10,
+            "restore_scratch_over_floor": t_drill / t_floor_restore,
+            "restore_in_place_over_floor_plus_import": t_restore / (t_floor_restore + t_floor_import),
+        }
+        result["targets_met"] = {"first": t_first <= 1.5 * t_floor, "second": t_second < 0.10 * t_first}
+    finally:
+        for name in names:
+            hosts.down(name)
+
+    text = json.dumps(_rounded(result), indent=2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
