@@ -4,7 +4,9 @@ on SQLite and PostgreSQL (issue 7).
 For each database and size, a fresh migrated database is filled with one customer,
 one order and N services (generated in SQL), of which 1,000 are due on the swept day:
 400 renewal notices (a proforma each), 300 shutdowns (renewal proforma + reactivation
-fee + shutdown step), 200 stage-1 deletions and 100 stage-2 purges. The rest are active
+fee + shutdown step), 200 stage-1 deletions and 100 stage-2 purges; and N new-order
+proformas, of which 100 lapse today (unpaid past due date + grace), N/20 are open and
+lapse later, the rest paid. The rest are active
 with a far expiry. One ``sweep(today)`` is timed (the database part the beat does daily;
 the steps it writes run on the workers). Then the work is checked: 1,000 due handled.
 
@@ -39,6 +41,7 @@ from provisioner.store.models import Service, Step  # noqa: E402
 
 TODAY = date(2027, 6, 15)
 DUE = {"renewal": 400, "shutdown": 300, "delete_data": 200, "purge_backups": 100}
+LAPSING = 100  # new-order proformas unpaid past due date + grace (issue 17 item 2)
 
 
 def fill(url: str, n: int) -> float:
@@ -84,9 +87,19 @@ def fill(url: str, n: int) -> float:
             f" CASE {' '.join(case_exp)} ELSE {d(far)} END,"
             f" CASE {' '.join(case_clock)} ELSE {d(far - timedelta(days=35))} END,"
             f" false, :now, :now FROM ({seq}) AS t"), {"n": n, "now": now})
+        # N proformas (issue 17 item 2: unpaid new orders lapse): LAPSING open ones lapse
+        # today, one in 20 is open and lapses later, the rest are paid (outside the index)
+        lapse_case = (f"CASE WHEN x <= {LAPSING} THEN {d(TODAY)} WHEN x % 20 = 0 THEN "
+                      f"{d(TODAY + timedelta(days=5))} ELSE NULL END")
+        s.execute(text(
+            f"INSERT INTO proformas (id, number, reference, order_id, state, issued_on, due_date,"  # noqa: S608
+            f" currency, net, vat, gross, lapses_on) SELECT x, 'PR-B-' || x, 'SI12 B' || x, 1,"
+            f" CASE WHEN x <= {LAPSING} OR x % 20 = 0 THEN 'open' ELSE 'paid' END,"
+            f" {d(TODAY - timedelta(days=20))}, {d(TODAY - timedelta(days=12))}, 'EUR', 8.20,"
+            f" 1.80, 10.00, {lapse_case} FROM ({seq}) AS t"), {"n": n})
         if pg:
             for table, last in (("customers", 1), ("orders", 1), ("order_items", n),
-                                ("services", n)):
+                                ("services", n), ("proformas", n)):
                 s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {last})"))
     if pg:
         with transaction(factory) as s:
@@ -113,6 +126,7 @@ def one(db: str, n: int, workdir: Path, pg: Any) -> dict[str, Any]:
     assert report.looked_at == sum(DUE.values()), report.looked_at
     assert renewals == DUE["renewal"] + DUE["shutdown"], renewals
     assert left == 0, left
+    assert counts.get("lapse") == LAPSING, counts
     return {"db": db, "services": n, "due": sum(DUE.values()), "fill_s": round(fill_s, 2),
             "sweep_s": round(sweep_s, 3), "counts": counts, "renewals": renewals,
             "steps_written": steps}

@@ -45,6 +45,7 @@ from provisioner.pipeline.capabilities import (
     quota,
     refunds,
 )
+from provisioner.pipeline.engine import beat
 from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
 from provisioner.pipeline.engine.ports import Adapters
 from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
@@ -223,6 +224,13 @@ def check_handlers(handlers: Mapping[str, Handler]) -> None:
         raise ConfigurationError(f"no handler for the core step kinds {missing}")
 
 
+# The beat's periodic tasks that must take effect once per slot, however many beats run
+# (pipeline/engine/beat.py): a daily task's slot is the UTC day, the re-drive's its
+# interval. A daily run holds its slot for an hour; one that dies is taken over after.
+DAILY_LEASE_S = 3600.0
+DAILY_BEAT_TASKS = ("sweep", "quota", "purge_links", "backups_check", "backups_drill")
+
+
 @dataclass(frozen=True)
 class Provisioner:
     """One process's wiring: what the entry points (tasks, CLI, API, beat) call."""
@@ -256,7 +264,7 @@ class Provisioner:
 
     def sweep(self, today: date | None = None) -> dict[str, Any]:
         """The beat's daily sweep: today's due work, its steps handed to the workers."""
-        report = lifecycle.sweep(self.factory, today or utcnow().date(),
+        report = lifecycle.sweep(self.factory, today or self.runner.now().date(),
                                  tls_renew_days=self.settings.tls_renew_days)
         queued = self.runner.dispatch()
         log.info("sweep %s: %s; %d step(s) queued", report.today, report.counts(), len(queued))
@@ -265,9 +273,20 @@ class Provisioner:
     def check_quotas(self, today: date | None = None) -> dict[str, Any]:
         """The daily quota check over every active node."""
         return quota.check_quotas(
-            self.factory, today or utcnow().date(), reader=self.adapters.usage,
+            self.factory, today or self.runner.now().date(), reader=self.adapters.usage,
             backups=self.adapters.backups, alert=self.adapters.alert,
             outbox=Outbox(self.factory, self.adapters.mailer, self.settings.mail_from, self.runner.now))
+
+    def on_beat(self, task: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a periodic task's ``work`` once for its slot (see ``DAILY_BEAT_TASKS``);
+        a second beat's send of the same slot does nothing."""
+        at = self.runner.now()
+        if task in DAILY_BEAT_TASKS:
+            slot, lease = at.date().isoformat(), DAILY_LEASE_S
+        else:
+            interval = max(self.settings.redrive_interval_s, 1.0)
+            slot, lease = str(int(at.timestamp() // interval)), interval
+        return beat.once_per_slot(self.factory, task, slot, work, now=self.runner.now, lease_s=lease)
 
 
     # -- backups on the backup host (issue 16): the beat's jobs ------------------------------

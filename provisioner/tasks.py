@@ -110,7 +110,8 @@ def run_step(step_key: str) -> None:
 
 @app.task(name="provisioner.redrive", acks_late=True)
 def redrive() -> dict[str, Any]:
-    return provisioner().redrive()
+    p = provisioner()
+    return p.on_beat("redrive", p.redrive)
 
 
 @app.task(name="provisioner.process_notifications", acks_late=True)
@@ -120,17 +121,20 @@ def process_notifications() -> dict[str, Any]:
 
 @app.task(name="provisioner.sweep", acks_late=True)
 def sweep() -> dict[str, Any]:
-    return provisioner().sweep()
+    p = provisioner()
+    return p.on_beat("sweep", p.sweep)
 
 
 @app.task(name="provisioner.quota", acks_late=True)
 def quota() -> dict[str, Any]:
-    return provisioner().check_quotas()
+    p = provisioner()
+    return p.on_beat("quota", p.check_quotas)
 
 
 @app.task(name="provisioner.purge_links", acks_late=True)
 def purge_links() -> dict[str, Any]:
-    return {"purged": purge_expired_links(provisioner().factory, utcnow())}
+    p = provisioner()
+    return p.on_beat("purge_links", lambda: {"purged": purge_expired_links(p.factory, utcnow())})
 
 
 @app.task(name="provisioner.backups_nightly", acks_late=True)
@@ -140,12 +144,14 @@ def backups_nightly() -> dict[str, Any]:
 
 @app.task(name="provisioner.backups_check", acks_late=True)
 def backups_check() -> dict[str, Any]:
-    return provisioner().backups_check()
+    p = provisioner()
+    return p.on_beat("backups_check", p.backups_check)
 
 
 @app.task(name="provisioner.backups_drill", acks_late=True)
 def backups_drill() -> dict[str, Any]:
-    return provisioner().backups_drill()
+    p = provisioner()
+    return p.on_beat("backups_drill", p.backups_drill)
 
 
 @app.task(name="provisioner.breaches", acks_late=True)

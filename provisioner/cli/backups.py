@@ -71,7 +71,8 @@ def enroll(
     with _progress(as_json) as progress:
         progress.add_task(f"enrolling {node} on {host}", total=None)
         data = guarded(lambda: usecase.enroll_node(p.factory, p.adapters.backups, p.backup_fernet(), node,
-                                                   host, get_brand(p.settings.brand), utcnow()))
+                                                   host, get_brand(p.settings.brand), utcnow(),
+                                                   p.settings.maintenance_timezone))
     emit(data, as_json, lambda d: out.print(f"{d['node']} backs up to {d['repository']}"
                                             f"{' (created)' if d['initialised'] else ''}"))
 

@@ -494,3 +494,17 @@ class Refund(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class BeatSlot(Base):
+    """One periodic task's run for one slot (a day, an interval): the claim that keeps a
+    second beat from doing the same work again (pipeline/engine/beat.py)."""
+
+    __tablename__ = "beat_slots"
+    task: Mapped[str] = mapped_column(String(40), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    lease_until: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    runs: Mapped[int] = mapped_column(Integer, default=1)

@@ -671,10 +671,13 @@ class HostingBackups:
         data = self._go("hosting_node_backup", node, dict(extravars), "backups.configure_node")
         return bool(data.get("created"))
 
-    def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode]) -> dict[str, Any]:
+    def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode],
+                              root: str = "/srv/restic") -> dict[str, Any]:
         """Converge the backup host (``backup_host.yml``): one chrooted SFTP account per
-        node with that node's keys. Returns the role's JSON (``host_key``, ``accounts``)."""
-        ev = {"backup_host_nodes": [n.as_dict() for n in nodes]}
+        node with that node's keys (all nodes every time: the list is the whole truth).
+        Returns the role's JSON (``host_key``, ``accounts``: node -> user, repository)."""
+        ev = {"backup_host_nodes": [n.as_dict() for n in nodes], "backup_host_root": root,
+              "backup_host_address": host.address}
         return self._go("backup_host", host, ev, "backups.backup_host", result_var="backup_host_result_file")
 
     # -- stage 1 --------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class HostingBackups(Protocol):
 
     def last_nightly(self, node: Target) -> NightlyResult | None: ...
 
-    def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode]) -> dict[str, Any]: ...
+    def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode],
+                              root: str = ...) -> dict[str, Any]: ...
 
 
 class UsageReader(Protocol):

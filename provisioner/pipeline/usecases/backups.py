@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from cryptography.fernet import MultiFernet
@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import BackupHostNode, BackupRecord, SourceRepository
-from provisioner.domain.backups import retention_table, validate_snapshot_id
-from provisioner.domain.maintenance import DEFAULT_TZ, in_window, window_end
+from provisioner.domain.backups import nightly_on_calendar, retention_table, validate_snapshot_id
+from provisioner.domain.maintenance import DEFAULT_TZ, in_window, window_end, zone
 from provisioner.domain.policy import BrandPolicy
-from provisioner.errors import InvalidInput, NotFound, ProvisionerError
+from provisioner.errors import InvalidInput, NotFound, ProvisionerError, StepFailed
 from provisioner.pipeline.capabilities.placement import target_of
 from provisioner.pipeline.engine.ports import HostingBackups, OpsAlert
 from provisioner.store import backups as store
@@ -46,6 +46,9 @@ from provisioner.store.models import BackupHost, Service
 
 log = logging.getLogger("provisioner.backups")
 SYSTEM = "system:backups"
+# The node's timer runs 30 min into the window and retries itself (3 x 15 min): the
+# controller checks and re-runs from two hours into the window.
+NODE_GRACE = timedelta(hours=2)
 Factory = sessionmaker[Session]
 
 
@@ -61,51 +64,70 @@ def _node(s: Session, name: str) -> HostingNode:
     return node
 
 
-def node_settings(repo: store.Repository, password: str, policy: BrandPolicy) -> dict[str, Any]:
-    """The extra variables of a node's converge (roles/hosting_node) for its backups.
-    Holds the password: only ever handed to the adapter (a 0600 extravars file)."""
+def node_settings(repo: store.Repository, password: str, policy: BrandPolicy, tz: str) -> dict[str, Any]:
+    """The extra variables of the node's backup converge (``hosting_node_backup.yml``).
+    Holds the password: only ever handed to the adapter (a 0600 extravars file; the role
+    writes it 0600 under ``no_log``)."""
     return {"hosting_node_backup_repository": repo.url,
             "hosting_node_backup_password": password,
             "hosting_node_backup_known_hosts": repo.known_hosts,
             "hosting_node_backup_retention": retention_table(policy),
-            "hosting_node_backup_timer_enabled": False}  # the controller's beat drives the nightly
+            "hosting_node_backup_on_calendar": nightly_on_calendar(policy.maintenance_window, tz)}
 
 
 def converge_backup_host(factory: Factory, backups: HostingBackups, host_name: str,
                          extra_keys: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Converge the backup host with one SFTP account per enrolled node that has a key;
-    ``extra_keys`` lets more keys into a node's account (a restore onto another node)."""
+    """Converge the backup host with one SFTP account per enrolled node that has a key
+    (all of them: the list is the whole truth); ``extra_keys`` lets more keys into a
+    node's account (a restore onto another node). Checks what the host reports: each
+    node's user and repository as recorded, its host key one of the registered ones."""
     with transaction(factory) as s:
         host = store.host_row(s, host_name)
-        target = host_target(host)
+        target, root, registered = host_target(host), host.root, host.known_hosts
         repos = store.repositories(s, host_name)
     entries = []
     for r in repos:
         keys = [k for k in [r.public_key, *(extra_keys or {}).get(r.node, [])] if k]
         if keys:
             entries.append(BackupHostNode(r.node, r.user, tuple(dict.fromkeys(keys))))
-    return backups.configure_backup_host(target, entries)
+    data = backups.configure_backup_host(target, entries, root)
+    accounts = data.get("accounts") or {}
+    for r in repos:
+        got = accounts.get(r.node)
+        if r.public_key and (not isinstance(got, dict) or got.get("user") != r.user
+                             or got.get("repository") != r.url):
+            raise StepFailed("backups.backup_host", f"{host_name} set up {r.node} as {got!r}, "
+                                                    f"not {r.user} / {r.url}")
+    reported = store.host_keys(str(data.get("host_key") or ""))
+    if reported and not reported & store.host_keys(registered):
+        raise StepFailed("backups.backup_host", f"{host_name} reports a host key that is not the "
+                                                "registered one (`backups host add --known-hosts`)")
+    return data
 
 
 def enroll_node(factory: Factory, backups: HostingBackups, fernet: MultiFernet, node_name: str,
-                host_name: str, policy: BrandPolicy, now: datetime) -> dict[str, Any]:
-    """Give ``node_name`` a repository on ``host_name`` and make the node use it. Safe to
-    run again (each part observes first); the password is generated once."""
+                host_name: str, policy: BrandPolicy, now: datetime, tz: str = DEFAULT_TZ) -> dict[str, Any]:
+    """Give ``node_name`` (converged by ``hosting_node.yml``, which made its own SSH key) a
+    repository on ``host_name``: the record with a new sealed password, the node's key let
+    into its chrooted account on the backup host, the node pointed at the repository and
+    ``restic init``. Safe to run again (each part observes first); the password is
+    generated once."""
     with transaction(factory) as s:
         repo, created = store.add_repository(s, fernet, node_name, host_name, now=now)
-        password = store.open_password(s, fernet, repo.id)
         node = _node(s, node_name)
         if created:
             audit(s, "ops", "backups.repository_added", "node", node_name,
                   {"host": host_name, "user": repo.user, "repository": repo.url})
-    backups.configure_node(target_of(node), node_settings(repo, password, policy)).raise_for_status(
-        "backups.enroll")
-    del password
     key = backups.public_key(target_of(node))
     with transaction(factory) as s:
         store.set_public_key(s, repo.id, key)
     converge_backup_host(factory, backups, host_name)
-    initialised = backups.init(target_of(node))
+    with transaction(factory) as s:
+        password = store.open_password(s, fernet, repo.id)
+    try:
+        initialised = backups.configure_node(target_of(node), node_settings(repo, password, policy, tz))
+    finally:
+        del password
     return {"node": node_name, "host": host_name, "repository": repo.url, "user": repo.user,
             "created": created, "initialised": initialised}
 
@@ -216,30 +238,59 @@ def _outcome(factory: Factory, alert: OpsAlert, repo: store.Repository, kind: st
     return alert_now
 
 
-def _done_tonight(last_ok: datetime | None, now: datetime, window: tuple[str, str], tz: str) -> bool:
-    return (last_ok is not None and in_window(last_ok, window, tz)
-            and window_end(last_ok, window, tz) == window_end(now, window, tz))
+def _same_window(a: datetime | None, now: datetime, window: tuple[str, str], tz: str) -> bool:
+    """Whether ``a`` lies in the maintenance window that is open at ``now``."""
+    return (a is not None and in_window(a, window, tz)
+            and window_end(a, window, tz) == window_end(now, window, tz))
+
+
+def _opened_at(now: datetime, window: tuple[str, str], tz: str) -> datetime:
+    """When the window open at ``now`` opened (UTC)."""
+    z = zone(tz)
+    hh, mm = (int(x) for x in window[0].split(":"))
+    local = now.astimezone(z)
+    for back in range(3):
+        day = local.date() - timedelta(days=back)
+        opening = datetime.combine(day, time(hh, mm), tzinfo=z).astimezone(UTC)
+        if opening <= now:
+            return opening
+    raise AssertionError("a daily window opened within two days")  # pragma: no cover
 
 
 def nightly(factory: Factory, backups: HostingBackups, alert: OpsAlert, now: datetime,
-            policy: BrandPolicy, tz: str = DEFAULT_TZ, *, force: bool = False) -> dict[str, Any]:
-    """Each node's nightly run, once per night inside the maintenance window; a node whose
-    run failed is run again by the next call of the same night (the beat's next hour)."""
+            policy: BrandPolicy, tz: str = DEFAULT_TZ, *, force: bool = False,
+            node_grace: timedelta = NODE_GRACE) -> dict[str, Any]:
+    """Make sure each node has tonight's backups, inside the maintenance window.
+
+    The node's own timer runs the nightly backup 30 minutes into the window (and retries a
+    failed run itself). From ``node_grace`` after the window opened, this job (hourly in the
+    beat) reads each node's last run: done tonight and ok, it is recorded; missing or
+    failed, the job runs it now, the retry, and a failure alerts ops once (not again on
+    the next hour's retry). ``force`` runs every node's nightly now, whatever the hour."""
     window = policy.maintenance_window
     report: dict[str, Any] = {"at": now.isoformat(), "nodes": {}, "failed": [], "alerted": [],
-                              "skipped": []}
+                              "skipped": [], "ran": []}
     if not force and not in_window(now, window, tz):
         report["outside_window"] = True
+        return report
+    if not force and now < _opened_at(now, window, tz) + node_grace:
+        report["waiting"] = "the nodes' own nightly runs"
         return report
     for repo, target in _targets(factory):
         with transaction(factory) as s:
             last_ok = store.last_ok_at(s, repo.id, "nightly")
-        if not force and _done_tonight(last_ok, now, window, tz):
+        if not force and _same_window(last_ok, now, window, tz):
             report["skipped"].append(repo.node)
             continue
         try:
-            result = backups.nightly(target)
-            ok, detail = result.ok, result.as_dict()
+            last = None if force else backups.last_nightly(target)
+            if last is not None and last.ok and _same_window(last.finished_at, now, window, tz):
+                ok, detail = True, {**last.as_dict(), "by": "node timer"}
+            else:
+                report["ran"].append(repo.node)
+                result = backups.nightly(target)
+                ok, detail = result.ok, {**result.as_dict(), "by": "controller",
+                                         "node_run": None if last is None else last.as_dict()}
         except ProvisionerError as exc:
             ok, detail = False, {"node": repo.node, "error": type(exc).__name__, "msg": str(exc)}
         report["nodes"][repo.node] = detail

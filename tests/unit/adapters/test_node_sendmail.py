@@ -6,10 +6,13 @@ this process as the node runs it."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
+from provisioner.devstack.net import free_port
 from tests.unit.adapters.node_code import ROLES, load_file
 
 SENDMAIL = ROLES / "hosting_node" / "files" / "usr" / "local" / "sbin" / "hosting-sendmail"
@@ -51,3 +54,46 @@ def test_smtp_on_standard_input_is_a_mode_of_its_own(sendmail: Any) -> None:
 def test_root_and_system_users_are_not_accounts(sendmail: Any) -> None:
     assert sendmail.is_account(0) is False
     assert sendmail.is_account(65534) is False  # nobody is in no "hosting" group
+
+
+class Server:
+    """An SMTP server that takes a message, or refuses it at end of data like the node's
+    policy past the hourly limit."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if b"61st" in envelope.original_content:
+            return "450 4.7.1 Hourly sending limit of 60 messages reached"
+        self.got.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(sendmail: Any, monkeypatch: Any) -> Iterator[Server]:
+    handler = Server()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setattr(sendmail, "SERVER", ("127.0.0.1", port))
+        yield handler
+    finally:
+        controller.stop()
+
+
+def test_a_refused_message_is_a_failure_never_tempfail(sendmail: Any, smtp_server: Server,
+                                                       capsys: Any) -> None:
+    assert sendmail.send("shop", None, ["a@x.si"], b"Subject: 60th\r\n\r\nx\r\n") == 0
+    assert smtp_server.got == [("shop", ["a@x.si"], b"Subject: 60th\r\n\r\nx\r\n")]
+    status = sendmail.send("shop", "web@shop.si", ["a@x.si"], b"Subject: 61st\r\n\r\nx\r\n")
+    # PHP's mail() takes EX_TEMPFAIL (75) for "queued": nothing is queued here.
+    assert status == sendmail.EX_UNAVAILABLE != 75
+    assert "Hourly sending limit of 60" in capsys.readouterr().err
+    assert len(smtp_server.got) == 1
+
+
+def test_no_server_is_a_failure(sendmail: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sendmail, "SERVER", ("127.0.0.1", free_port()))
+    assert sendmail.send("shop", None, ["a@x.si"], b"x\r\n") == sendmail.EX_UNAVAILABLE

@@ -178,9 +178,12 @@ class FakeBackups:
     check_ok: dict[str, bool] = field(default_factory=dict)
     drill_ok: dict[str, bool] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # node -> its SFTP public key
+    host_key: str = ""  # what the backup host reports as its key ("" = nothing)
     host_converges: list[dict[str, list[str]]] = field(default_factory=list)
     node_converges: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     restored_from: list[SourceRepository | None] = field(default_factory=list)
+    last: dict[str, NightlyResult] = field(default_factory=dict)  # node -> its own timer's last run
+    now: Callable[[], datetime] = lambda: datetime(2026, 1, 1, tzinfo=UTC)
     clock: int = 0
 
     def snapshot(self, node: str, account: str, service: int | str | None = None,
@@ -190,7 +193,7 @@ class FakeBackups:
         tags = [f"account:{account}"] + ([f"service:{service}"] if service is not None else [])
         when = at or datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=self.clock)
         record = BackupRecord(ident, account, when,
-                              "mega", f"sftp:bk-{node}@backup:/repo", 1000 * self.clock, 3,
+                              "mega", f"sftp:rn-{node}@backup:/repo", 1000 * self.clock, 3,
                               f"/srv/hosting/{account}", (f"/var/mail/vhosts/{account}.si",), account,
                               short_id=ident[:8], service=None if service is None else str(service),
                               hostname=node, tags=tuple(tags))
@@ -261,7 +264,7 @@ class FakeBackups:
     def check(self, node: Target, subset: str | None = None) -> CheckResult:
         self.calls.append(("check", node.name, subset))
         ok = self.check_ok.get(node.name, True)
-        return CheckResult(ok, f"sftp:bk-{node.name}@backup:/repo", subset, "" if ok else "pack 1234 damaged")
+        return CheckResult(ok, f"sftp:rn-{node.name}@backup:/repo", subset, "" if ok else "pack 1234 damaged")
 
     def drill(self, node: Target, account: str | None = None) -> DrillResult:
         self.calls.append(("drill", node.name, account))
@@ -273,15 +276,24 @@ class FakeBackups:
         self.calls.append(("nightly", node.name))
         error = self.nightly_error.get(node.name)
         if error:
-            return NightlyResult(node.name, {}, (), True, error, f"backup host: {error}")
-        done = {a: {"backup": self.snapshot(node.name, a).id}
-                for a in sorted(self.accounts.get(node.name, ()))}
-        return NightlyResult(node.name, done, (), True, None)
+            result = NightlyResult(node.name, {}, (), True, error, f"backup host: {error}", self.now())
+        else:
+            done = {a: {"backup": self.snapshot(node.name, a).id}
+                    for a in sorted(self.accounts.get(node.name, ()))}
+            result = NightlyResult(node.name, done, (), True, None, "", self.now())
+        self.last[node.name] = result
+        return result
 
-    def configure_node(self, node: Target, extravars: Any) -> RunResult:
+    def last_nightly(self, node: Target) -> NightlyResult | None:
+        self.calls.append(("last", node.name))
+        return self.last.get(node.name)
+
+    def configure_node(self, node: Target, extravars: Any) -> bool:
         self.node_converges.append((node.name, dict(extravars)))
-        return run_result()
+        return self.init(node)
 
-    def configure_backup_host(self, host: Target, nodes: Any) -> dict[str, Any]:
+    def configure_backup_host(self, host: Target, nodes: Any, root: str = "/srv/restic") -> dict[str, Any]:
         self.host_converges.append({n.name: list(n.authorized_keys) for n in nodes})
-        return {"host_key": "", "accounts": {n.name: {"user": n.user, "repository": "/repo"} for n in nodes}}
+        return {"host_key": self.host_key,
+                "accounts": {n.name: {"user": n.user, "repository": f"sftp:{n.user}@{host.address}:/repo"}
+                             for n in nodes}}

@@ -17,6 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from provisioner.adapters.hosting.backups import NightlyResult
 from provisioner.domain.maintenance import in_window
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput, StepFailed
@@ -89,13 +90,15 @@ def hosting_service(world: World, fake: FakeBackups, domain: str = "shop.si") ->
 def test_enrolment_seals_the_password_and_the_database_never_holds_it(
         world: World, fake: FakeBackups, sqlite_url: str, tmp_path: Path) -> None:
     result = enroll(world, fake)
-    assert result["repository"] == "sftp:bk-n1@192.0.2.50:/repo" and result["initialised"]
+    assert result["repository"] == "sftp:rn-n1@192.0.2.50:/repo" and result["initialised"]
     node, ev = fake.node_converges[0]
     password = ev["hosting_node_backup_password"]
     assert node == "n1" and len(password) >= 40
     assert ev["hosting_node_backup_repository"] == result["repository"]
     assert ev["hosting_node_backup_known_hosts"] == KNOWN_HOSTS
     assert ev["hosting_node_backup_retention"] == {"mega": 7, "giga5": 14, "giga10": 14, "giga15": 30}
+    assert ev["hosting_node_backup_on_calendar"] == "*-*-* 23:30:00 Europe/Ljubljana"  # in the window
+    assert [c[0] for c in fake.calls] == ["key", "init"]  # its own key first, then the repository
     # the node's own key is let into its account on the backup host, and only that one
     assert fake.host_converges[-1] == {"n1": [fake.keys["n1"]]}
     db_file = Path(sqlite_url.removeprefix("sqlite:///"))
@@ -134,50 +137,82 @@ def test_a_backup_host_without_a_proper_host_key_is_refused(world: World, known_
         store.add_host(s, "backup9", "192.0.2.59", known_hosts, now=utc(2026, 1, 1))
 
 
+def test_a_backup_host_reporting_another_host_key_is_refused(world: World, fake: FakeBackups) -> None:
+    fake.host_key = "192.0.2.50 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherOtherOtherOtherOtherOtherOtherOther"
+    with pytest.raises(StepFailed, match="not the registered one"):
+        enroll(world, fake)
+    assert fake.node_converges == []  # the node never got a key it should not trust
+    fake.host_key = KNOWN_HOSTS.strip()
+    assert enroll(world, fake)["initialised"]
+
+
 # -- the nightly run: the window, once per night, retries, alerts --------------------------------------
-@pytest.mark.parametrize(("at", "inside"), [
-    (utc(2026, 1, 15, 21, 30), False),  # 22:30 CET
-    (utc(2026, 1, 15, 22, 5), True),  # 23:05 CET
-    (utc(2026, 1, 16, 3, 55), True),  # 04:55 CET
-    (utc(2026, 1, 16, 4, 5), False),  # 05:05 CET
-    (utc(2026, 7, 15, 21, 5), True),  # 23:05 CEST
-    (utc(2026, 7, 16, 3, 5), False),  # 05:05 CEST
+@pytest.mark.parametrize(("at", "state"), [
+    (utc(2026, 1, 15, 21, 30), "outside"),  # 22:30 CET
+    (utc(2026, 1, 15, 22, 5), "waiting"),  # 23:05 CET: the node's own run comes first
+    (utc(2026, 1, 16, 0, 5), "runs"),  # 01:05 CET
+    (utc(2026, 1, 16, 3, 55), "runs"),  # 04:55 CET
+    (utc(2026, 1, 16, 4, 5), "outside"),  # 05:05 CET
+    (utc(2026, 7, 15, 21, 5), "waiting"),  # 23:05 CEST
+    (utc(2026, 7, 15, 23, 5), "runs"),  # 01:05 CEST
+    (utc(2026, 7, 16, 3, 5), "outside"),  # 05:05 CEST
 ])
-def test_the_nightly_run_acts_only_inside_the_maintenance_window(
-        world: World, fake: FakeBackups, at: datetime, inside: bool) -> None:
+def test_the_nightly_job_acts_only_inside_the_maintenance_window_after_the_nodes_own_run(
+        world: World, fake: FakeBackups, at: datetime, state: str) -> None:
     enroll(world, fake)
     report = world.app.backups_nightly(at)
-    assert (("nightly", "n1") in fake.calls) is inside
-    assert report.get("outside_window", False) is (not inside)
+    assert (("nightly", "n1") in fake.calls) is (state == "runs")
+    assert report.get("outside_window", False) is (state == "outside")
+    assert ("waiting" in report) is (state == "waiting")
 
 
 def test_the_nightly_run_backs_up_each_node_once_a_night(world: World, fake: FakeBackups) -> None:
     enroll(world, fake)
     enroll(world, fake, "n2")
-    nights = [utc(2026, 1, 15, 22, 5), utc(2026, 1, 15, 23, 5), utc(2026, 1, 16, 2, 5),
-              utc(2026, 1, 16, 22, 5), utc(2026, 1, 17, 0, 5)]
+    nights = [utc(2026, 1, 16, 0, 5), utc(2026, 1, 16, 1, 5), utc(2026, 1, 16, 3, 5),
+              utc(2026, 1, 17, 0, 5), utc(2026, 1, 17, 1, 5)]
     reports = [world.app.backups_nightly(at) for at in nights]
     assert [c for c in fake.calls if c[0] == "nightly"] == [("nightly", "n1"), ("nightly", "n2")] * 2
     assert reports[1]["skipped"] == ["n1", "n2"] and reports[4]["skipped"] == ["n1", "n2"]
+
+
+def test_a_node_whose_own_timer_ran_tonight_is_only_recorded(world: World, fake: FakeBackups) -> None:
+    enroll(world, fake)
+    enroll(world, fake, "n2")
+    fake.last["n1"] = NightlyResult("n1", {"shop": {"backup": "ab" * 32}}, (), True, None, "",
+                                    utc(2026, 1, 15, 22, 31))  # 23:31 CET tonight
+    fake.last["n2"] = NightlyResult("n2", {}, (), True, None, "", utc(2026, 1, 14, 22, 31))  # last night
+    report = world.app.backups_nightly(utc(2026, 1, 16, 0, 5))
+    assert report["nodes"]["n1"]["by"] == "node timer" and report["ran"] == ["n2"]
+    assert [c for c in fake.calls if c[0] == "nightly"] == [("nightly", "n2")]
+
+
+def test_a_node_whose_own_run_failed_tonight_is_run_again(world: World, fake: FakeBackups,
+                                                          alerts: Alerts) -> None:
+    enroll(world, fake)
+    fake.last["n1"] = NightlyResult("n1", {}, (), True, "unreachable", "no route", utc(2026, 1, 15, 22, 31))
+    report = world.app.backups_nightly(utc(2026, 1, 16, 0, 5))
+    assert report["ran"] == ["n1"] and report["failed"] == [] and alerts.sent == []
+    assert report["nodes"]["n1"]["node_run"]["error"] == "unreachable"
 
 
 def test_an_unreachable_backup_host_alerts_ops_once_and_is_retried_until_it_works(
         world: World, fake: FakeBackups, alerts: Alerts) -> None:
     enroll(world, fake)
     fake.nightly_error["n1"] = "unreachable"
-    hours = [utc(2026, 1, 15, 22, 5) + timedelta(hours=h) for h in range(3)]
+    hours = [utc(2026, 1, 16, 0, 5) + timedelta(hours=h) for h in range(3)]
     reports = [world.app.backups_nightly(at) for at in hours]
     assert [r["failed"] for r in reports] == [["n1"]] * 3  # tried every hour: the retries
     assert len(alerts.sent) == 1 and alerts.sent[0]["step_key"] == "backups:n1/nightly"
     assert "unreachable" in alerts.sent[0]["detail"]
     del fake.nightly_error["n1"]
-    ok = world.app.backups_nightly(utc(2026, 1, 16, 1, 5))
+    ok = world.app.backups_nightly(utc(2026, 1, 16, 3, 5))
     assert ok["failed"] == [] and "n1" in ok["nodes"]
-    assert world.app.backups_nightly(utc(2026, 1, 16, 2, 5))["skipped"] == ["n1"]  # done tonight
+    assert world.app.backups_nightly(utc(2026, 1, 16, 3, 55))["skipped"] == ["n1"]  # done tonight
     assert len(alerts.sent) == 1
     fake.nightly_error["n1"] = "unreachable"  # a new failure, the next night: a new alert
-    world.app.backups_nightly(utc(2026, 1, 16, 22, 5))
-    world.app.backups_nightly(utc(2026, 1, 16, 23, 5))
+    world.app.backups_nightly(utc(2026, 1, 17, 0, 5))
+    world.app.backups_nightly(utc(2026, 1, 17, 1, 5))
     assert len(alerts.sent) == 2
     with transaction(world.factory) as s:
         rows = store.checks(s)
@@ -265,7 +300,7 @@ def test_a_restore_onto_another_node_reads_the_source_repository_with_its_sealed
     result = jobs.restore_service(world.factory, fake, world.app.backup_fernet(), sid, to_node=other)
     assert result["node"] == other and result["source_node"] == node and result["backup_id"] == snap.id
     source = fake.restored_from[-1]
-    assert source is not None and source.node == node and source.url == f"sftp:bk-{node}@192.0.2.50:/repo"
+    assert source is not None and source.node == node and source.url == f"sftp:rn-{node}@192.0.2.50:/repo"
     node_password = next(ev["hosting_node_backup_password"] for n, ev in fake.node_converges if n == node)
     assert source.password == node_password
     # the other node's key is let into the source node's account for the restore only
