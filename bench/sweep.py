@@ -91,14 +91,19 @@ def fill(url: str, n: int) -> float:
         # today, one in 20 is open and lapses later, the rest are paid (outside the index)
         lapse_case = (f"CASE WHEN x <= {LAPSING} THEN {d(TODAY)} WHEN x % 20 = 0 THEN "
                       f"{d(TODAY + timedelta(days=5))} ELSE NULL END")
+        # each lapsing proforma has its own (new) order; the rest belong to order 1
+        s.execute(text(f"INSERT INTO orders (id, customer_id, brand, status, renewal, refund_flag,"  # noqa: S608
+                       f" created_at) SELECT x + 1, 1, 'fcb', 'open', false, false, :now"
+                       f" FROM ({seq}) AS t"), {"n": LAPSING, "now": now})
         s.execute(text(
             f"INSERT INTO proformas (id, number, reference, order_id, state, issued_on, due_date,"  # noqa: S608
-            f" currency, net, vat, gross, lapses_on) SELECT x, 'PR-B-' || x, 'SI12 B' || x, 1,"
+            f" currency, net, vat, gross, lapses_on) SELECT x, 'PR-B-' || x, 'SI12 B' || x,"
+            f" CASE WHEN x <= {LAPSING} THEN x + 1 ELSE 1 END,"
             f" CASE WHEN x <= {LAPSING} OR x % 20 = 0 THEN 'open' ELSE 'paid' END,"
             f" {d(TODAY - timedelta(days=20))}, {d(TODAY - timedelta(days=12))}, 'EUR', 8.20,"
             f" 1.80, 10.00, {lapse_case} FROM ({seq}) AS t"), {"n": n})
         if pg:
-            for table, last in (("customers", 1), ("orders", 1), ("order_items", n),
+            for table, last in (("customers", 1), ("orders", LAPSING + 1), ("order_items", n),
                                 ("services", n), ("proformas", n)):
                 s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {last})"))
     if pg:

@@ -27,6 +27,7 @@ from provisioner.api.routers import ops, pages, webhooks
 from provisioner.bootstrap import bootstrap
 from provisioner.config import Settings, load_settings
 from provisioner.errors import ProvisionerError
+from provisioner.pipeline.usecases.metrics import JournalCollector
 from provisioner.pipeline.usecases.payments import NotificationWriter
 
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None,
     state = ApiState(settings=settings, provisioner=provisioner,
                      writer=NotificationWriter(provisioner.factory, on_accepted=nudger),
                      metrics=CollectorRegistry(), publisher=publisher, nudger=nudger)
+    state.metrics.register(JournalCollector(provisioner.factory))
     hooks = webhooks.Webhooks(settings, provisioner.factory, state.writer, state.metrics,
                               provisioner.verifiers)
 

@@ -20,7 +20,8 @@ import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import select
 
 from provisioner.api.app import create_app
@@ -106,7 +107,7 @@ def test_the_access_data_page_shows_the_data_once_in_the_mails_language_and_bran
     browser.find_element(By.TAG_NAME, "h1").click()  # focus starts at the heading
     ActionChains(browser).send_keys(Keys.TAB).perform()
     assert browser.switch_to.active_element.get_attribute("id") == "reveal"
-    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    _submit(browser, lambda: ActionChains(browser).send_keys(Keys.ENTER).perform())
     user = browser.find_element(By.ID, "ftp-user").text
     shown = {key: browser.find_element(By.ID, key).text
              for key in ("ftp-host", "ftp-port", "ftp-password", "database-password", "mail-password",
@@ -172,6 +173,13 @@ def test_every_page_sends_no_store_no_referrer_and_a_strict_csp(site: Site) -> N
         assert "<script" not in r.text and "http://" not in r.text.split("</head>")[0]
 
 
+def _submit(browser: Any, press: Any) -> None:
+    """Press (click or key) and wait until the browser has left the page."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    press()
+    WebDriverWait(browser, 15).until(staleness_of(old))
+
+
 def _fill(browser: Any, values: dict[str, str]) -> None:
     for name, value in values.items():
         element = browser.find_element(By.NAME, name)
@@ -205,7 +213,7 @@ def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_seal
              "db_via": "ssh", "db_name": "shop_db", "db_user": "shop", "db_password": "Old-db-Secret-2",
              "mail1_host": "imap.example.net", "mail1_user": "info@old.si", "mail1_password": "Old-mail-Secret-3"}
     _fill(browser, typed)
-    browser.find_element(By.ID, "submit").click()
+    _submit(browser, browser.find_element(By.ID, "submit").click)
     # an error beside the field, in the customer's language; secrets not sent back; nothing stored
     error = browser.find_element(By.ID, "files_port-error").text
     assert error.startswith("Napaka" if lang == "sl" else "Error")
@@ -219,7 +227,9 @@ def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_seal
         assert s.execute(select(Migration.state).where(Migration.service_id == sid)).scalar_one() == \
             "awaiting_source"
     _fill(browser, {**typed, "files_port": ""})
-    browser.find_element(By.ID, "submit").click()
+    _submit(browser, browser.find_element(By.ID, "submit").click)
+    errors = [e.get_attribute("id") + ": " + e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error")]
+    assert not errors
     assert browser.find_element(By.ID, "done").text
     received = browser.find_element(By.ID, "received").text
     assert "olduser@old-host.example.net:22" in received and "Secret" not in browser.page_source

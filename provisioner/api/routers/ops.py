@@ -115,5 +115,4 @@ def health(state: State) -> dict[str, str]:
 
 @router.get("/metrics", tags=["meta"])
 def metrics(state: State, actor: Actor) -> Response:
-    ops.update_gauges(state.provisioner.factory, state.metrics)
     return Response(generate_latest(state.metrics), media_type=CONTENT_TYPE_LATEST)

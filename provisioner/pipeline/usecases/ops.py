@@ -9,7 +9,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -356,21 +355,3 @@ def ping(factory: Factory) -> None:
     never waits for, or takes, the write lock."""
     with read_only(factory) as s:
         s.execute(text("SELECT 1"))
-
-
-_GAUGES: dict[int, Gauge] = {}
-
-
-def update_gauges(factory: Factory, registry: CollectorRegistry) -> None:
-    gauge = _GAUGES.get(id(registry))
-    if gauge is None:
-        gauge = Gauge("provisioner_steps", "Journal steps by state", ["state"], registry=registry)
-        _GAUGES[id(registry)] = gauge
-    with transaction(factory) as s:
-        rows = dict(s.execute(select(Step.state, func.count()).group_by(Step.state)).all())
-        pending_notes = s.execute(
-            select(func.count()).select_from(Notification).where(Notification.status == "stored")
-        ).scalar_one()
-    for state in StepState:
-        gauge.labels(state.value).set(rows.get(state.value, 0))
-    gauge.labels("notifications_unprocessed").set(pending_notes)

@@ -20,6 +20,7 @@ payment's own transaction; its key is the payment's).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import date
 from typing import Any, NamedTuple
 
@@ -63,8 +64,8 @@ def lapse_due(factory: sessionmaker[Session], today: date, *, dry_run: bool = Fa
             q = select(Proforma.id, Proforma.number, Proforma.order_id, Proforma.lapses_on,
                        Proforma.due_date).where(_OPEN, Proforma.lapses_on <= today)
             rows = s.execute(q if dry_run else q.limit(batch)).all()
-            for pid, number, order_id, lapses_on, due in rows:
-                actions += _lapse(s, pid, number, order_id, lapses_on or today, due, dry_run)
+            with s.no_autoflush:  # set-based writes: a few statements per batch
+                actions += _lapse_batch(s, rows, today, dry_run)
             if dry_run:
                 s.rollback()
                 return actions
@@ -72,35 +73,48 @@ def lapse_due(factory: sessionmaker[Session], today: date, *, dry_run: bool = Fa
             return actions
 
 
-def _lapse(s: Session, pid: int, number: str, order_id: int, lapses_on: date, due: date,
-           dry_run: bool) -> list[Lapse]:
-    services = list(s.execute(select(Service.id).where(
-        Service.order_id == order_id,
-        Service.state == ServiceState.PENDING_PAYMENT.value)).scalars())
-    detail = f"proforma {number} unpaid since {due.isoformat()}: order cancelled"
-    actions = [Lapse(sid, "lapse", lapses_on, detail) for sid in services] or [
-        Lapse(0, "lapse", lapses_on, detail)]
+def _lapse_batch(s: Session, rows: Sequence[Any], today: date, dry_run: bool) -> list[Lapse]:
+    if not rows:
+        return []
+    if not dry_run:  # OPEN -> CANCELLED; one paid at this very moment stays paid
+        cancelled = set(s.execute(
+            update(Proforma).where(Proforma.id.in_([r.id for r in rows]),
+                                   Proforma.state == ProformaState.OPEN.value)
+            .values(state=ProformaState.CANCELLED.value).returning(Proforma.id)
+            .execution_options(synchronize_session=False)).scalars())
+        rows = [r for r in rows if r.id in cancelled]
+        if not rows:
+            return []
+    order_ids = [r.order_id for r in rows]
+    services: dict[int, list[int]] = {}
+    for sid, oid in s.execute(select(Service.id, Service.order_id).where(
+            Service.order_id.in_(order_ids),
+            Service.state == ServiceState.PENDING_PAYMENT.value)).all():
+        services.setdefault(oid, []).append(sid)
+    actions: list[Lapse] = []
+    for r in rows:
+        detail = f"proforma {r.number} unpaid since {r.due_date.isoformat()}: order cancelled"
+        on = r.lapses_on or today
+        actions += [Lapse(sid, "lapse", on, detail) for sid in services.get(r.order_id, [])] or [
+            Lapse(0, "lapse", on, detail)]
     if dry_run:
         return actions
-    res = s.execute(update(Proforma)
-                    .where(Proforma.id == pid, Proforma.state == ProformaState.OPEN.value)
-                    .values(state=ProformaState.CANCELLED.value)
-                    .execution_options(synchronize_session=False))
-    if res.rowcount != 1:  # type: ignore[attr-defined]  # paid this very moment
-        return []
     now = utcnow()
-    s.execute(update(Order).where(Order.id == order_id).values(status=LAPSED)
+    s.execute(update(Order).where(Order.id.in_(order_ids)).values(status=LAPSED)
               .execution_options(synchronize_session=False))
     s.execute(update(Service)
-              .where(Service.order_id == order_id,
+              .where(Service.order_id.in_(order_ids),
                      Service.state == ServiceState.PENDING_PAYMENT.value)
               .values(state=ServiceState.CANCELLED.value, clock_on=None, updated_at=now,
-                      detail=f"order lapsed: proforma {number} unpaid")
+                      detail="order lapsed: its proforma was not paid")
               .execution_options(synchronize_session=False))
-    record(s, order_id, [StepSpec(f"proforma:{number}/notify.lapsed", "notify.lapsed", (),
-                                  {"proforma_id": pid, "lapsed_on": lapses_on.isoformat()})])
-    audit(s, SYSTEM, "proforma.lapsed", "proforma", number,
-          {"due_date": due.isoformat(), "order": order_id, "services": services})
+    for r in rows:
+        on = r.lapses_on or today
+        record(s, r.order_id, [StepSpec(f"proforma:{r.number}/notify.lapsed", "notify.lapsed", (),
+                                        {"proforma_id": r.id, "lapsed_on": on.isoformat()})])
+        audit(s, SYSTEM, "proforma.lapsed", "proforma", r.number,
+              {"due_date": r.due_date.isoformat(), "order": r.order_id,
+               "services": services.get(r.order_id, [])})
     return actions
 
 

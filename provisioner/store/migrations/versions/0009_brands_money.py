@@ -48,23 +48,23 @@ def _counters(brand: bool) -> None:
 
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    with op.batch_alter_table("customers") as batch:
-        batch.add_column(_brand_column())
+    # plain ADD COLUMN (constant defaults): SQLite need not rebuild these tables, which
+    # other tables reference (a rebuild would trip their foreign keys)
+    op.add_column("customers", _brand_column())
     # A customer is the brand it ordered from first (FCB if it never ordered).
     op.execute("UPDATE customers SET brand = COALESCE((SELECT o.brand FROM orders o "
                "WHERE o.customer_id = customers.id ORDER BY o.id LIMIT 1), 'fcb')")
-    with op.batch_alter_table("orders") as batch:
-        batch.add_column(sa.Column("paper_invoice", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
-    with op.batch_alter_table("proformas") as batch:
-        batch.add_column(_brand_column())
-        batch.add_column(sa.Column("issuer", sa.JSON(), nullable=True))
+    op.add_column("orders", sa.Column("paper_invoice", sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
+    op.add_column("proformas", _brand_column())
+    op.add_column("proformas", sa.Column("issuer", sa.JSON(), nullable=True))
     op.execute("UPDATE proformas SET brand = (SELECT o.brand FROM orders o "
                "WHERE o.id = proformas.order_id)")
     _counters(brand=True)
 
     # invoices: immutable (a trigger refuses UPDATE and DELETE), so the trigger steps
-    # aside while the new columns are filled for the invoices issued so far
+    # aside while the new columns are filled for the invoices issued so far; SQLite
+    # rebuilds the table for the new unique key (no table references invoices yet)
     if dialect == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS invoices_no_update")
         op.execute("DROP TRIGGER IF EXISTS invoices_no_delete")
