@@ -4,7 +4,9 @@ on SQLite and PostgreSQL (issue 7).
 For each database and size, a fresh migrated database is filled with one customer,
 one order and N services (generated in SQL), of which 1,000 are due on the swept day:
 400 renewal notices (a proforma each), 300 shutdowns (renewal proforma + reactivation
-fee + shutdown step), 200 stage-1 deletions and 100 stage-2 purges; and N new-order
+fee + shutdown step), 200 stage-1 deletions and 100 stage-2 purges, plus 100 .com
+domains at their registry cut-off (issue 17 item 4: a renewal proforma with the restore
+fee and a ``clock.registry_cutoff`` step each); and N new-order
 proformas, of which 100 lapse today (unpaid past due date + grace), N/20 are open and
 lapse later, the rest paid. The rest are active
 with a far expiry. One ``sweep(today)`` is timed (the database part the beat does daily;
@@ -40,7 +42,8 @@ from provisioner.store.lifecycle import Renewal  # noqa: E402
 from provisioner.store.models import Service, Step  # noqa: E402
 
 TODAY = date(2027, 6, 15)
-DUE = {"renewal": 400, "shutdown": 300, "delete_data": 200, "purge_backups": 100}
+DUE = {"renewal": 400, "shutdown": 300, "delete_data": 200, "purge_backups": 100,
+       "registry_cutoff": 100}
 LAPSING = 100  # new-order proformas unpaid past due date + grace (issue 17 item 2)
 
 
@@ -54,7 +57,11 @@ def fill(url: str, n: int) -> float:
     groups = [("active", TODAY + timedelta(days=30), TODAY, DUE["renewal"]),
               ("active", TODAY - timedelta(days=1), TODAY, DUE["shutdown"]),
               ("expired", TODAY - timedelta(days=60), TODAY, DUE["delete_data"]),
-              ("deleted", TODAY - timedelta(days=90), TODAY, DUE["purge_backups"])]
+              ("deleted", TODAY - timedelta(days=90), TODAY, DUE["purge_backups"]),
+              # .com domains whose lapse day is today (deleted the day before expiry)
+              ("active", TODAY + timedelta(days=1), TODAY, DUE["registry_cutoff"])]
+    domains_from = sum(DUE.values()) - DUE["registry_cutoff"]  # ids above it are domains
+    is_domain = f"x > {domains_from} AND x <= {sum(DUE.values())}"
     seq = ("SELECT generate_series(1, :n) AS x" if pg else
            "WITH RECURSIVE seq(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM seq WHERE x < :n) "
            "SELECT x FROM seq")
@@ -76,13 +83,19 @@ def fill(url: str, n: int) -> float:
                   {"now": now})
         # generated from the constants above: no outside input reaches these strings
         s.execute(text(f"INSERT INTO order_items (id, order_id, position, kind, product, name,"  # noqa: S608
-                       f" period_months, action, spec) SELECT x, 1, x, 'hosting', 'giga5',"
-                       f" 's' || x || '.si', 12, 'new', 'hosting:giga5:s' || x || '.si:12m'"
+                       f" period_months, action, spec) SELECT x, 1, x,"
+                       f" CASE WHEN {is_domain} THEN 'domain' ELSE 'hosting' END,"
+                       f" CASE WHEN {is_domain} THEN 'com' ELSE 'giga5' END,"
+                       f" CASE WHEN {is_domain} THEN 'c' || x || '.com' ELSE 's' || x || '.si' END,"
+                       f" 12, 'new', CASE WHEN {is_domain} THEN 'domain:c' || x || '.com:1y'"
+                       f" ELSE 'hosting:giga5:s' || x || '.si:12m' END"
                        f" FROM ({seq}) AS t"), {"n": n})
         s.execute(text(
             f"INSERT INTO services (id, order_id, item_id, customer_id, kind, product, name, state,"  # noqa: S608
             f" period_months, expires_on, clock_on, held, created_at, updated_at)"
-            f" SELECT x, 1, x, 1, 'hosting', 'giga5', 's' || x || '.si',"
+            f" SELECT x, 1, x, 1, CASE WHEN {is_domain} THEN 'domain' ELSE 'hosting' END,"
+            f" CASE WHEN {is_domain} THEN 'com' ELSE 'giga5' END,"
+            f" CASE WHEN {is_domain} THEN 'c' || x || '.com' ELSE 's' || x || '.si' END,"
             f" CASE {' '.join(case_state)} ELSE 'active' END, 12,"
             f" CASE {' '.join(case_exp)} ELSE {d(far)} END,"
             f" CASE {' '.join(case_clock)} ELSE {d(far - timedelta(days=35))} END,"
@@ -129,7 +142,8 @@ def one(db: str, n: int, workdir: Path, pg: Any) -> dict[str, Any]:
                          .where(Service.clock_on <= TODAY)).scalar_one()
     dispose_all()
     assert report.looked_at == sum(DUE.values()), report.looked_at
-    assert renewals == DUE["renewal"] + DUE["shutdown"], renewals
+    assert renewals == DUE["renewal"] + DUE["shutdown"] + DUE["registry_cutoff"], renewals
+    assert counts.get("registry_cutoff") == DUE["registry_cutoff"], counts
     assert left == 0, left
     assert counts.get("lapse") == LAPSING, counts
     return {"db": db, "services": n, "due": sum(DUE.values()), "fill_s": round(fill_s, 2),

@@ -81,14 +81,16 @@ def erase_personal(session: Session, entities: Sequence[tuple[str, str]], detail
                    ) -> int:
     """Overwrite a person's details in the audit log (GDPR erasure): in the entries about
     ``entities`` ((entity, id) pairs: the customer, their services, orders, payments), and
-    in any other entry whose detail or actor names one of ``details`` (their e-mail,
-    name, phone, ...), every value under a personal key (`PERSONAL_KEYS`) and every text
-    holding one of ``details`` becomes `ERASED`. Time, actor role, action and entity stay
-    (the log of who did what). Returns how many entries changed."""
+    in any other entry whose detail or actor names one of ``details`` distinctively (an
+    e-mail address, or a text of 8 characters or more: a full name, a phone number), every
+    value under a personal key (`PERSONAL_KEYS`) and every text holding one of ``details``
+    becomes `ERASED`. Time, actor role, action and entity stay (the log of who did what).
+    Returns how many entries changed."""
     needles = sorted({d.strip().casefold() for d in details if d and len(d.strip()) >= 4})
     matches: list[ColumnElement[bool]] = [
         (AuditEntry.entity == e) & (AuditEntry.entity_id == i) for e, i in entities]
-    for n in needles:
+    # a short word ("shop") would match strangers' entries: only distinctive ones are searched
+    for n in (n for n in needles if "@" in n or len(n) >= 8):
         # the detail is stored as JSON text (non-ASCII escaped); search both spellings
         for spelling in {n, json.dumps(n)[1:-1]}:
             matches.append(cast(AuditEntry.detail, String).icontains(spelling, autoescape=True))

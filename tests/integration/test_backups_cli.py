@@ -67,7 +67,8 @@ def host_file(tmp_path: Path, text: str = KNOWN_HOSTS) -> str:
 
 def enrolled(world: World, fake: FakeBackups, tmp_path: Path) -> tuple[int, str, str]:
     """backup1 registered, n1 and n2 enrolled, a hosting service with its account."""
-    as_json("backups", "host", "add", "backup1", "--address", "192.0.2.50", "--known-hosts", host_file(tmp_path))
+    as_json("backups", "host", "add", "backup1", "--address", "192.0.2.50",
+            "--known-hosts", host_file(tmp_path))
     for node in ("n1", "n2"):
         as_json("backups", "enroll", node, "--host", "backup1")
     order = world.order(["hosting:mega:shop.si"])
@@ -135,7 +136,8 @@ def test_a_hostile_snapshot_id_exits_2_before_any_node_is_asked(
     assert "snapshot id" in err and len(fake.calls) == before
 
 
-def test_restore_to_another_node_needs_the_account_there(world: World, fake: FakeBackups, tmp_path: Path) -> None:
+def test_restore_to_another_node_needs_the_account_there(
+        world: World, fake: FakeBackups, tmp_path: Path) -> None:
     sid, name, node = enrolled(world, fake, tmp_path)
     snap = fake.snapshot(node, name, sid)
     other = "n2" if node == "n1" else "n1"
@@ -146,7 +148,8 @@ def test_restore_to_another_node_needs_the_account_there(world: World, fake: Fak
     assert "ghost" in run("backups", "restore", str(sid), "--to", "ghost", code=2)
 
 
-def test_a_failed_nightly_or_check_exits_1_with_the_report(world: World, fake: FakeBackups, tmp_path: Path) -> None:
+def test_a_failed_nightly_or_check_exits_1_with_the_report(
+        world: World, fake: FakeBackups, tmp_path: Path) -> None:
     enrolled(world, fake, tmp_path)
     fake.nightly_error["n1"] = "unreachable"
     report = as_json("backups", "nightly", "--force", code=1)

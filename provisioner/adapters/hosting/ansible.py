@@ -61,6 +61,8 @@ class RunResult:
     stats: dict[str, dict[str, int]]
     errors: dict[str, str] = field(default_factory=dict)  # host -> first error message
     duration_s: float = 0.0
+    # host -> the names of the tasks that changed (or, in check mode, would change) it
+    changes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -101,13 +103,15 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
                  extravars: Mapping[str, Any] | None = None, *, timeout_s: float = 900,
                  ssh_key: Path | None = None, throwaway: bool | None = None,
                  known_hosts: Path | None = None, connect_timeout_s: int = 10,
-                 limit: str | None = None) -> RunResult:
+                 limit: str | None = None, check: bool = False) -> RunResult:
     """Run ``playbook`` (a name in ``playbooks/`` or a path) against ``hosts``.
 
     ``hosts`` is a list of :class:`Target` or a ready Ansible inventory dict. Host keys
     are checked against ``known_hosts`` (default: the user's known_hosts) unless
     ``throwaway`` is true; left at None it is true only when every target is a
     throwaway host (a ready inventory is checked strictly unless told otherwise).
+    With ``check`` the run is Ansible's check mode: nothing changes, and ``changes`` names
+    the tasks that would change each host (drift).
     """
     import ansible_runner  # local import: only the adapter needs ansible
 
@@ -153,8 +157,13 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
     envvars["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_dir(_control_group(throwaway, known_hosts)))
     envvars["ANSIBLE_LOCAL_TEMP"] = str(tmp / "tmp")
     errors: dict[str, str] = {}
+    changes: dict[str, list[str]] = {}
 
     def on_event(event: dict[str, Any]) -> bool:
+        if event.get("event") == "runner_on_ok":
+            data = event.get("event_data", {})
+            if (data.get("res") or {}).get("changed"):
+                changes.setdefault(data.get("host", "?"), []).append(str(data.get("task", "")))
         if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
             data = event.get("event_data", {})
             host = data.get("host", "?")
@@ -177,7 +186,7 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
             warnings.simplefilter("ignore")
             r = ansible_runner.run(
                 private_data_dir=str(tmp), playbook=str(path), inventory=inventory,
-                envvars=envvars, limit=limit,
+                envvars=envvars, limit=limit, cmdline="--check" if check else None,
                 quiet=True, timeout=int(timeout_s), event_handler=on_event,
                 suppress_env_files=True)
         stats: dict[str, dict[str, int]] = {}
@@ -203,7 +212,7 @@ def run_playbook(playbook: str, hosts: list[Target] | Mapping[str, Any],
             _refuse_unknown_host_keys(inventory, errors, known_hosts)
         elapsed = round(time.monotonic() - started, 2)
         return RunResult(status=str(r.status), rc=int(r.rc if r.rc is not None else -1),
-                         stats=stats, errors=errors, duration_s=elapsed)
+                         stats=stats, errors=errors, duration_s=elapsed, changes=changes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
