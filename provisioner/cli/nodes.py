@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from provisioner.cli.common import JsonOpt, actor, err, factory, guarded, out, settings
+from provisioner.pipeline.usecases import fleet
 from provisioner.pipeline.usecases.maintenance import EXIT_OUTSIDE_WINDOW, check_window, converge_node
 from provisioner.store.db import transaction
 from provisioner.store.hosting import HostingNode, add_node, node_loads
@@ -105,3 +107,61 @@ def converge(
         err.print(f"[bold red]converge of {name} failed[/]: {result.errors or result.status}")
         raise typer.Exit(1)
     out.print(f"node {name} converged ({result.changed} change(s))")
+
+
+JunitOpt = Annotated[Path | None, typer.Option("--junit", metavar="FILE",
+                                               help="Write a JUnit XML report, one test case per node.")]
+NodesArg = Annotated[list[str] | None, typer.Argument(help="only these nodes (default: every active node)")]
+
+
+def _fleet_report(report: fleet.FleetReport, as_json: bool, junit: Path | None) -> None:
+    if junit is not None:
+        junit.write_text(report.junit(), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        table = Table(title=f"nodes {report.mode}")
+        for column in ("node", "batch", "status", "changes", "error"):
+            table.add_column(column)
+        for o in report.outcomes:
+            table.add_row(o.node, str(o.batch), o.status, "\n".join(o.changes[:5]), o.error[:120])
+        out.print(table)
+        if report.stopped:
+            err.print(f"[bold]stopped:[/] {report.stopped}")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("rollout")
+def rollout(
+    nodes: NodesArg = None,
+    check: Annotated[bool, typer.Option("--check", help="Only report drift (Ansible check mode).")] = False,
+    serial: Annotated[int, typer.Option("--serial", min=1, help="nodes per batch after the canary")] = 1,
+    canary: Annotated[int, typer.Option("--canary", min=0, help="nodes in the first batch")] = 1,
+    max_fail: Annotated[int, typer.Option("--max-fail", min=0, help="failures tolerated")] = 0,
+    force_window: Annotated[str | None, typer.Option(
+        "--force-window", metavar="REASON",
+        help="Converge outside the maintenance window (audited).")] = None,
+    junit: JunitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Converge the nodes in batches, the canary first; stop at the first failure past
+    --max-fail, leaving the rest untouched. Exit status: 0 done, 1 a node failed, 2 bad
+    input, 3 drift found (--check), 4 refused outside the maintenance window."""
+    cfg = settings()
+    names = list(nodes or [])
+    if check:
+        report = guarded(lambda: fleet.drift(cfg, factory(cfg), names=names, serial=serial))
+    else:
+        report = guarded(lambda: fleet.rollout(cfg, factory(cfg), actor=actor(), names=names,
+                                               serial=serial, canary=canary, max_fail=max_fail,
+                                               force_reason=force_window))
+    _fleet_report(report, as_json, junit)
+
+
+@app.command("drift")
+def drift(nodes: NodesArg = None, junit: JunitOpt = None, as_json: JsonOpt = False) -> None:
+    """What a rollout would change on each node, changing nothing (for a nightly job).
+    Exit status: 0 no drift, 1 a node could not be checked, 3 drift found."""
+    cfg = settings()
+    names = list(nodes or [])
+    _fleet_report(guarded(lambda: fleet.drift(cfg, factory(cfg), names=names)), as_json, junit)

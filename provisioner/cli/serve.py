@@ -10,6 +10,8 @@ import typer
 
 from provisioner.bootstrap import Provisioner
 from provisioner.cli.common import guarded, wired
+from provisioner.domain.maintenance import zone
+from provisioner.errors import ConfigurationError, InvalidInput
 from provisioner.pipeline.usecases.residency import check_residency
 
 app = typer.Typer()  # its commands sit at the root: serve, worker, beat
@@ -17,9 +19,14 @@ app = typer.Typer()  # its commands sit at the root: serve, worker, beat
 
 def started() -> Provisioner:
     """The wiring, once the configuration passed the start-up checks: a migrated
-    database, and every place that keeps personal data inside `allowed_countries`."""
+    database, every place that keeps personal data inside `allowed_countries`, and a
+    maintenance window's time zone that exists."""
     p = wired()
     check_residency(p.settings, p.factory)
+    try:
+        zone(p.settings.maintenance_timezone)
+    except InvalidInput as exc:
+        raise ConfigurationError(f"setting maintenance_timezone: {exc}") from exc
     return p
 
 

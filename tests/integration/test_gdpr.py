@@ -232,6 +232,9 @@ def test_serve_worker_and_beat_start_only_inside_the_allowed_countries(
     assert json.loads(default.stdout)["country"] == "SI"  # the setting node_country_default
     monkeypatch.setenv("PROVISIONER_ALLOWED_COUNTRIES", "SI,EU,US")
     assert started().settings.allowed_countries == "SI,EU,US"
+    monkeypatch.setenv("PROVISIONER_MAINTENANCE_TIMEZONE", "Europe/Atlantis")
+    with pytest.raises(ConfigurationError, match="maintenance_timezone"):
+        started()
 
 
 @pytest.mark.anyio

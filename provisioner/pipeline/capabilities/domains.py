@@ -586,8 +586,8 @@ def step_registry_cutoff(ctx: StepContext, step: Step) -> StepResult:
         raise StepFailed(step.key, f"not due before {due_on.isoformat()} (today {today})")
     with transaction(ctx.factory) as s:
         service = s.get(Service, service_id)
-        proforma = s.get(Proforma, int(step.params["proforma_id"])) if step.params.get(
-            "proforma_id") else None
+        proforma = s.execute(select(Proforma).where(
+            Proforma.number == str(step.params.get("proforma", "")))).scalar_one_or_none()
         if service is None or service.expires_on != term:
             return StepResult(False, {"skipped": "the term was renewed"})
         if proforma is not None and proforma.state == ProformaState.PAID.value:

@@ -63,11 +63,10 @@ def registry_cutoff(b: Batch, service: Service, policy: BrandPolicy) -> CutoffOu
         return CutoffOutcome("registry_cutoff", lapse, detail)
     if proforma is None:  # no notice went out (a very short term)
         renewal = ensure_renewal(b.s, service, policy, b.today, b)
-        proforma = renewal.proforma
-        b.s.flush()  # the step names the proforma by id
+        proforma = renewal.proforma  # made in this batch: flushed with it, named by number
     if fee is not None and not add_fee_line(b.s, proforma, fee, RESTORE_FEE_DESCRIPTION, policy):
         return CutoffOutcome(None, lapse, next_on=None)  # paid this very moment
     b.record(service, StepSpec(key, "clock.registry_cutoff", (), {
         "service_id": service.id, "term_expiry": expiry.isoformat(), "due_on": lapse.isoformat(),
-        "proforma_id": proforma.id}, service.id))
+        "proforma": proforma.number}, service.id))
     return CutoffOutcome("registry_cutoff", lapse, detail)
