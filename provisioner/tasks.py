@@ -18,6 +18,7 @@ from provisioner.config import Settings, load_settings
 from provisioner.errors import TransientError
 from provisioner.keyfiles import make_private_dir
 from provisioner.pipeline.capabilities.hosting import purge_expired_links
+from provisioner.pipeline.capabilities.migration.sources import wipe_abandoned
 from provisioner.pipeline.usecases import breach
 from provisioner.timeutil import utcnow
 
@@ -75,6 +76,9 @@ def make_celery(settings: Settings) -> Celery:
             # One-time credentials links that expired unused: their sealed data go.
             "purge_links": {"task": "provisioner.purge_links",
                             "schedule": crontab(minute=30, hour=0)},
+            # Migration sources untouched for migration_abandon_days: wiped (audited).
+            "wipe_migrations": {"task": "provisioner.wipe_migrations",
+                                "schedule": crontab(minute=35, hour=0)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -135,6 +139,13 @@ def quota() -> dict[str, Any]:
 def purge_links() -> dict[str, Any]:
     p = provisioner()
     return p.on_beat("purge_links", lambda: {"purged": purge_expired_links(p.factory, utcnow())})
+
+
+@app.task(name="provisioner.wipe_migrations", acks_late=True)
+def wipe_migrations() -> dict[str, Any]:
+    p = provisioner()
+    return p.on_beat("wipe_migrations", lambda: {"wiped": wipe_abandoned(
+        p.factory, utcnow(), p.settings.migration_abandon_days)})
 
 
 @app.task(name="provisioner.backups_nightly", acks_late=True)

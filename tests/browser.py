@@ -27,9 +27,16 @@ def chromium(lang: str = "en-GB") -> webdriver.Chrome:
     """Headless Chromium through Debian's chromedriver (no download: both paths given)."""
     opts = Options()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-extensions", "--no-first-run", f"--lang={lang}",
-                f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-extensions",
+        "--no-first-run",
+        f"--lang={lang}",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+    ):
         opts.add_argument(arg)
     opts.add_experimental_option("prefs", {"intl.accept_languages": lang})
     return webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=opts)
@@ -65,7 +72,8 @@ def screenshot(driver: webdriver.Chrome, out: Path, name: str) -> list[Path]:
         written.append(path)
         if label == "phone":
             overflow = driver.execute_script(
-                "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
             assert int(overflow) <= 0, f"{name}: {overflow}px wider than a phone"
     driver.set_window_size(*DESKTOP)
     return written

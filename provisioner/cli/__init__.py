@@ -19,6 +19,7 @@ from provisioner.cli import (
     customers,
     db,
     demo,
+    domains,
     hosts,
     migration,
     nodes,
@@ -49,6 +50,7 @@ app.add_typer(breach.app, name="breach")  # open, list, close
 app.add_typer(migration.app, name="migration")  # source, show, wipe
 app.add_typer(backups.app, name="backups")  # host add, enroll, status, list, restore, nightly, check, drill
 app.add_typer(registry.app, name="registry-sandbox")
+app.add_typer(domains.app, name="domains")  # withdraw (a never-activated .si, refunded)
 # Commands at the root.
 app.add_typer(pipeline.app)  # plan, apply, jobs, redrive
 app.add_typer(clock.app)  # sweep, quota

@@ -110,14 +110,18 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = No
 
 
 def follow(f: sessionmaker[Session], order_id: int, timeout: float, *,
-           redrive: Callable[[], Any] | None = None, console: Console | None = None) -> dict[str, int]:
-    """A Rich progress bar over the order's steps until all are done or one failed."""
+           redrive: Callable[[], Any] | None = None, console: Console | None = None,
+           quiet: bool = False) -> dict[str, int]:
+    """A Rich progress bar over the order's steps until all are done or one failed; none
+    when the output is not a terminal (CI) or ``quiet`` (``--json``)."""
     deadline = time.monotonic() + timeout
     last_redrive = 0.0
     counts = ops.order_progress(f, order_id)
+    console = console or out
     with Progress(TextColumn("[bold]order {task.fields[order]}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} steps {task.fields[note]}"),
-                  TimeElapsedColumn(), console=console or out) as progress:
+                  TimeElapsedColumn(), console=console,
+                  disable=quiet or not console.is_terminal) as progress:
         task = progress.add_task("steps", total=sum(counts.values()), order=order_id, note="")
         while True:
             counts = ops.order_progress(f, order_id)

@@ -41,10 +41,14 @@ def _read(path: Path) -> dict[str, object]:
 
 
 @app.command("source")
-def migration_source(service_id: int, file: Path,
-                     remove: Annotated[bool, typer.Option("--remove", help="Delete FILE once sealed.")] = False,
-                     as_json: JsonOpt = False) -> None:
+def migration_source(
+    service_id: int,
+    file: Path,
+    remove: Annotated[bool, typer.Option("--remove", help="Delete FILE once sealed.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Seal the old provider's access for migration SERVICE from FILE.json."""
+
     def run() -> dict[str, Any]:
         cfg = settings()
         summary = sources.record_source(factory(cfg), cfg, service_id, _read(file), actor(), utcnow())
@@ -53,10 +57,15 @@ def migration_source(service_id: int, file: Path,
         return summary
 
     data = guarded(run)
-    emit(data, as_json, lambda d: out.print(
-        f"migration service {service_id}: source sealed ({', '.join(k for k in ('files', 'database') if k in d)}"
-        f"{', ' if d.get('mailboxes') else ''}{len(d.get('mailboxes', []))} mailbox(es))"
-        + "".join(f"\nwarning: {w}" for w in d.get("warnings", []))))
+    emit(
+        data,
+        as_json,
+        lambda d: out.print(
+            f"migration service {service_id}: source sealed ({', '.join(k for k in ('files', 'database') if k in d)}"
+            f"{', ' if d.get('mailboxes') else ''}{len(d.get('mailboxes', []))} mailbox(es))"
+            + "".join(f"\nwarning: {w}" for w in d.get("warnings", []))
+        ),
+    )
 
 
 @app.command("show")
@@ -65,8 +74,19 @@ def migration_show(service_id: int, as_json: JsonOpt = False) -> None:
     data = guarded(lambda: sources.show(factory(), service_id, utcnow()))
 
     def render(d: dict[str, Any]) -> None:
-        for key in ("service", "domain", "hosting_service", "state", "charge_gross", "sealed", "source_at",
-                    "source_by", "wiped_at", "wipe_reason", "migration_used_at"):
+        for key in (
+            "service",
+            "domain",
+            "hosting_service",
+            "state",
+            "charge_gross",
+            "sealed",
+            "source_at",
+            "source_by",
+            "wiped_at",
+            "wipe_reason",
+            "migration_used_at",
+        ):
             out.print(f"{key}: {d[key]}")
         link = d["link"]
         out.print(f"link: {'none' if link is None else link['state'] + ' until ' + link['expires_at']}")
@@ -76,11 +96,21 @@ def migration_show(service_id: int, as_json: JsonOpt = False) -> None:
 
 
 @app.command("wipe")
-def migration_wipe(service_id: int,
-                   reason: Annotated[str, typer.Option(help="done, failed, abandoned or ops.")] = "ops",
-                   as_json: JsonOpt = False) -> None:
+def migration_wipe(
+    service_id: int,
+    reason: Annotated[str, typer.Option(help="done, failed, abandoned or ops.")] = "ops",
+    as_json: JsonOpt = False,
+) -> None:
     """Blank the sealed source of migration SERVICE now (audited)."""
-    data = guarded(lambda: {"wiped": sources.wipe_source(factory(), service_id, reason=reason,
-                                                         actor=actor(), now=utcnow())})
-    emit(data, as_json, lambda d: out.print(f"migration service {service_id}: "
-                                            f"{'wiped' if d['wiped'] else 'nothing left to wipe'}"))
+    data = guarded(
+        lambda: {
+            "wiped": sources.wipe_source(factory(), service_id, reason=reason, actor=actor(), now=utcnow())
+        }
+    )
+    emit(
+        data,
+        as_json,
+        lambda d: out.print(
+            f"migration service {service_id}: {'wiped' if d['wiped'] else 'nothing left to wipe'}"
+        ),
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from provisioner.cli.common import JsonOpt, actor, emit, err, factory, follow, guarded, out, table, wired
 from provisioner.pipeline.usecases import maintenance, ops, reads
+from provisioner.pipeline.usecases.junit import Case, junit_xml
 from provisioner.pipeline.usecases.orders import find_order
 from provisioner.store.db import transaction
 
@@ -35,9 +37,14 @@ def apply_cmd(
     force_window: Annotated[str | None, typer.Option(
         "--force-window", metavar="REASON",
         help="Run its disruptive steps now, outside the maintenance window (audited).")] = None,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", metavar="FILE", help="With --wait: a JUnit XML report, one test case per step.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run an order's ready steps (through Celery). Disruptive steps (a plan change that
-    restarts services) wait for the maintenance window unless --force-window gives a reason."""
+    restarts services) wait for the maintenance window unless --force-window gives a reason.
+    Exit status: 0 done (or queued without --wait), 1 a step failed or --wait timed out,
+    2 bad input."""
     p = guarded(wired)
     if force_window is not None:
         forced = guarded(lambda: maintenance.force_order_window(p.factory, order, force_window, actor()))
@@ -50,10 +57,19 @@ def apply_cmd(
 
     order_id = guarded(resolve)
     queued = p.runner.dispatch(order_id)
-    out.print(f"order {order_id}: {len(queued)} step(s) queued")
+    if not as_json:
+        out.print(f"order {order_id}: {len(queued)} step(s) queued")
     if not wait:
+        if as_json:
+            emit({"order": order_id, "queued": len(queued)}, True, print)
         return
-    status = follow(p.factory, order_id, timeout, redrive=p.runner.redrive)
+    status = follow(p.factory, order_id, timeout, redrive=p.runner.redrive, quiet=as_json)
+    steps = ops.list_jobs(p.factory, str(order_id), False)
+    if junit is not None:
+        junit.write_text(steps_junit(order_id, steps), encoding="utf-8")
+    if as_json:
+        emit({"order": order_id, "queued": len(queued), "steps": status,
+              "failed": [s["key"] for s in steps if s["state"] == "failed"]}, True, print)
     if status.get("failed"):
         err.print(f"[bold red]{status['failed']} step(s) failed[/]: see `provisioner jobs "
                   f"--order {order_id} --failed`")
@@ -62,6 +78,17 @@ def apply_cmd(
         err.print("[bold red]timed out[/] before every step finished")
         raise typer.Exit(1)
     out.print("[bold green]all steps done[/]")
+
+
+def steps_junit(order_id: int, steps: list[dict[str, Any]]) -> str:
+    """An order's steps as JUnit: a failed step is a failure with its error, a step not
+    done when --wait gave up is a failure too (the order did not complete)."""
+    cases = [Case(st["key"], f"order{order_id}.{st['kind']}",
+                  None if st["state"] == "done" else
+                  (f"failed: {(st['last_error'] or '')[:200]}" if st["state"] == "failed"
+                   else f"not done ({st['state']}) when the wait ended"),
+                  st["last_error"] or "") for st in steps]
+    return junit_xml(f"provisioner apply {order_id}", cases)
 
 
 @app.command("jobs")

@@ -9,7 +9,7 @@ import typer
 
 from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, table, wired
 from provisioner.pipeline.capabilities import lifecycle
-from provisioner.pipeline.usecases import ops, reads
+from provisioner.pipeline.usecases import maintenance, ops, reads
 
 app = typer.Typer(help="Services.", no_args_is_help=True)
 
@@ -34,6 +34,30 @@ def services_show(service_id: int, as_json: JsonOpt = False) -> None:
     data = guarded(run)
     emit(data, as_json, lambda d: table([d], ["id", "kind", "product", "name", "state",
                                               "expires_on", "detail"]))
+
+
+@app.command("change-plan")
+def services_change_plan(
+    service_id: int,
+    plan: Annotated[str, typer.Option(help="The hosting plan to move to (see `catalog list`).")],
+    force_window: Annotated[str | None, typer.Option(
+        "--force-window", metavar="REASON",
+        help="Run it now, outside the maintenance window (audited).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a hosting account to another plan. It restarts the account's services, so
+    it waits for the maintenance window (23:00-05:00) unless --force-window gives a reason."""
+
+    def run() -> dict[str, Any]:
+        p = wired()
+        data = maintenance.request_plan_change(p.factory, service_id, plan, actor(), force_window)
+        p.runner.dispatch(data["order"])
+        return data
+
+    data = guarded(run)
+    emit(data, as_json, lambda d: out.print(
+        f"service {service_id}: {d['from']} -> {d['to']} queued as {d['step']}"
+        + (" (forced now)" if d["forced"] else " (runs in the maintenance window)")))
 
 
 @app.command("hold")

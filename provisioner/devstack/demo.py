@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -126,6 +127,8 @@ class DemoStack:
             "PROVISIONER_SMTP_PORT": str(s.smtp_port),
             "PROVISIONER_REDRIVE_INTERVAL_S": "2",
             "PROVISIONER_LINE_KINDS": s.line_kinds,
+            # the links in the e-mails point at the API this demo serves
+            "PROVISIONER_PUBLIC_BASE_URL": s.public_base_url,
             # the throwaway hosts' image cache and SSH key: machine-wide, not the demo's
             "PROVISIONER_HOSTS_DIR": str(HOSTS_DIR),
             "PROVISIONER_NODE_SSH_KEY": s.node_ssh_key,
@@ -195,6 +198,8 @@ def run_demo(out: Console, follow: Follow) -> int:
         broker_url=f"filesystem://{root / 'broker'}",
         api_token=secrets.token_urlsafe(24),
         stripe_webhook_secret="whsec_" + secrets.token_hex(16),
+        # the e-mails' links lead to the API the demo serves (its port, chosen now)
+        public_base_url=f"http://127.0.0.1:{free_port()}",
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
         # the demo's hosting node is a throwaway host: the key those accept reaches it
@@ -216,11 +221,7 @@ def _run(out: Console, stack: DemoStack, follow: Follow) -> int:
     root = stack.root
     out.rule("[bold]Provisioner demo[/] (embedded defaults)")
     upgrade(s.effective_database_url)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    bindir = Path(sys.executable).parent
-    stack.start("api", [str(bindir / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
-                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+    api = start_api(stack)
     stack.start("worker", [sys.executable, "-m", "celery", "-A", "provisioner.tasks", "worker",
                            "-B", "-s", str(root / "celerybeat-schedule"), "--concurrency", "2",
                            "--loglevel", "INFO", "-Q", "provisioner"])
@@ -328,7 +329,14 @@ def _run(out: Console, stack: DemoStack, follow: Follow) -> int:
             lines += https_lines
         lines.append(f"throw the node away:  provisioner hosts down {node['name']}")
         out.print(Panel.fit("\n".join(lines), title="the customer's site"))
-    ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3 and site_ok
+    link_ok = True
+    link = access_link(mails, api)
+    if link is not None:
+        link_ok, seen = check_link(link)
+        wait = " (it works while the demo runs: press Enter to stop)" if sys.stdin.isatty() else ""
+        out.print(Panel.fit(f"open it in a browser{wait}:\n{link}\n{seen}",
+                            title="the customer's access-data link"))
+    ok = counts.get("done", 0) == sum(counts.values()) and len(mails) >= 3 and site_ok and link_ok
     env = f"PROVISIONER_DATA_DIR={root}"
     out.print(Panel.fit(
         f"database   {s.effective_database_url}\n"
@@ -344,7 +352,46 @@ def _run(out: Console, stack: DemoStack, follow: Follow) -> int:
         out.print(f"[red]the plan did not finish: {counts}; see {root / 'worker.log'}[/]")
         return 1
     out.print("[bold green]demo finished: paid proforma -> invoice and e-mails, each once[/]")
+    if link is not None and sys.stdin.isatty():
+        input()
     return 0
+
+
+def start_api(stack: DemoStack) -> str:
+    """Start the demo's API where its ``public_base_url`` (the e-mails' links) points;
+    returns that address."""
+    api = stack.settings.public_base_url.rstrip("/")
+    port = int(api.rsplit(":", 1)[1])
+    bindir = Path(sys.executable).parent
+    stack.start("api", [str(bindir / "uvicorn"), "--factory", "provisioner.api.app:app_from_env",
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+    return api
+
+
+_LINK = re.compile(r"(https?://[^\s/]+/credentials/[A-Za-z0-9_-]{20,100})")
+
+
+def access_link(mails: list[Any], api: str) -> str | None:
+    """The access-data link of the delivered e-mails (the last one), if it leads to ``api``."""
+    found = None
+    for message in mails:
+        part = message.get_body(preferencelist=("plain",))
+        text = part.get_content() if part is not None else ""
+        for match in _LINK.finditer(text):
+            if match.group(1).startswith(api + "/"):
+                found = match.group(1)
+    return found
+
+
+def check_link(link: str) -> tuple[bool, str]:
+    """Open the link as a browser would first (GET: the page with the button; the data
+    stay for the customer's own click)."""
+    try:
+        page = httpx.get(link, timeout=10)
+    except httpx.HTTPError as exc:
+        return False, f"[red]the link does not answer: {exc}[/]"
+    ok = page.status_code == 200 and '<form method="post"' in page.text
+    return ok, f"GET {page.status_code}: {'the page with the button' if ok else page.text[:80]}"
 
 
 def _https_site(dns_tls: Any, address: str, domain: str) -> tuple[bool, list[str]]:

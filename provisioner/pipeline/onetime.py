@@ -70,8 +70,9 @@ def claim(s: Session, model: Any, digest: str, now: datetime, *returning: Any) -
 
 def state_of(s: Session, model: Any, digest: str, now: datetime) -> tuple[LinkState, int | None]:
     """Whether the link ``digest`` can be used, and its service."""
-    row = s.execute(select(model.used_at, model.expires_at, model.service_id)
-                    .where(model.token_sha256 == digest)).first()
+    row = s.execute(
+        select(model.used_at, model.expires_at, model.service_id).where(model.token_sha256 == digest)
+    ).first()
     if row is None:
         return "unknown", None
     if row.used_at is not None:
@@ -107,9 +108,12 @@ def owner_of(factory: sessionmaker[Session], model: Any, token: str, now: dateti
         state, service_id = state_of(s, model, digest, now)
         if service_id is None:
             return LinkOwner("unknown")
-        row = s.execute(select(Customer.lang, Order.brand).join(Service, Service.customer_id == Customer.id)
-                        .join(Order, Order.id == Service.order_id)
-                        .where(Service.id == service_id)).first()
+        row = s.execute(
+            select(Customer.lang, Order.brand)
+            .join(Service, Service.customer_id == Customer.id)
+            .join(Order, Order.id == Service.order_id)
+            .where(Service.id == service_id)
+        ).first()
     if row is None:
         return LinkOwner(state, service_id)
     return LinkOwner(state, service_id, row.lang, row.brand)
@@ -120,8 +124,15 @@ def brand_context(s: Session, order_id: int) -> dict[str, Any]:
     ``company`` (its display name) and ``brand`` (name, contacts, web site, colour)."""
     order = s.get(Order, order_id)
     policy = get_brand(order.brand if order is not None else "fcb")
-    return {"company": policy.display_name or policy.name,
-            "brand": {"code": policy.code, "name": policy.display_name or policy.name,
-                      "legal_name": policy.name, "support_email": policy.support_email,
-                      "support_phone": policy.support_phone, "website_url": policy.website_url,
-                      "colour": policy.colour}}
+    return {
+        "company": policy.display_name or policy.name,
+        "brand": {
+            "code": policy.code,
+            "name": policy.display_name or policy.name,
+            "legal_name": policy.name,
+            "support_email": policy.support_email,
+            "support_phone": policy.support_phone,
+            "website_url": policy.website_url,
+            "colour": policy.colour,
+        },
+    }

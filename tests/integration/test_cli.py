@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 from sqlalchemy import select
@@ -167,3 +168,21 @@ def test_only_the_entry_point_imports_the_cli_and_groups_share_only_common() -> 
             continue
         group = where.startswith("cli/") and where != "cli/common.py"
         assert _cli_imports(path) <= ({"provisioner.cli.common"} if group else set()), where
+
+
+def test_apply_wait_in_ci_prints_no_bar_and_writes_junit_naming_what_did_not_finish(
+        cli: CliRunner, tmp_path: Path) -> None:
+    order = paid_order(cli, tmp_path)
+    junit = tmp_path / "apply.xml"
+    # no worker runs here: the invoice step cannot finish, and the wait gives up
+    result = cli.invoke(app, ["apply", str(order["order"]), "--wait", "--timeout", "0.5",
+                              "--junit", str(junit)])
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "━" not in result.stdout and "\x1b[" not in result.stdout + result.stderr  # no bar, no colour
+    suite = ET.fromstring(junit.read_text())  # noqa: S314 - the report the command just wrote
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    unfinished = [name for name, c in cases.items() if c.find("failure") is not None]
+    assert any(name.endswith("/invoice.issue") for name in unfinished), cases
+    assert all("not done" in (cases[n].find("failure").get("message") or "") for n in unfinished)  # type: ignore[union-attr]
+    data = json.loads(run(cli, "apply", str(order["order"]), "--json"))
+    assert data["order"] == order["order"]

@@ -16,6 +16,8 @@ registry's clock moved with it:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -23,8 +25,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from provisioner.adapters.registry import RegistryContact
+from provisioner.cli import app
 from provisioner.devstack.registry import Sandbox, run_sandbox
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.domain.lifecycle import add_period
@@ -179,3 +183,31 @@ def test_withdrawal_after_the_window_is_refused(world: Registrar) -> None:
     with pytest.raises(Conflict, match="15-day window"):
         domains.withdraw_registration(world.factory, world.client, sid, day)
     assert world.sandbox.charges("prepozno.si", "refund") == []
+
+
+def test_withdraw_from_the_cli(world: Registrar, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.at(START)
+    sid = world.service("domain:ukaz.si:1y", add_period(START, 12))
+    world.client.create_contact(RegistryContact("PVWD3", "Ana Novak", "ana@example.si", "S 1",
+                                                "Ljubljana", "1000", "SI", "+386.41123456"),
+                                "si", "contact-pw3")
+    world.client.create_domain("ukaz.si", 1, "PVWD3", {})
+    settings = world.app.settings
+    for key in [k for k in os.environ if k.startswith("PROVISIONER_")]:
+        monkeypatch.delenv(key)
+    env = {"DATA_DIR": settings.data_dir, "DATABASE_URL": settings.effective_database_url,
+           "BROKER_URL": settings.broker_url, **{k.upper(): v for k, v in
+                                                 world.sandbox.settings_overrides().items()}}
+    for key, value in env.items():
+        monkeypatch.setenv(f"PROVISIONER_{key}", str(value))
+    runner = CliRunner()
+    day = (START + timedelta(days=3)).isoformat()
+    checked = runner.invoke(app, ["domains", "withdraw", str(sid), "--check", "--now", day, "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["allowed"] is True
+    done = runner.invoke(app, ["domains", "withdraw", str(sid), "--now", day, "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["refund_due"] is True
+    assert [c["op"] for c in world.sandbox.charges("ukaz.si")] == ["create", "refund"]
+    late = runner.invoke(app, ["domains", "withdraw", str(world.register("drug.si")), "--now", day])
+    assert late.exit_code != 0 and "counts as activated" in late.output

@@ -34,10 +34,14 @@ from tests.browser import screenshot, served
 from tests.helpers import MemoryMailer, World, customer, make_settings, make_world
 from tests.unit.pipeline.fakes import FakeHosting
 
-BRANDS = {"fcb": ("FCB", "podpora@fcb.si", "rgb(31, 78, 121)"),
-          "iserver": ("iSERVER", "podpora@iserver.si", "rgb(138, 28, 28)")}
-TITLES = {"sl": ("Vaši podatki za dostop", "Ta povezava je že bila uporabljena", "podatki za dostop"),
-          "en": ("Your access data", "This link was already used", "access data")}
+BRANDS = {
+    "fcb": ("FCB", "podpora@fcb.si", "rgb(31, 78, 121)"),
+    "iserver": ("iSERVER", "podpora@iserver.si", "rgb(138, 28, 28)"),
+}
+TITLES = {
+    "sl": ("Vaši podatki za dostop", "Ta povezava je že bila uporabljena", "podatki za dostop"),
+    "en": ("Your access data", "This link was already used", "access data"),
+}
 
 
 @dataclass
@@ -86,12 +90,16 @@ def _page_checks(browser: Any, lang: str, brand: str) -> None:
     assert browser.find_element(By.CSS_SELECTOR, "header .brand").text == name
     assert email in browser.find_element(By.TAG_NAME, "footer").text
     header = browser.find_element(By.TAG_NAME, "header")
-    assert header.value_of_css_property("background-color") in (colour, colour.replace("rgb", "rgba")[:-1] + ", 1)")
+    assert header.value_of_css_property("background-color") in (
+        colour,
+        colour.replace("rgb", "rgba")[:-1] + ", 1)",
+    )
 
 
 @pytest.mark.parametrize(("lang", "brand"), [("sl", "fcb"), ("en", "iserver")])
 def test_the_access_data_page_shows_the_data_once_in_the_mails_language_and_brand(
-        site: Site, browser: Any, page_shots: Path, lang: str, brand: str) -> None:
+    site: Site, browser: Any, page_shots: Path, lang: str, brand: str
+) -> None:
     to = f"{lang}-{brand}@example.si"
     site.paid([f"hosting:giga5:{lang}-{brand}.si"], lang, brand)
     link, mail = site.link("credentials", to)
@@ -109,16 +117,31 @@ def test_the_access_data_page_shows_the_data_once_in_the_mails_language_and_bran
     assert browser.switch_to.active_element.get_attribute("id") == "reveal"
     _submit(browser, lambda: ActionChains(browser).send_keys(Keys.ENTER).perform())
     user = browser.find_element(By.ID, "ftp-user").text
-    shown = {key: browser.find_element(By.ID, key).text
-             for key in ("ftp-host", "ftp-port", "ftp-password", "database-password", "mail-password",
-                         "mail-imap_host", "mail-imap_port", "mail-smtp_port")}
+    shown = {
+        key: browser.find_element(By.ID, key).text
+        for key in (
+            "ftp-host",
+            "ftp-port",
+            "ftp-password",
+            "database-password",
+            "mail-password",
+            "mail-imap_host",
+            "mail-imap_port",
+            "mail-smtp_port",
+        )
+    }
     _page_checks(browser, lang, brand)
     secret = site.hosting.passwords[user]  # what the node's logins accept
     assert shown["ftp-password"] == secret.account
     assert shown["database-password"] == secret.database
     assert shown["mail-password"] == secret.mailboxes["info"]
-    assert (shown["ftp-host"], shown["ftp-port"], shown["mail-imap_host"], shown["mail-imap_port"],
-            shown["mail-smtp_port"]) == ("192.0.2.10", "21", "192.0.2.10", "993", "587")
+    assert (
+        shown["ftp-host"],
+        shown["ftp-port"],
+        shown["mail-imap_host"],
+        shown["mail-imap_port"],
+        shown["mail-smtp_port"],
+    ) == ("192.0.2.10", "21", "192.0.2.10", "993", "587")
     assert not browser.find_elements(By.ID, "h-panel")  # no control panel in this installation
     screenshot(browser, page_shots, f"access-shown-{lang}-{brand}")
     # a second visit: the used-link page, in the same language, 410
@@ -130,9 +153,12 @@ def test_the_access_data_page_shows_the_data_once_in_the_mails_language_and_bran
     assert httpx.post(link, timeout=10).status_code == 410
 
 
-@pytest.mark.parametrize(("accept", "langs"), [("en-GB,en;q=0.9", ["en"]), ("sl", ["sl"]), ("de", ["sl", "en"])])
+@pytest.mark.parametrize(
+    ("accept", "langs"), [("en-GB,en;q=0.9", ["en"]), ("sl", ["sl"]), ("de", ["sl", "en"])]
+)
 def test_an_unknown_link_answers_404_in_the_browsers_language_or_both(
-        site: Site, browser: Any, page_shots: Path, accept: str, langs: list[str]) -> None:
+    site: Site, browser: Any, page_shots: Path, accept: str, langs: list[str]
+) -> None:
     url = f"{site.base}/credentials/{'x' * 43}"
     r = httpx.get(url, headers={"Accept-Language": accept}, timeout=10)
     assert r.status_code == 404
@@ -157,12 +183,20 @@ def test_every_page_sends_no_store_no_referrer_and_a_strict_csp(site: Site) -> N
     site.paid(["hosting:giga5:headers.si", "migration:headers.si"], "en", "fcb")
     cred, _ = site.link("credentials", "en-fcb@example.si")
     intake, _ = site.link("migration", "en-fcb@example.si")
-    responses = [httpx.get(cred, timeout=10), httpx.get(intake, timeout=10),
-                 httpx.post(intake, content=b"files_port=x", timeout=10,
-                            headers={"Content-Type": "application/x-www-form-urlencoded"}),
-                 httpx.post(intake, content=b"\xff\xfe=1", timeout=10),
-                 httpx.post(cred, timeout=10), httpx.post(cred, timeout=10),
-                 httpx.get(f"{site.base}/migration/{'z' * 43}", timeout=10)]
+    responses = [
+        httpx.get(cred, timeout=10),
+        httpx.get(intake, timeout=10),
+        httpx.post(
+            intake,
+            content=b"files_port=x",
+            timeout=10,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        httpx.post(intake, content=b"\xff\xfe=1", timeout=10),
+        httpx.post(cred, timeout=10),
+        httpx.post(cred, timeout=10),
+        httpx.get(f"{site.base}/migration/{'z' * 43}", timeout=10),
+    ]
     assert [r.status_code for r in responses] == [200, 200, 422, 400, 200, 410, 404]
     for r in responses:
         assert r.headers["cache-control"] == "no-store"
@@ -195,7 +229,8 @@ def _fill(browser: Any, values: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(("lang", "brand"), [("sl", "iserver"), ("en", "fcb")])
 def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_sealed(
-        site: Site, browser: Any, page_shots: Path, lang: str, brand: str) -> None:
+    site: Site, browser: Any, page_shots: Path, lang: str, brand: str
+) -> None:
     domain = f"move-{lang}.si"
     to = f"{lang}-{brand}@example.si"
     site.paid([f"hosting:giga5:{domain}", f"migration:{domain}"], lang, brand)
@@ -208,10 +243,21 @@ def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_seal
     for element in browser.find_elements(By.CSS_SELECTOR, "form input, form select, form textarea"):
         ident = element.get_attribute("id")
         assert browser.find_elements(By.CSS_SELECTOR, f"label[for='{ident}']"), ident
-    typed = {"files_protocol": "sftp", "files_host": "old-host.example.net", "files_port": "70000",
-             "files_user": "olduser", "files_password": "Old-ftp-Secret-1", "files_path": "public_html",
-             "db_via": "ssh", "db_name": "shop_db", "db_user": "shop", "db_password": "Old-db-Secret-2",
-             "mail1_host": "imap.example.net", "mail1_user": "info@old.si", "mail1_password": "Old-mail-Secret-3"}
+    typed = {
+        "files_protocol": "sftp",
+        "files_host": "old-host.example.net",
+        "files_port": "70000",
+        "files_user": "olduser",
+        "files_password": "Old-ftp-Secret-1",
+        "files_path": "public_html",
+        "db_via": "ssh",
+        "db_name": "shop_db",
+        "db_user": "shop",
+        "db_password": "Old-db-Secret-2",
+        "mail1_host": "imap.example.net",
+        "mail1_user": "info@old.si",
+        "mail1_password": "Old-mail-Secret-3",
+    }
     _fill(browser, typed)
     _submit(browser, browser.find_element(By.ID, "submit").click)
     # an error beside the field, in the customer's language; secrets not sent back; nothing stored
@@ -223,9 +269,13 @@ def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_seal
     assert "Old-ftp-Secret-1" not in browser.page_source
     screenshot(browser, page_shots, f"migration-errors-{lang}-{brand}")
     with transaction(site.world.factory) as s:
-        sid = s.execute(select(Service.id).where(Service.kind == "migration", Service.name == domain)).scalar_one()
-        assert s.execute(select(Migration.state).where(Migration.service_id == sid)).scalar_one() == \
-            "awaiting_source"
+        sid = s.execute(
+            select(Service.id).where(Service.kind == "migration", Service.name == domain)
+        ).scalar_one()
+        assert (
+            s.execute(select(Migration.state).where(Migration.service_id == sid)).scalar_one()
+            == "awaiting_source"
+        )
     _fill(browser, {**typed, "files_port": ""})
     _submit(browser, browser.find_element(By.ID, "submit").click)
     errors = [e.get_attribute("id") + ": " + e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error")]
@@ -248,9 +298,12 @@ def test_the_migration_form_is_filled_in_the_browser_and_the_source_arrives_seal
     screenshot(browser, page_shots, f"migration-used-{lang}-{brand}")
 
 
-def test_a_control_panel_is_named_only_where_the_installation_has_one(sqlite_url: str, tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, sqlite_url, 25, line_kinds="hosting",
-                             control_panel_url="https://panel.provider.example/")
+def test_a_control_panel_is_named_only_where_the_installation_has_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, sqlite_url, 25, line_kinds="hosting", control_panel_url="https://panel.provider.example/"
+    )
     mailer = MemoryMailer()
     world = make_world(settings, hosting=FakeHosting(), mailer=mailer)
     with transaction(world.factory) as s:

@@ -18,12 +18,16 @@ from provisioner.adapters.hosting.ansible import RunResult
 from provisioner.cli import app
 from provisioner.config import load_settings
 from provisioner.domain.maintenance import in_window
-from provisioner.pipeline.engine.plan import StepSpec, service_step
-from provisioner.pipeline.engine.runner import record
-from provisioner.pipeline.usecases.maintenance import converge_node, force_order_window
+from provisioner.errors import InvalidInput
+from provisioner.pipeline.engine.plan import service_step
+from provisioner.pipeline.usecases.maintenance import (
+    converge_node,
+    force_order_window,
+    request_plan_change,
+)
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.hosting import HostingAccount, add_node
-from provisioner.store.models import AuditEntry, Service, Step
+from provisioner.store.models import AuditEntry, Order, Service, Step
 from tests.helpers import MemoryMailer, World, make_settings, make_world
 from tests.unit.pipeline.fakes import FakeHosting
 
@@ -58,11 +62,10 @@ def _hosted(world: World) -> tuple[int, int]:
 
 
 def _plan_change(world: World, order_id: int, service_id: int, plan: str = "giga10") -> str:
-    key = service_step(service_id, "hosting.change_plan")
-    with transaction(world.factory) as s:
-        record(s, order_id, [StepSpec(key, "hosting.change_plan", (), {"service_id": service_id,
-                                                                       "plan": plan}, service_id)])
-    return key
+    """Ops ask for a plan change (`provisioner services change-plan`): a journal step."""
+    requested = request_plan_change(world.factory, service_id, plan, "cli:ops")
+    assert requested["order"] == order_id and requested["from"] == "giga5"
+    return str(requested["step"])
 
 
 def _step(world: World, key: str) -> Step:
@@ -144,9 +147,39 @@ def test_forced_with_a_reason_it_runs_now_and_is_audited(tmp_path: Path, db_url:
 
 def test_forcing_needs_a_reason(tmp_path: Path, db_url: str) -> None:
     world, _ = _world(tmp_path, db_url)
-    order_id, _service = _hosted(world)
-    with pytest.raises(Exception, match="needs a reason"):
+    order_id, service_id = _hosted(world)
+    with pytest.raises(InvalidInput, match="needs a reason"):
         force_order_window(world.factory, str(order_id), "   ", "cli:ops")
+    with pytest.raises(InvalidInput, match="needs a reason"):
+        request_plan_change(world.factory, service_id, "giga10", "cli:ops", force_reason="")
+    with pytest.raises(InvalidInput, match="already"):
+        request_plan_change(world.factory, service_id, "giga5", "cli:ops")
+    with pytest.raises(InvalidInput):
+        request_plan_change(world.factory, service_id, "ultra", "cli:ops")
+
+
+def test_a_failed_plan_change_leaves_the_running_service_alone(tmp_path: Path, db_url: str) -> None:
+    world, hosting = _world(tmp_path, db_url)
+    order_id, service_id = _hosted(world)
+    requested = request_plan_change(world.factory, service_id, "giga10", "cli:ops",
+                                    force_reason="customer outgrew the plan", now=MORNING)
+    assert requested["step"] == service_step(service_id, "hosting.change_plan") + "#1"
+    world.runner.dispatch(order_id)
+    with transaction(world.factory) as s:
+        before = s.execute(select(Service.state).where(Service.id == service_id)).scalar_one()
+    hosting.fail = True
+    assert world.runner.run_step(requested["step"]).status == "failed"  # a role failure: no retry
+    with transaction(world.factory) as s:
+        service = s.get(Service, service_id)
+        order = s.get(Order, order_id)
+        assert service is not None and order is not None
+        assert service.state == before != "failed" and not order.refund_flag
+        assert s.execute(select(HostingAccount.plan)).scalar_one() == "giga5"
+    hosting.fail = False
+    again = request_plan_change(world.factory, service_id, "giga10", "cli:ops", force_reason="retry")
+    assert again["step"].endswith("#2")
+    world.runner.dispatch(order_id)
+    assert world.runner.run_step(again["step"]).status == "done"
 
 
 # -- the node converge: the same window ------------------------------------------------------

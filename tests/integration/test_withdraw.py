@@ -8,6 +8,7 @@ refund and its record never refunds twice."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
 from provisioner.adapters.payments.camt053 import parse_camt053
+from provisioner.cli import app
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.devstack.stripe_api import StripeApi
 from provisioner.domain.lifecycle import backup_purge_date
@@ -37,7 +40,14 @@ from provisioner.store.models import (
     Step,
 )
 from provisioner.timeutil import now_at
-from tests.helpers import ClockWorld, customer, make_settings, make_world, stripe_notice
+from tests.helpers import (
+    ClockWorld,
+    customer,
+    make_settings,
+    make_world,
+    settings_env,
+    stripe_notice,
+)
 from tests.payloads import camt053_statement
 
 START = date(2027, 3, 1)
@@ -256,3 +266,24 @@ def test_the_clock_purges_a_withdrawn_services_backups_on_the_brands_retention(
     assert world.get(sid).state == "deleted"
     world.sweep(purge_on)
     assert world.get(sid).state == "purged"
+
+
+def test_the_cli_previews_withdraws_and_refuses_a_second_time(
+        world: ClockWorld, stripe_api: StripeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid, paid = paid_service(world, stripe_api)
+    for name, value in settings_env(world.app.settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PROVISIONER_STRIPE_SECRET_KEY", KEY)
+    monkeypatch.setenv("PROVISIONER_STRIPE_API_BASE", stripe_api.url)
+    cli, day = CliRunner(), on_day(4).isoformat()
+    preview = cli.invoke(app, ["withdraw", str(sid), "--now", day, "--dry-run", "--json"])
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout)["refund"] == f"{paid - 5:.2f}"
+    assert count(world, CreditNote) == 0
+    done = cli.invoke(app, ["withdraw", str(sid), "--now", day, "--json"])
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["credit_note"] == f"DB-ISERVER-{START.year}-000001"
+    again = cli.invoke(app, ["withdraw", str(sid), "--now", day])
+    assert again.exit_code == 2 and "was withdrawn" in again.stderr
+    listed = cli.invoke(app, ["refunds", "list", "--json"])
+    assert [r["state"] for r in json.loads(listed.stdout)] == ["pending"]  # queued for the workers

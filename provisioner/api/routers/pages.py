@@ -23,12 +23,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from provisioner.api.customer_pages import render
 from provisioner.api.customer_pages import language as page_language
+from provisioner.api.customer_pages import render
 from provisioner.api.deps import Clock, Db, State
 from provisioner.domain.policy import get_brand
 from provisioner.pipeline.capabilities.hosting import open_link
-from provisioner.pipeline.capabilities.migration.intake import ERROR_TEXT, FIELDS, FLAGS, SECRET_FIELDS, SourceInvalid
+from provisioner.pipeline.capabilities.migration.intake import (
+    ERROR_TEXT,
+    FIELDS,
+    FLAGS,
+    SECRET_FIELDS,
+    SourceInvalid,
+)
 from provisioner.pipeline.capabilities.migration.sources import submit_intake
 from provisioner.pipeline.onetime import LinkOwner, LinkUnusable, owner_of
 from provisioner.store.db import transaction
@@ -47,8 +53,13 @@ def _brand(state: Any, owner: LinkOwner) -> str:
 
 def _invalid(state: Any, owner: LinkOwner, reason: str, accept: str | None) -> HTMLResponse:
     langs = page_language(owner.lang, accept)
-    return render("link_invalid", langs, get_brand(_brand(state, owner)),
-                  404 if reason == "unknown" else 410, reason=reason)
+    return render(
+        "link_invalid",
+        langs,
+        get_brand(_brand(state, owner)),
+        404 if reason == "unknown" else 410,
+        reason=reason,
+    )
 
 
 def _domain(factory: Any, service_id: int | None) -> str:
@@ -71,36 +82,64 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 @router.get("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
-async def confirm(token: str, factory: Db, now: Clock, state: State,
-                  accept_language: AcceptLanguage = None) -> HTMLResponse:
+async def confirm(
+    token: str, factory: Db, now: Clock, state: State, accept_language: AcceptLanguage = None
+) -> HTMLResponse:
     owner = await run_in_threadpool(owner_of, factory, CredentialLink, token, now())
     if owner.state != "valid":
         return _invalid(state, owner, owner.state, accept_language)
     domain = await run_in_threadpool(_domain, factory, owner.service_id)
-    return render("credentials_confirm", page_language(owner.lang, accept_language),
-                  _brand(state, owner), domain=domain, action=f"/credentials/{token}")
+    return render(
+        "credentials_confirm",
+        page_language(owner.lang, accept_language),
+        _brand(state, owner),
+        domain=domain,
+        action=f"/credentials/{token}",
+    )
 
 
 @router.post("/credentials/{token}", response_class=HTMLResponse, include_in_schema=False)
-async def reveal(token: str, factory: Db, now: Clock, state: State,
-                 accept_language: AcceptLanguage = None) -> HTMLResponse:
+async def reveal(
+    token: str, factory: Db, now: Clock, state: State, accept_language: AcceptLanguage = None
+) -> HTMLResponse:
     owner = await run_in_threadpool(owner_of, factory, CredentialLink, token, now())
     try:
         data = await run_in_threadpool(open_link, factory, token, now())
     except LinkUnusable as exc:
         return _invalid(state, owner, exc.reason, accept_language)
-    return render("credentials_shown", page_language(owner.lang, accept_language), _brand(state, owner),
-                  domain=str(data.get("domain", "")), sections=_sections(data))
+    return render(
+        "credentials_shown",
+        page_language(owner.lang, accept_language),
+        _brand(state, owner),
+        domain=str(data.get("domain", "")),
+        sections=_sections(data),
+    )
 
 
-def _form_page(state: Any, owner: LinkOwner, token: str, domain: str, accept: str | None,
-               values: dict[str, str] | None = None, errors: dict[str, str] | None = None,
-               status: int = 200) -> HTMLResponse:
+def _form_page(
+    state: Any,
+    owner: LinkOwner,
+    token: str,
+    domain: str,
+    accept: str | None,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
     langs = page_language(owner.lang, accept)
     shown = {k: v for k, v in (values or {}).items() if k not in SECRET_FIELDS}
-    return render("migration_form", langs, _brand(state, owner), status, domain=domain,
-                  action=f"/migration/{token}", values=shown, errors=errors or {},
-                  error_text=ERROR_TEXT[langs[0]], known_fields=FIELDS + FLAGS)
+    return render(
+        "migration_form",
+        langs,
+        _brand(state, owner),
+        status,
+        domain=domain,
+        action=f"/migration/{token}",
+        values=shown,
+        errors=errors or {},
+        error_text=ERROR_TEXT[langs[0]],
+        known_fields=FIELDS + FLAGS,
+    )
 
 
 def _migration_domain(factory: Any, service_id: int | None) -> str:
@@ -112,8 +151,9 @@ def _migration_domain(factory: Any, service_id: int | None) -> str:
 
 
 @router.get("/migration/{token}", response_class=HTMLResponse, include_in_schema=False)
-async def intake_form(token: str, factory: Db, now: Clock, state: State,
-                      accept_language: AcceptLanguage = None) -> HTMLResponse:
+async def intake_form(
+    token: str, factory: Db, now: Clock, state: State, accept_language: AcceptLanguage = None
+) -> HTMLResponse:
     owner = await run_in_threadpool(owner_of, factory, MigrationLink, token, now())
     if owner.state != "valid":
         return _invalid(state, owner, owner.state, accept_language)
@@ -123,8 +163,14 @@ async def intake_form(token: str, factory: Db, now: Clock, state: State,
 
 
 @router.post("/migration/{token}", response_class=HTMLResponse, include_in_schema=False)
-async def intake_submit(token: str, request: Request, factory: Db, now: Clock, state: State,
-                        accept_language: AcceptLanguage = None) -> HTMLResponse:
+async def intake_submit(
+    token: str,
+    request: Request,
+    factory: Db,
+    now: Clock,
+    state: State,
+    accept_language: AcceptLanguage = None,
+) -> HTMLResponse:
     owner = await run_in_threadpool(owner_of, factory, MigrationLink, token, now())
     if owner.state != "valid":
         return _invalid(state, owner, owner.state, accept_language)
@@ -133,8 +179,12 @@ async def intake_submit(token: str, request: Request, factory: Db, now: Clock, s
     try:
         if len(body) > MAX_FORM_BYTES:
             raise ValueError("form too large")
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
-                          max_num_fields=len(FIELDS) + len(FLAGS) + 4)
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            max_num_fields=len(FIELDS) + len(FLAGS) + 4,
+        )
     except ValueError:  # UnicodeDecodeError is one
         return render("bad_request", langs, _brand(state, owner), 400)
     form: dict[str, str] = {}

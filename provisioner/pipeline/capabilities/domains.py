@@ -604,7 +604,8 @@ def step_registry_cutoff(ctx: StepContext, step: Step) -> StepResult:
                                    "before the cut-off action ran")
     if not profile.auto_renews or info.in_redemption:
         job.save(info, "registered" if not info.in_redemption else "deleted",
-                 registry_action=job.registry_action or "lapsed", registry_action_on=today)
+                 registry_action="lapsed" if not profile.auto_renews else "deleted",
+                 registry_action_on=today)
         return StepResult(False, {"name": job.name, "lapsed": True,
                                   "in_redemption": info.in_redemption})
     at_expiry = profile.do_not_renew and client.profile(job.name).delete_at_expiry

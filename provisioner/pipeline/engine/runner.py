@@ -179,7 +179,7 @@ def disruptive(fn: Handler) -> Handler:
     return fn
 
 
-def is_disruptive(fn: Handler) -> bool:
+def is_disruptive(fn: Handler | None) -> bool:
     return bool(getattr(fn, "disruptive", False))
 
 
@@ -478,10 +478,11 @@ class Runner:
                 return False
             audit(s, SYSTEM, "step.failed", "step", step.key, {"detail": detail})
             order = s.get(Order, step.order_id)
-            if step.kind.startswith("clock."):
+            if step.kind.startswith("clock.") or is_disruptive(self.handlers.get(step.kind)):
                 # A lifecycle step (reminder, shutdown, deletion stage) of a running or
-                # ended service: nothing was bought that failed, so no refund and the
-                # service keeps its state; ops get the alert below and re-run it.
+                # ended service, or disruptive work on a running one (a plan change):
+                # nothing was bought that failed, so no refund and the service keeps its
+                # state; ops get the alert below and re-run it.
                 order = None
             elif step.service_id is not None:
                 service = s.get(Service, step.service_id)

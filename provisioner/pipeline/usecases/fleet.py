@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +30,7 @@ from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
 from provisioner.config import Settings
 from provisioner.errors import InvalidInput, NotFound
 from provisioner.pipeline.capabilities.placement import target_of
+from provisioner.pipeline.usecases.junit import Case, junit_xml
 from provisioner.pipeline.usecases.maintenance import (
     EXIT_OUTSIDE_WINDOW,
     NODE_PLAYBOOK,
@@ -96,21 +96,14 @@ class FleetReport:
     def junit(self) -> str:
         """JUnit XML: one test case per node; a failure (or drift) is a <failure>, a node
         the rollout did not reach is <skipped>."""
-        suite = ET.Element("testsuite", name=f"provisioner nodes {self.mode}",
-                           tests=str(len(self.outcomes)),
-                           failures=str(len(self._with(FAILED)) + len(self._with(DRIFT))),
-                           skipped=str(len(self._with(UNTOUCHED))))
+        cases = []
         for o in self.outcomes:
-            case = ET.SubElement(suite, "testcase", classname=f"nodes.{self.mode}", name=o.node,
-                                 time=f"{o.seconds:.2f}")
-            if o.status == FAILED:
-                ET.SubElement(case, "failure", message=f"{o.node} failed: {o.error}"[:500]).text = o.error
-            elif o.status == DRIFT:
-                ET.SubElement(case, "failure", message=f"{o.node} has drifted: {len(o.changes)} task(s)"
-                              ).text = "\n".join(o.changes)
-            elif o.status == UNTOUCHED:
-                ET.SubElement(case, "skipped", message=self.stopped or "not reached")
-        return ET.tostring(ET.ElementTree(suite).getroot(), encoding="unicode", xml_declaration=True)
+            failure = (f"{o.node} failed: {o.error}" if o.status == FAILED
+                       else f"{o.node} has drifted: {len(o.changes)} task(s)" if o.status == DRIFT else None)
+            cases.append(Case(o.node, f"nodes.{self.mode}", failure,
+                              o.error if o.status == FAILED else "\n".join(o.changes),
+                              (self.stopped or "not reached") if o.status == UNTOUCHED else None, o.seconds))
+        return junit_xml(f"provisioner nodes {self.mode}", cases)
 
 
 def _nodes(factory: Factory, names: Sequence[str]) -> list[HostingNode]:

@@ -1,5 +1,6 @@
-"""The maintenance window for ops (002 §12): force a disruptive step to run now, and the
-window check a node converge (and issue 15's fleet rollout) asks before it starts.
+"""The maintenance window for ops (002 §12): a plan change of a hosting account (a
+disruptive step), forcing a disruptive step to run now, and the window check a node
+converge (and issue 15's fleet rollout) asks before it starts.
 
 Disruptive steps themselves wait in the journal (`Runner._wait_for_window`); here ops
 give the reason that lets them run outside the window. Every forcing is audited with its
@@ -13,21 +14,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.adapters.hosting.ansible import RunResult, run_playbook
 from provisioner.config import Settings
+from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.lifecycle import StepState
 from provisioner.domain.maintenance import describe, in_window, next_window_start
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput, NotFound
 from provisioner.pipeline.capabilities.placement import target_of
+from provisioner.pipeline.engine.plan import StepSpec, service_step
+from provisioner.pipeline.engine.runner import record
 from provisioner.pipeline.usecases.orders import find_order
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
-from provisioner.store.hosting import HostingNode
-from provisioner.store.models import Step
+from provisioner.store.hosting import HostingAccount, HostingNode
+from provisioner.store.models import Service, Step
 from provisioner.timeutil import utcnow
 
 Factory = sessionmaker[Session]
@@ -55,6 +59,41 @@ def _force(s: Session, steps: list[Step], reason: str, now: datetime) -> list[st
         step.updated_at = now
         keys.append(step.key)
     return keys
+
+
+def request_plan_change(factory: Factory, service_id: int, plan: str, actor: str,
+                        force_reason: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Journal a ``hosting.change_plan`` step moving the service's account to ``plan``
+    (``provisioner services change-plan``); the caller dispatches its order. The step
+    restarts the account's services, so it waits for the maintenance window unless
+    ``force_reason`` is given (audited). Billing the change is not part of this."""
+    target = DEFAULT_CATALOG.hosting_plan(plan.strip())  # InvalidInput: no such plan
+    reason = _reason(force_reason) if force_reason is not None else None
+    now = now or utcnow()
+    with transaction(factory) as s:
+        service = s.get(Service, service_id)
+        if service is None:
+            raise NotFound(f"no service {service_id}")
+        account = s.execute(select(HostingAccount).where(HostingAccount.service_id == service_id)
+                            ).scalar_one_or_none()
+        if account is None or account.state not in ("active", "suspended"):
+            raise InvalidInput(f"service {service_id} has no hosting account to change")
+        if account.plan == target.code:
+            raise InvalidInput(f"service {service_id} is on {target.code} already")
+        prefix = service_step(service_id, "hosting.change_plan")
+        earlier = s.execute(select(func.count()).select_from(Step)
+                            .where(Step.key.startswith(f"{prefix}#", autoescape=True))).scalar_one()
+        key = f"{prefix}#{int(earlier) + 1}"
+        record(s, service.order_id, [StepSpec(key, "hosting.change_plan", (),
+                                              {"service_id": service_id, "plan": target.code}, service_id)])
+        audit(s, actor, "hosting.plan_change_requested", "service", service_id,
+              {"from": account.plan, "to": target.code, "step": key})
+        if reason is not None:
+            step = s.execute(select(Step).where(Step.key == key)).scalar_one()
+            _force(s, [step], reason, now)
+            audit(s, actor, "step.window_force_set", "step", key, {"reason": reason})
+        return {"service": service_id, "order": service.order_id, "step": key, "from": account.plan,
+                "to": target.code, "forced": reason}
 
 
 def force_order_window(factory: Factory, order_ref: str, reason: str, actor: str,

@@ -179,6 +179,7 @@ class FakeBackups:
     drill_ok: dict[str, bool] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # node -> its SFTP public key
     host_key: str = ""  # what the backup host reports as its key ("" = nothing)
+    excluded: set[str] = field(default_factory=set)  # accounts without free backups (over quota)
     host_converges: list[dict[str, list[str]]] = field(default_factory=list)
     node_converges: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     restored_from: list[SourceRepository | None] = field(default_factory=list)
@@ -230,7 +231,9 @@ class FakeBackups:
 
     def set_free_backups(self, node: Target, account: str, enabled: bool) -> bool:
         self.calls.append(("free_backups", node.name, account, enabled))
-        return True
+        changed = (account in self.excluded) == enabled
+        (self.excluded.discard if enabled else self.excluded.add)(account)
+        return changed
 
     def remove_account(self, node: Target, spec: AccountSpec, accounts: Any,
                        service: int | str | None = None) -> RemovalManifest:
@@ -278,7 +281,8 @@ class FakeBackups:
         if error:
             result = NightlyResult(node.name, {}, (), True, error, f"backup host: {error}", self.now())
         else:
-            done = {a: {"backup": self.snapshot(node.name, a).id}
+            done = {a: {"skipped": "excluded"} if a in self.excluded
+                    else {"backup": self.snapshot(node.name, a).id}
                     for a in sorted(self.accounts.get(node.name, ()))}
             result = NightlyResult(node.name, done, (), True, None, "", self.now())
         self.last[node.name] = result

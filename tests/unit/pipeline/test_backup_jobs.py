@@ -17,7 +17,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import NightlyResult
+from provisioner.adapters.hosting.usage import AccountUsage, NodeUsage
 from provisioner.domain.maintenance import in_window
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput, StepFailed
@@ -410,3 +412,41 @@ def test_the_beat_runs_the_nightly_hourly_and_the_weekly_jobs_inside_the_window(
     finally:
         tasks.provisioner.cache_clear()
         tasks._settings.cache_clear()
+
+
+class Usage:
+    """Meets `ports.UsageReader`: the accounts named in ``over`` are over their quota."""
+
+    def __init__(self, accounts: dict[str, set[str]]) -> None:
+        self.accounts = accounts
+        self.over: set[str] = set()
+
+    def __call__(self, node: Target) -> NodeUsage:
+        return NodeUsage({a: AccountUsage(a, "mega", 2_000 * 2**20 if a in self.over else 10, 0, 0,
+                                          {"disk_mb": 1000}, over_disk=a in self.over)
+                          for a in self.accounts.get(node.name, ())}, mail_policy_failures=0)
+
+
+def test_an_account_over_quota_past_its_grace_gets_no_free_nightly_backup(
+        sqlite_url: str, tmp_path: Path, fake: FakeBackups, alerts: Alerts) -> None:
+    usage = Usage(fake.accounts)
+    settings = make_settings(tmp_path, sqlite_url, 25, line_kinds="hosting")
+    w = make_world(settings, hosting=FakeHosting(), backups=fake, mailer=MemoryMailer(), alert=alerts,
+                   usage=usage)
+    with transaction(w.factory) as s:
+        add_node(s, "n1", "192.0.2.10", capacity_accounts=10, capacity_disk_mb=100_000)
+        store.add_host(s, "backup1", "192.0.2.50", KNOWN_HOSTS, now=utc(2026, 1, 1))
+    enroll(w, fake)
+    _sid, big, _node = hosting_service(w, fake, "big.si")
+    _sid2, small, _node2 = hosting_service(w, fake, "small.si")
+    usage.over.add(big)
+    grace = FCB.over_quota_grace_days
+    w.app.check_quotas(date(2026, 1, 1))  # warned: backups go on during the grace days
+    assert w.app.backups_nightly(utc(2026, 1, 2, 0, 5))["nodes"]["n1"]["accounts"][big].get("backup")
+    stopped = w.app.check_quotas(date(2026, 1, 1) + timedelta(days=grace + 1))
+    assert stopped["backups_stopped"] == [big]
+    night = w.app.backups_nightly(utc(2026, 1, 10, 0, 5))["nodes"]["n1"]["accounts"]
+    assert night[big] == {"skipped": "excluded"} and night[small].get("backup")
+    usage.over.clear()
+    assert w.app.check_quotas(date(2026, 1, 11))["backups_restored"] == [big]
+    assert w.app.backups_nightly(utc(2026, 1, 12, 0, 5))["nodes"]["n1"]["accounts"][big].get("backup")

@@ -25,7 +25,14 @@ from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.lifecycle import ServiceState
 from provisioner.errors import StepFailed
 from provisioner.pipeline.capabilities.migration.sources import AWAITING
-from provisioner.pipeline.engine.plan import LinePlanner, OrderView, PlanOptions, ServiceView, StepSpec, service_step
+from provisioner.pipeline.engine.plan import (
+    LinePlanner,
+    OrderView,
+    PlanOptions,
+    ServiceView,
+    StepSpec,
+    service_step,
+)
 from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult
 from provisioner.pipeline.onetime import brand_context, new_token, token_hash
 from provisioner.pipeline.outbox import Outbox, step_outbox
@@ -42,10 +49,15 @@ def plan_migration_line(view: OrderView, service: ServiceView, options: PlanOpti
     """``hosting.account`` (of the same order's hosting line for the site) -> ``migration.intake``."""
     if service.action != "new":
         return []
-    hosting = [s for s in view.services if s.kind == "hosting" and s.name == service.name and s.action == "new"]
+    hosting = [
+        s for s in view.services if s.kind == "hosting" and s.name == service.name and s.action == "new"
+    ]
     deps = tuple(service_step(h.id, "hosting.account") for h in hosting if options.enabled("hosting"))
-    params = {"service_id": service.id, "domain": service.name,
-              "hosting_service_id": hosting[0].id if hosting else None}
+    params = {
+        "service_id": service.id,
+        "domain": service.name,
+        "hosting_service_id": hosting[0].id if hosting else None,
+    }
     return [StepSpec(service_step(service.id, INTAKE), INTAKE, deps, params, service.id)]
 
 
@@ -78,25 +90,42 @@ def _record(ctx: StepContext, s: Session, box: Outbox, step: Step, service_id: i
     created = row is None
     if row is None:
         hosting_id = step.params.get("hosting_service_id")
-        row = Migration(service_id=service_id, hosting_service_id=int(hosting_id) if hosting_id else None,
-                        domain=service.name, state=AWAITING,
-                        charge_gross=DEFAULT_CATALOG.migration.withdrawal_price,
-                        created_at=now, updated_at=now)
+        row = Migration(
+            service_id=service_id,
+            hosting_service_id=int(hosting_id) if hosting_id else None,
+            domain=service.name,
+            state=AWAITING,
+            charge_gross=DEFAULT_CATALOG.migration.withdrawal_price,
+            created_at=now,
+            updated_at=now,
+        )
         s.add(row)
-        audit(s, SYSTEM, "migration.ordered", "service", service_id,
-              {"domain": service.name, "charge_gross": f"{row.charge_gross:.2f}"})
+        audit(
+            s,
+            SYSTEM,
+            "migration.ordered",
+            "service",
+            service_id,
+            {"domain": service.name, "charge_gross": f"{row.charge_gross:.2f}"},
+        )
     # No term of its own: active without an expiry (service.activate then changes nothing).
     service.state = ServiceState.ACTIVE.value
     service.expires_on = None
     service.clock_on = None
     service.updated_at = now
-    s.execute(update(MigrationLink).where(MigrationLink.service_id == service_id,
-                                          MigrationLink.used_at.is_(None))
-              .values(expires_at=now).execution_options(synchronize_session=False))
+    s.execute(
+        update(MigrationLink)
+        .where(MigrationLink.service_id == service_id, MigrationLink.used_at.is_(None))
+        .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
     token = new_token()
     expires = now + timedelta(hours=ctx.settings.migration_link_ttl_h)
-    s.add(MigrationLink(token_sha256=token_hash(token), service_id=service_id, expires_at=expires,
-                        created_at=now))
+    s.add(
+        MigrationLink(
+            token_sha256=token_hash(token), service_id=service_id, expires_at=expires, created_at=now
+        )
+    )
     context = {
         "customer": {"name": customer.name, "email": customer.email},
         "domain": service.name,

@@ -36,14 +36,28 @@ MAX_MAILBOXES = 2
 FILE_PROTOCOLS = ("sftp", "ftps", "ftp")
 DB_VIA = ("ssh", "mysql")
 FLAGS = ("allow_plain_ftp", "skip_cert_verify")
-SECRET_FIELDS = frozenset({"files_password", "files_key", "db_password",
-                           *(f"mail{i}_password" for i in range(1, MAX_MAILBOXES + 1))})
+SECRET_FIELDS = frozenset(
+    {
+        "files_password",
+        "files_key",
+        "db_password",
+        *(f"mail{i}_password" for i in range(1, MAX_MAILBOXES + 1)),
+    }
+)
 
-_FILE_FIELDS = ("files_protocol", "files_host", "files_port", "files_user", "files_password", "files_key",
-                "files_path")
+_FILE_FIELDS = (
+    "files_protocol",
+    "files_host",
+    "files_port",
+    "files_user",
+    "files_password",
+    "files_key",
+    "files_path",
+)
 _DB_FIELDS = ("db_via", "db_host", "db_port", "db_name", "db_user", "db_password")
-_MAIL_FIELDS = tuple(f"mail{i}_{k}" for i in range(1, MAX_MAILBOXES + 1)
-                     for k in ("host", "port", "user", "password"))
+_MAIL_FIELDS = tuple(
+    f"mail{i}_{k}" for i in range(1, MAX_MAILBOXES + 1) for k in ("host", "port", "user", "password")
+)
 FIELDS = _FILE_FIELDS + _DB_FIELDS + _MAIL_FIELDS
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -51,7 +65,9 @@ _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _USER = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
 _DB_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 _PATH = re.compile(r"^[A-Za-z0-9._/~@+ -]{1,255}$")
-_KEY = re.compile(r"^-----BEGIN ([A-Z0-9 ]{1,40})-----\n([A-Za-z0-9+/=:,\- \n]{16,16000})\n-----END \1-----\n?$")
+_KEY = re.compile(
+    r"^-----BEGIN ([A-Z0-9 ]{1,40})-----\n([A-Za-z0-9+/=:,\- \n]{16,16000})\n-----END \1-----\n?$"
+)
 _PASSWORD_MAX = 256
 
 
@@ -76,7 +92,7 @@ ERROR_TEXT: dict[str, dict[str, str]] = {
         "control": "contains control characters",
         "too_long": "too long",
         "choice": "not one of the choices",
-        "plain_ftp": "plain FTP sends the password unencrypted: tick \"plain FTP allowed\" or use FTPS/SFTP",
+        "plain_ftp": 'plain FTP sends the password unencrypted: tick "plain FTP allowed" or use FTPS/SFTP',
         "key": "not a private key in PEM/OpenSSH form",
         "key_sftp": "a key works with SFTP only",
         "secret": "give a password (or, for SFTP, a key)",
@@ -95,7 +111,7 @@ ERROR_TEXT: dict[str, dict[str, str]] = {
         "control": "vsebuje kontrolne znake",
         "too_long": "predolgo",
         "choice": "ni ena od možnosti",
-        "plain_ftp": "navadni FTP pošlje geslo nešifrirano: označite \"navadni FTP dovoljen\" ali uporabite FTPS/SFTP",
+        "plain_ftp": 'navadni FTP pošlje geslo nešifrirano: označite "navadni FTP dovoljen" ali uporabite FTPS/SFTP',
         "key": "ni zasebni ključ v obliki PEM/OpenSSH",
         "key_sftp": "ključ deluje samo s SFTP",
         "secret": "vpišite geslo (ali, za SFTP, ključ)",
@@ -124,17 +140,31 @@ class Source:
     def summary(self) -> dict[str, Any]:
         """What may be shown (`provisioner migration show`, the audit log): no secret."""
         v = self.values
-        out: dict[str, Any] = {"flags": {"allow_plain_ftp": self.allow_plain_ftp,
-                                         "skip_cert_verify": self.skip_cert_verify}}
+        out: dict[str, Any] = {
+            "flags": {"allow_plain_ftp": self.allow_plain_ftp, "skip_cert_verify": self.skip_cert_verify}
+        }
         if v.get("files_host"):
-            out["files"] = {"protocol": v["files_protocol"], "host": v["files_host"], "port": v["files_port"],
-                            "user": v["files_user"], "path": v["files_path"],
-                            "auth": "key" if v.get("files_key") else "password"}
+            out["files"] = {
+                "protocol": v["files_protocol"],
+                "host": v["files_host"],
+                "port": v["files_port"],
+                "user": v["files_user"],
+                "path": v["files_path"],
+                "auth": "key" if v.get("files_key") else "password",
+            }
         if v.get("db_host"):
-            out["database"] = {"via": v["db_via"], "host": v["db_host"], "port": v["db_port"],
-                               "name": v["db_name"], "user": v["db_user"]}
-        out["mailboxes"] = [{"host": v[f"mail{i}_host"], "port": v[f"mail{i}_port"], "user": v[f"mail{i}_user"]}
-                            for i in range(1, MAX_MAILBOXES + 1) if v.get(f"mail{i}_host")]
+            out["database"] = {
+                "via": v["db_via"],
+                "host": v["db_host"],
+                "port": v["db_port"],
+                "name": v["db_name"],
+                "user": v["db_user"],
+            }
+        out["mailboxes"] = [
+            {"host": v[f"mail{i}_host"], "port": v[f"mail{i}_port"], "user": v[f"mail{i}_user"]}
+            for i in range(1, MAX_MAILBOXES + 1)
+            if v.get(f"mail{i}_host")
+        ]
         warnings = []
         if v.get("files_protocol") == "ftp":
             warnings.append("plain FTP: the password travels unencrypted")
@@ -201,7 +231,7 @@ def check_port(raw: object, default: int) -> int:
     if isinstance(raw, bool):
         raise _Bad("port")
     text = str(raw).strip()
-    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
         raise _Bad("port")
     return int(text)
 
@@ -275,8 +305,7 @@ def validate(form: Mapping[str, object]) -> Source:
         flags[flag] = bool(run(flag, _flag, form.get(flag)))
 
     def filled(fields: tuple[str, ...]) -> bool:
-        return any(form.get(f) not in (None, "") for f in fields
-                   if not f.endswith(("_protocol", "_via")))
+        return any(form.get(f) not in (None, "") for f in fields if not f.endswith(("_protocol", "_via")))
 
     # files
     if filled(_FILE_FIELDS):
@@ -287,10 +316,14 @@ def validate(form: Mapping[str, object]) -> Source:
             errors["files_protocol"] = "plain_ftp"
         values["files_protocol"] = protocol
         host = get("files_host")
-        values["files_host"] = run("files_host", check_host, host) if host else errors.setdefault(
-            "files_host", "required") and None
-        values["files_port"] = run("files_port", check_port, form.get("files_port"),
-                                   22 if protocol == "sftp" else 21)
+        values["files_host"] = (
+            run("files_host", check_host, host)
+            if host
+            else errors.setdefault("files_host", "required") and None
+        )
+        values["files_port"] = run(
+            "files_port", check_port, form.get("files_port"), 22 if protocol == "sftp" else 21
+        )
         user = get("files_user", 128)
         if not user:
             errors.setdefault("files_user", "required")
@@ -318,8 +351,11 @@ def validate(form: Mapping[str, object]) -> Source:
             errors["db_via"] = "ssh_needs_sftp"
         values["db_via"] = via
         host = get("db_host") or ("localhost" if via == "ssh" else "")
-        values["db_host"] = (run("db_host", check_host, host, allow_localhost=via == "ssh") if host
-                             else errors.setdefault("db_host", "required") and None)
+        values["db_host"] = (
+            run("db_host", check_host, host, allow_localhost=via == "ssh")
+            if host
+            else errors.setdefault("db_host", "required") and None
+        )
         values["db_port"] = run("db_port", check_port, form.get("db_port"), 3306)
         name = get("db_name", 64)
         if not name:
@@ -343,8 +379,11 @@ def validate(form: Mapping[str, object]) -> Source:
         if not filled(fields):
             continue
         host = get(f"mail{i}_host")
-        values[f"mail{i}_host"] = (run(f"mail{i}_host", check_host, host) if host
-                                   else errors.setdefault(f"mail{i}_host", "required") and None)
+        values[f"mail{i}_host"] = (
+            run(f"mail{i}_host", check_host, host)
+            if host
+            else errors.setdefault(f"mail{i}_host", "required") and None
+        )
         values[f"mail{i}_port"] = run(f"mail{i}_port", check_port, form.get(f"mail{i}_port"), 993)
         user = get(f"mail{i}_user", 128)
         if not user:
@@ -366,10 +405,10 @@ def validate(form: Mapping[str, object]) -> Source:
 def from_json(data: object) -> dict[str, object]:
     """The nested JSON of ``provisioner migration source`` as the flat form::
 
-        {"files": {"protocol", "host", "port", "user", "password" | "key", "path"},
-         "database": {"via", "host", "port", "name", "user", "password"},
-         "mailboxes": [{"host", "port", "user", "password"}, ...],
-         "allow_plain_ftp": false, "skip_cert_verify": false}
+    {"files": {"protocol", "host", "port", "user", "password" | "key", "path"},
+     "database": {"via", "host", "port", "name", "user", "password"},
+     "mailboxes": [{"host", "port", "user", "password"}, ...],
+     "allow_plain_ftp": false, "skip_cert_verify": false}
     """
     if not isinstance(data, dict):
         raise SourceInvalid({"file": "choice"})

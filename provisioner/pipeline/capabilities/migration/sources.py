@@ -34,8 +34,9 @@ WIPED_MARK = b"-"
 
 
 def migration_fernet(settings: Settings) -> MultiFernet:
-    return fernet_from(settings.migration_source_key, settings.effective_key_dir / KEY_FILE,
-                       "migration_source_key")
+    return fernet_from(
+        settings.migration_source_key, settings.effective_key_dir / KEY_FILE, "migration_source_key"
+    )
 
 
 def _migration(s: Session, service_id: int) -> Migration:
@@ -48,23 +49,40 @@ def _migration(s: Session, service_id: int) -> Migration:
     return row
 
 
-def _store(s: Session, fernet: MultiFernet, row: Migration, source: Source, actor: str, now: datetime) -> None:
+def _store(
+    s: Session, fernet: MultiFernet, row: Migration, source: Source, actor: str, now: datetime
+) -> None:
     if row.state == WIPED:
         raise InvalidInput(f"the migration of {row.domain} has ended; its source cannot be changed")
-    payload = {"values": source.values, "allow_plain_ftp": source.allow_plain_ftp,
-               "skip_cert_verify": source.skip_cert_verify}
+    payload = {
+        "values": source.values,
+        "allow_plain_ftp": source.allow_plain_ftp,
+        "skip_cert_verify": source.skip_cert_verify,
+    }
     row.sealed = fernet.encrypt(json.dumps(payload).encode())
     row.summary = source.summary()
     row.state = RECEIVED
     row.source_at = now
     row.source_by = actor[:100]
     row.updated_at = now
-    audit(s, actor, "migration.source_received", "service", row.service_id,
-          {"sections": source.sections(), "warnings": row.summary["warnings"]})
+    audit(
+        s,
+        actor,
+        "migration.source_received",
+        "service",
+        row.service_id,
+        {"sections": source.sections(), "warnings": row.summary["warnings"]},
+    )
 
 
-def record_source(factory: sessionmaker[Session], settings: Settings, service_id: int,
-                  form: Mapping[str, object], actor: str, now: datetime) -> dict[str, Any]:
+def record_source(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    service_id: int,
+    form: Mapping[str, object],
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
     """Validate ``form`` (flat fields, `intake.validate`) and seal it as the source of
     migration ``service_id`` (ops: ``provisioner migration source``). SourceInvalid
     (nothing stored) for a bad field. Returns the summary (no secret)."""
@@ -76,8 +94,9 @@ def record_source(factory: sessionmaker[Session], settings: Settings, service_id
         return dict(row.summary or {})
 
 
-def submit_intake(factory: sessionmaker[Session], settings: Settings, token: str,
-                  form: Mapping[str, object], now: datetime) -> dict[str, Any]:
+def submit_intake(
+    factory: sessionmaker[Session], settings: Settings, token: str, form: Mapping[str, object], now: datetime
+) -> dict[str, Any]:
     """The intake form, submitted through its one-time link: validated first
     (SourceInvalid: nothing stored, the link still works), then the link is claimed and
     the source sealed in one transaction (LinkUnusable: used, expired or unknown)."""
@@ -103,22 +122,28 @@ def open_source(factory: sessionmaker[Session], settings: Settings, service_id: 
     try:
         payload = json.loads(migration_fernet(settings).decrypt(sealed))
     except InvalidToken:
-        raise ConfigurationError(f"the source of migration service {service_id} does not open with the "
-                                 "migration key (migration_source_key / key_dir)") from None
+        raise ConfigurationError(
+            f"the source of migration service {service_id} does not open with the "
+            "migration key (migration_source_key / key_dir)"
+        ) from None
     return Source(payload["values"], bool(payload["allow_plain_ftp"]), bool(payload["skip_cert_verify"]))
 
 
-def wipe_source(factory: sessionmaker[Session], service_id: int, *, reason: str, actor: str,
-                now: datetime) -> bool:
+def wipe_source(
+    factory: sessionmaker[Session], service_id: int, *, reason: str, actor: str, now: datetime
+) -> bool:
     """Blank the sealed source of a migration (its intake links too) and audit it; the
     summary stays. ``reason``: done, failed, abandoned, ops. True when something was
     wiped; a second wipe changes nothing (but the migration stays ended)."""
     with transaction(factory) as s:
         row = _migration(s, service_id)
         had = row.sealed is not None and row.sealed != WIPED_MARK
-        s.execute(update(MigrationLink).where(MigrationLink.service_id == service_id,
-                                              MigrationLink.used_at.is_(None))
-                  .values(used_at=now).execution_options(synchronize_session=False))
+        s.execute(
+            update(MigrationLink)
+            .where(MigrationLink.service_id == service_id, MigrationLink.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
         if row.state == WIPED and not had:
             return False
         row.sealed = WIPED_MARK if had else row.sealed
@@ -126,8 +151,9 @@ def wipe_source(factory: sessionmaker[Session], service_id: int, *, reason: str,
         row.wiped_at = now
         row.wipe_reason = reason[:40]
         row.updated_at = now
-        audit(s, actor, "migration.source_wiped", "service", service_id,
-              {"reason": reason, "had_source": had})
+        audit(
+            s, actor, "migration.source_wiped", "service", service_id, {"reason": reason, "had_source": had}
+        )
         return True
 
 
@@ -136,9 +162,15 @@ def wipe_abandoned(factory: sessionmaker[Session], now: datetime, days: int) -> 
     ``provisioner.wipe_migrations``). Returns how many were wiped."""
     cutoff = now - timedelta(days=days)
     with transaction(factory) as s:
-        ids = list(s.execute(select(Migration.service_id).where(
-            Migration.state != WIPED, Migration.migration_used_at.is_(None),
-            Migration.updated_at <= cutoff)).scalars())
+        ids = list(
+            s.execute(
+                select(Migration.service_id).where(
+                    Migration.state != WIPED,
+                    Migration.migration_used_at.is_(None),
+                    Migration.updated_at <= cutoff,
+                )
+            ).scalars()
+        )
     return sum(wipe_source(factory, sid, reason="abandoned", actor="system:beat", now=now) for sid in ids)
 
 
@@ -146,8 +178,13 @@ def show(factory: sessionmaker[Session], service_id: int, now: datetime) -> dict
     """A migration's state for ops (``provisioner migration show``): no secret."""
     with transaction(factory) as s:
         row = _migration(s, service_id)
-        links = s.execute(select(MigrationLink).where(MigrationLink.service_id == service_id)
-                          .order_by(MigrationLink.id)).scalars().all()
+        links = (
+            s.execute(
+                select(MigrationLink).where(MigrationLink.service_id == service_id).order_by(MigrationLink.id)
+            )
+            .scalars()
+            .all()
+        )
         link = links[-1] if links else None
         return {
             "service": service_id,
@@ -159,9 +196,12 @@ def show(factory: sessionmaker[Session], service_id: int, now: datetime) -> dict
             "source_at": row.source_at.isoformat() if row.source_at else None,
             "source_by": row.source_by,
             "sealed": bool(row.sealed) and row.sealed != WIPED_MARK,
-            "link": None if link is None else {
+            "link": None
+            if link is None
+            else {
                 "state": "used" if link.used_at else ("expired" if link.expires_at <= now else "open"),
-                "expires_at": link.expires_at.isoformat()},
+                "expires_at": link.expires_at.isoformat(),
+            },
             "wiped_at": row.wiped_at.isoformat() if row.wiped_at else None,
             "wipe_reason": row.wipe_reason,
             "migration_used_at": row.migration_used_at.isoformat() if row.migration_used_at else None,
