@@ -36,6 +36,8 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import func, select, text  # noqa: E402
 
+from provisioner.domain.lifecycle import backup_purge_date, data_deletion_date  # noqa: E402
+from provisioner.domain.policy import FCB  # noqa: E402
 from provisioner.pipeline.capabilities import lifecycle as clock  # noqa: E402
 from provisioner.store.db import dispose_all, session_factory, transaction, upgrade  # noqa: E402
 from provisioner.store.lifecycle import Renewal  # noqa: E402
@@ -56,8 +58,11 @@ def fill(url: str, n: int) -> float:
     # (state, expires_on, clock_on) per group of due services, in id order
     groups = [("active", TODAY + timedelta(days=30), TODAY, DUE["renewal"]),
               ("active", TODAY - timedelta(days=1), TODAY, DUE["shutdown"]),
-              ("expired", TODAY - timedelta(days=60), TODAY, DUE["delete_data"]),
-              ("deleted", TODAY - timedelta(days=90), TODAY, DUE["purge_backups"]),
+              # expired so that stage 1 / stage 2 fall due today (the brand's rule)
+              ("expired", TODAY - (data_deletion_date(TODAY, FCB) - TODAY), TODAY,
+               DUE["delete_data"]),
+              ("deleted", TODAY - (backup_purge_date(TODAY, FCB) - TODAY), TODAY,
+               DUE["purge_backups"]),
               # .com domains whose lapse day is today (deleted the day before expiry)
               ("active", TODAY + timedelta(days=1), TODAY, DUE["registry_cutoff"])]
     domains_from = sum(DUE.values()) - DUE["registry_cutoff"]  # ids above it are domains
@@ -144,6 +149,8 @@ def one(db: str, n: int, workdir: Path, pg: Any) -> dict[str, Any]:
     assert report.looked_at == sum(DUE.values()), report.looked_at
     assert renewals == DUE["renewal"] + DUE["shutdown"] + DUE["registry_cutoff"], renewals
     assert counts.get("registry_cutoff") == DUE["registry_cutoff"], counts
+    assert counts.get("delete_data") == DUE["delete_data"], counts
+    assert counts.get("purge_backups") == DUE["purge_backups"], counts
     assert left == 0, left
     assert counts.get("lapse") == LAPSING, counts
     return {"db": db, "services": n, "due": sum(DUE.values()), "fill_s": round(fill_s, 2),

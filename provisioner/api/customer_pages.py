@@ -59,7 +59,8 @@ TEXT: dict[str, dict[str, str]] = {
         "link_expired_title": "This link has expired",
         "link_expired": "This link is no longer valid. Ask us for a new one.",
         "mig_title": "Your free migration: access to the old provider",
-        "mig_intro": "Tell us how we reach the old provider of {domain}. Fill in only what you want migrated: "
+        "mig_intro": "Tell us how we reach the old provider of {domain}. "
+        "Fill in only what you want migrated: "
         "the website's files, its MySQL database and up to two mailboxes. What you enter is "
         "kept encrypted and deleted when the migration ends.",
         "mig_files": "Website files",
@@ -131,7 +132,8 @@ TEXT: dict[str, dict[str, str]] = {
         "link_expired_title": "Ta povezava je potekla",
         "link_expired": "Ta povezava ni več veljavna. Prosite nas za novo.",
         "mig_title": "Vaša brezplačna selitev: dostop do starega ponudnika",
-        "mig_intro": "Povejte nam, kako dostopamo do starega ponudnika za {domain}. Izpolnite samo, kar želite "
+        "mig_intro": "Povejte nam, kako dostopamo do starega ponudnika za {domain}. "
+        "Izpolnite samo, kar želite "
         "preseliti: datoteke spletne strani, njeno podatkovno bazo MySQL in do dva poštna predala. "
         "Vpisano hranimo šifrirano in izbrišemo, ko je selitev končana.",
         "mig_files": "Datoteke spletne strani",

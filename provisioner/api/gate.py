@@ -71,7 +71,8 @@ class Gate:
         self.public = frozenset(public) | (DOCS_PATHS if docs_public else frozenset())
 
     def is_public(self, path: str) -> bool:
-        return path in self.public or any(path.startswith(p) and "/" not in path[len(p):] for p in _TOKEN_ROUTES)
+        return path in self.public or any(path.startswith(p) and "/" not in path[len(p):]
+                                          for p in _TOKEN_ROUTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

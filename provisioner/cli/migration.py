@@ -61,7 +61,8 @@ def migration_source(
         data,
         as_json,
         lambda d: out.print(
-            f"migration service {service_id}: source sealed ({', '.join(k for k in ('files', 'database') if k in d)}"
+            f"migration service {service_id}: source sealed ("
+            f"{', '.join(k for k in ('files', 'database') if k in d)}"
             f"{', ' if d.get('mailboxes') else ''}{len(d.get('mailboxes', []))} mailbox(es))"
             + "".join(f"\nwarning: {w}" for w in d.get("warnings", []))
         ),

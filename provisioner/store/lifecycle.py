@@ -33,7 +33,9 @@ class Renewal(Base):
 
 class StageRecord(Base):
     """What one lifecycle stage of a service did: when, and what it removed (paths,
-    backup ids, sizes, checksums) as reported by the node."""
+    backup ids, sizes, checksums) as reported by the node. Stage 2's manifest carries
+    the proof of the purge under ``proof``: the restic snapshot ids forgotten, the bytes
+    the prune freed, ``remaining`` (0) and ``restic_check_ok`` (true)."""
 
     __tablename__ = "stage_records"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -127,6 +127,41 @@ def validate_cron(entries: Sequence[CronEntry], min_interval_min: int) -> list[C
 
 
 # -- the account ------------------------------------------------------------------------
+_BRAND_CODE_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
+_PAGE_URL_RE = re.compile(r"https?://[^\s\"<>]+")
+_PAGE_TEXT_RE = re.compile(r"[^\x00-\x1f\x7f<>&\"]{1,100}")
+_PAGE_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+@dataclass(frozen=True)
+class BrandPage:
+    """What an account's "site disabled" page says of its provider (the customer's
+    brand): its name, web site and support address. The role renders the page once per
+    brand on the node (``<suspended dir>/<code>.html``) and a suspended account's vhost
+    shows its brand's page."""
+
+    code: str
+    name: str
+    url: str
+    support_email: str = ""
+
+    def __post_init__(self) -> None:
+        if not _BRAND_CODE_RE.fullmatch(self.code):
+            raise InvalidInput(f"brand code {self.code!r} is not 1-16 lower-case letters/digits")
+        if not _PAGE_TEXT_RE.fullmatch(self.name):
+            raise InvalidInput(f"brand name {self.name!r} is empty, too long or has markup")
+        if not _PAGE_URL_RE.fullmatch(self.url):
+            raise InvalidInput(f"brand web site {self.url!r} is not an http(s) address")
+        if self.support_email and not _PAGE_EMAIL_RE.fullmatch(self.support_email):
+            raise InvalidInput(f"brand support address {self.support_email!r} is not an address")
+
+    def extravars(self) -> dict[str, str]:
+        """The role's variables of the page (defaults/main.yml)."""
+        return {"hosting_account_brand": self.code, "hosting_account_provider_name": self.name,
+                "hosting_account_provider_url": self.url,
+                "hosting_account_support_email": self.support_email}
+
+
 @dataclass(frozen=True)
 class Secrets:
     """The account's passwords; ``repr`` never shows them."""
@@ -150,6 +185,7 @@ class AccountSpec:
     cron: tuple[CronEntry, ...] = ()
     limit_overrides: Mapping[str, int] = field(default_factory=dict)  # ops/tests only
     mailbox_quota_mb: Mapping[str, int] = field(default_factory=dict)  # per-mailbox override
+    page: BrandPage | None = None  # the "site disabled" page's provider; None: the node's default
 
     def validated(self) -> AccountSpec:
         validate_account_name(self.name)
@@ -167,7 +203,7 @@ class AccountSpec:
         if unknown:
             raise InvalidInput(f"unknown limits {sorted(unknown)}")
         return AccountSpec(self.name, domains, self.plan, tuple(self.mailboxes), tuple(self.cron),
-                           dict(self.limit_overrides), dict(self.mailbox_quota_mb))
+                           dict(self.limit_overrides), dict(self.mailbox_quota_mb), self.page)
 
     def limits(self) -> dict[str, int]:
         values = {name: int(getattr(self.plan, name)) for name in LIMIT_FIELDS}
@@ -201,6 +237,8 @@ class AccountSpec:
             "hosting_account_cron": [c.as_dict() for c in self.cron],
             "hosting_account_provider_url": provider_url,
         }
+        if self.page is not None:  # the brand's page wins over the installation's link
+            ev.update(self.page.extravars())
         ev["hosting_account_mailboxes"] = [self._box(m, None) for m in self.mailboxes]
         if secret is not None:
             ev.update(self.secret_vars(secret))

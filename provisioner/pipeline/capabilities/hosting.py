@@ -43,7 +43,14 @@ from provisioner.pipeline.engine.plan import (
     service_step,
 )
 from provisioner.pipeline.engine.runner import Handler, StepContext, StepResult, disruptive
-from provisioner.pipeline.onetime import brand_context, checked_digest, claim, new_token, refuse, token_hash
+from provisioner.pipeline.onetime import (
+    brand_context,
+    checked_digest,
+    claim,
+    new_token,
+    refuse,
+    token_hash,
+)
 from provisioner.pipeline.outbox import Outbox, step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
@@ -198,8 +205,8 @@ def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str
     }
     s.execute(delete(CredentialLink).where(CredentialLink.service_id == service_id,
                                            CredentialLink.used_at.is_(None)))
-    s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id,
-                         sealed=seal(token, access_data(account, node, secret, ctx.settings.control_panel_url)),
+    data = access_data(account, node, secret, ctx.settings.control_panel_url)
+    s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id, sealed=seal(token, data),
                          expires_at=expires, created_at=ctx.now()))
     box.hold(s, notify_key, customer.email, "credentials", customer.lang, context)
     audit(s, SYSTEM, "hosting.credentials_link", "service", service_id,

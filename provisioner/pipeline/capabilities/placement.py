@@ -11,11 +11,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioner.adapters.hosting.accounts import AccountSpec
+from provisioner.adapters.hosting.accounts import AccountSpec, BrandPage
 from provisioner.adapters.hosting.ansible import Target
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.names import normalize_domain, username_for_domain
 from provisioner.domain.placement import NoCapacity
+from provisioner.domain.policy import BrandPolicy
 from provisioner.errors import StepFailed
 from provisioner.store.audit import audit
 from provisioner.store.hosting import HostingAccount, HostingNode, place_account
@@ -62,9 +63,17 @@ def target_of(node: HostingNode) -> Target:
                   throwaway=bool(node.throwaway))
 
 
-def spec_of(account: HostingAccount) -> AccountSpec:
+def brand_page(brand: BrandPolicy) -> BrandPage:
+    """The "site disabled" page of the brand's customers: its name, web site, support."""
+    return BrandPage(brand.code, brand.display_name or brand.name, brand.website_url,
+                     brand.support_email)
+
+
+def spec_of(account: HostingAccount, brand: BrandPolicy | None = None) -> AccountSpec:
+    """The account as the adapter converges it; with ``brand`` (the customer's), a
+    suspended account shows that brand's page."""
     return AccountSpec(account.username, (account.domain,), DEFAULT_CATALOG.hosting_plan(account.plan),
-                       mailboxes=MAILBOXES)
+                       mailboxes=MAILBOXES, page=brand_page(brand) if brand is not None else None)
 
 
 def account_and_node(s: Session, service_id: int) -> tuple[HostingAccount | None, HostingNode | None]:

@@ -16,6 +16,7 @@ passed unchecked); the count only grows on the node. When it grew since the last
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -119,6 +120,7 @@ def _account(factory: sessionmaker[Session], node: HostingNode, name: str, u: An
         customer = s.get(Customer, service.customer_id)
         assert customer is not None
         email, lang = customer.email, customer.lang
+        sender = policy.mail_from or None  # the customer's brand writes to them
     if d.backups_excluded != before[1]:
         backups.set_free_backups(target_of(node), name, not d.backups_excluded)
         report["backups_stopped" if d.backups_excluded else "backups_restored"].append(name)
@@ -134,7 +136,8 @@ def _account(factory: sessionmaker[Session], node: HostingNode, name: str, u: An
                    "used_mb": u.used_bytes // MB, "db_mb": (u.db_bytes or 0) // MB})
     if d.warn and d.over_since is not None:
         plan_row = DEFAULT_CATALOG.hosting_plan(plan)
-        outbox.send_once(f"hosting:{account_id}/over_quota@{d.over_since}", email, "over_quota",
+        replace(outbox, sender=sender).send_once(f"hosting:{account_id}/over_quota@{d.over_since}",
+                                                 email, "over_quota",
                          lang, {
                        "account": {"domain": domain, "plan": plan_row.name,
                                    "used_mb": u.used_bytes // MB,

@@ -93,6 +93,12 @@ options:
       suspended:
         description: With C(create), force this suspension state instead of keeping the recorded one.
         type: bool
+      brand:
+        description:
+          - The brand of the account's customer; suspended, it shows I(suspended_dir)/<brand>.html
+            (the role renders it). Empty - the node's page (snippets/hosting-account-suspended.conf).
+        type: str
+        default: ""
   default_plan:
     description: Plan code for accounts that name none.
     type: str
@@ -162,6 +168,10 @@ options:
     description: The node-side helper whose login-file and MariaDB logic this module reuses.
     type: path
     default: /usr/local/sbin/hosting-account
+  suspended_dir:
+    description: Directory of the "site disabled" pages (one per brand, <brand>.html).
+    type: path
+    default: /var/www/hosting-suspended
 notes:
   - Supports check mode (reports what would change, writes nothing).
   - Passwords are never returned and never logged.
@@ -239,6 +249,7 @@ LOCAL_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
 PLAN_RE = re.compile(r"[a-z0-9_-]{1,32}\Z")
 MEMORY_RE = re.compile(r"[0-9]{1,6}[KMG]?\Z")
 DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9/_-]{1,64}\Z")
+BRAND_RE = re.compile(r"[a-z][a-z0-9]{0,15}\Z")
 LIMITS = ("disk_mb", "mailbox_mb", "upload_max_mb", "database_max_mb", "message_max_mb", "recipients_max",
           "mail_per_hour", "mail_per_month", "cron_min_interval_min", "cpu_percent", "memory_mb", "vmem_mb",
           "iops", "tasks_max")
@@ -281,7 +292,14 @@ def render_vhost(a, suspended):
         "    # writes listen 443 ssl + certificate paths here; nothing there means HTTP only.",
         "    include /etc/nginx/hosting-tls/%s/*.conf;" % a["name"],
     ]
-    if suspended:
+    if suspended and a.get("brand"):  # the page of the account's brand (the role renders it)
+        lines += [
+            "    root %s;" % a["suspended_dir"],
+            "    error_page 503 /%s.html;" % a["brand"],
+            "    location = /%s.html { internal; }" % a["brand"],
+            "    location / { return 503; }",
+        ]
+    elif suspended:
         lines.append("    include snippets/hosting-account-suspended.conf;")
     else:
         lines += [
@@ -475,8 +493,14 @@ def normalize(raw, p, helper):
     for key in ("password", "db_password"):
         if raw.get(key):
             helper.password(raw[key])
+    brand = raw.get("brand") or ""
+    if not isinstance(brand, str) or (brand and not BRAND_RE.match(brand)):
+        raise Refused("Refused: bad brand %r of account %s" % (brand, name))
+    suspended_dir = p.get("suspended_dir") or "/var/www/hosting-suspended"
+    if not suspended_dir.startswith("/var/www/") or ".." in suspended_dir:
+        raise Refused("Refused: bad directory of the disabled pages %r" % suspended_dir)
     home = "%s/%s" % (p["node_root"].rstrip("/"), name)
-    return {"name": name, "domains": list(domains), "plan": plan, "limits": limits, "mailboxes": boxes,
+    return {"name": name, "brand": brand, "suspended_dir": suspended_dir.rstrip("/"), "domains": list(domains), "plan": plan, "limits": limits, "mailboxes": boxes,
             "cron": cron, "password": raw.get("password") or "", "db_password": raw.get("db_password") or "",
             "suspended": raw.get("suspended"), "home": home, "docroot": home + "/public_html",
             "socket": "/run/hosting-php-%s/php.sock" % name,
@@ -1014,6 +1038,7 @@ def main():
         password=dict(type="str", no_log=True),
         db_password=dict(type="str", no_log=True),
         suspended=dict(type="bool"),
+        brand=dict(type="str", default=""),
     )
     module = AnsibleModule(
         argument_spec=dict(
@@ -1033,6 +1058,7 @@ def main():
             php_max_children=dict(type="int", default=5),
             io_device=dict(type="str", default="auto"),
             helper=dict(type="path", default="/usr/local/sbin/hosting-account"),
+            suspended_dir=dict(type="path", default="/var/www/hosting-suspended"),
         ),
         supports_check_mode=True,
     )

@@ -95,7 +95,7 @@ def _sides() -> dict[str, Callable[[str], bool]]:
         "adapters.hosting.accounts.validate_account_name":
             accepts(controller_accounts.validate_account_name, InvalidInput),
         "adapters.hosting.backups.validate_backup_id":
-            accepts(lambda n: validate_backup_id(n, f"{n}/20250131T120000Z"), InvalidInput),
+            accepts(lambda n: validate_backup_id(n, "deadbeef"), InvalidInput),
         "adapters.hosting.usage.parse_usage": accepts(usage_report, StepFailed),
         # the node, run here as the node runs it
         "module hosting_account normalize": accepts(module_normalize, module.Refused),

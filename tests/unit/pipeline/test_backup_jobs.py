@@ -20,17 +20,20 @@ from sqlalchemy import select
 from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import NightlyResult
 from provisioner.adapters.hosting.usage import AccountUsage, NodeUsage
+from provisioner.domain.backups import gdpr_backups_gone_by, retention_table
 from provisioner.domain.maintenance import in_window
 from provisioner.domain.policy import get_brand
 from provisioner.errors import InvalidInput, StepFailed
 from provisioner.pipeline.engine.plan import StepSpec
 from provisioner.pipeline.engine.runner import record
 from provisioner.pipeline.usecases import backups as jobs
+from provisioner.pipeline.usecases import gdpr
 from provisioner.store import backups as store
 from provisioner.store.db import transaction
 from provisioner.store.hosting import HostingAccount, HostingNode, add_node
 from provisioner.store.lifecycle import StageRecord
 from provisioner.store.models import BackupRepository, Proforma, Service
+from provisioner.timeutil import utcnow
 from tests.helpers import MemoryMailer, World, make_settings, make_world
 from tests.unit.pipeline.fakes import Alerts, FakeBackups, FakeHosting
 
@@ -450,3 +453,17 @@ def test_an_account_over_quota_past_its_grace_gets_no_free_nightly_backup(
     usage.over.clear()
     assert w.app.check_quotas(date(2026, 1, 11))["backups_restored"] == [big]
     assert w.app.backups_nightly(utc(2026, 1, 12, 0, 5))["nodes"]["n1"]["accounts"][big].get("backup")
+
+
+@pytest.mark.parametrize("brand", ["fcb", "iserver"])
+def test_an_erasure_says_by_which_day_the_data_are_gone_from_the_backups(world: World, brand: str) -> None:
+    order = world.order(["hosting:mega:erase.si"], brand=brand)  # never paid: goes with the customer
+    with transaction(world.factory) as s:
+        customer_id = s.execute(select(Service.customer_id).where(Service.order_id == order["order"])
+                                ).scalar_one()
+    result = gdpr.erase_customer(world.factory, customer_id, "test")
+    policy = get_brand(brand)
+    gone_by = gdpr_backups_gone_by(utcnow().date(), policy)
+    assert result["backups_rotated_out_by"] == gone_by.isoformat() and gone_by.isoformat() in result["note"]
+    # the nightly rotation makes it true: no plan keeps a snapshot that long
+    assert max(retention_table(policy).values()) < policy.gdpr_backup_rotation_days

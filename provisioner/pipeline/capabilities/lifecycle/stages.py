@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +12,7 @@ from sqlalchemy import select
 from provisioner.domain.lifecycle import (
     ProformaState,
     ServiceState,
+    data_deletion_date,
     earliest_event,
     next_clock_on,
     renewed_expiry,
@@ -109,24 +110,25 @@ def step_shutdown(ctx: StepContext, step: Step) -> StepResult:
     if isinstance(st, StepResult):
         return st
     manifest: dict[str, Any] = {"kind": st.service.kind}
+    policy = _policy(ctx, st.service)
     if st.account is not None and st.node is not None and st.account.state != "removed":
         ctx.heartbeat()
         adapter = ctx.adapters.hosting
-        result = adapter.suspend(target_of(st.node), spec_of(st.account))
+        # the disabled page names the customer's brand (its site and support)
+        result = adapter.suspend(target_of(st.node), spec_of(st.account, policy))
         result.raise_for_status(step.key)
         manifest.update({"node": st.node.name, "account": st.account.username, "suspended": True})
         with transaction(ctx.factory) as s:
             now_state = service_row(s, st.service.id).state
         if now_state != ServiceState.EXPIRED.value:  # paid while we were suspending it
-            adapter.unsuspend(target_of(st.node), spec_of(st.account)).raise_for_status(step.key)
+            adapter.unsuspend(target_of(st.node), spec_of(st.account, policy)).raise_for_status(step.key)
             return StepResult(True, {"skipped": "renewed during the shutdown; unsuspended"})
     else:
         manifest["note"] = "nothing runs on a node for this service"
     _finish_stage(ctx, st, "shutdown", None, manifest)
-    policy = _policy(ctx, st.service)
     sent = send_once(ctx, "service_shutdown", int(step.params["proforma_id"]), {
         "service": {"name": st.service.name, "kind": st.service.kind, "expires_on": st.term},
-        "deletion_on": st.term + timedelta(days=policy.data_retention_days),
+        "deletion_on": data_deletion_date(st.term, policy),  # never before day 31 (iSERVER)
         "website_url": policy.website_url,
     })
     return StepResult(True, {**manifest, "mail": sent.details})
@@ -218,7 +220,7 @@ def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
     if was == ServiceState.EXPIRED.value and account is not None and node is not None \
             and account.state != "removed":
         ctx.heartbeat()
-        ctx.adapters.hosting.unsuspend(target_of(node), spec_of(account)).raise_for_status(step.key)
+        ctx.adapters.hosting.unsuspend(target_of(node), spec_of(account, policy)).raise_for_status(step.key)
     return StepResult(changed, {"expires_on": new_expiry.isoformat(), "was": was})
 
 

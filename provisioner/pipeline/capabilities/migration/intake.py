@@ -111,7 +111,8 @@ ERROR_TEXT: dict[str, dict[str, str]] = {
         "control": "vsebuje kontrolne znake",
         "too_long": "predolgo",
         "choice": "ni ena od možnosti",
-        "plain_ftp": 'navadni FTP pošlje geslo nešifrirano: označite "navadni FTP dovoljen" ali uporabite FTPS/SFTP',
+        "plain_ftp": 'navadni FTP pošlje geslo nešifrirano: označite "navadni FTP dovoljen" '
+        "ali uporabite FTPS/SFTP",
         "key": "ni zasebni ključ v obliki PEM/OpenSSH",
         "key_sftp": "ključ deluje samo s SFTP",
         "secret": "vpišite geslo (ali, za SFTP, ključ)",
