@@ -28,7 +28,7 @@ from provisioner.errors import InvalidInput
 SNAPSHOT_RE = re.compile(r"[0-9a-f]{8,64}")
 _NODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,27}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}")
-_SUBSET_RE = re.compile(r"([1-9][0-9]{0,3}/[1-9][0-9]{0,3}|([1-9][0-9]?|100)%)")
+_SUBSET_RE = re.compile(r"([1-9][0-9]{0,3}/[1-9][0-9]{0,3}|[1-9][0-9]?%)")  # as roles/hosting_backup
 
 # How many daily snapshots each hosting plan keeps (restic forget --keep-daily N).
 KEEP_DAILY: Mapping[str, int] = MappingProxyType({"mega": 7, "giga5": 14, "giga10": 14, "giga15": 30})
@@ -47,9 +47,9 @@ def validate_snapshot_id(value: object) -> str:
 
 
 def validate_check_subset(value: str) -> str:
-    """``n/t`` or ``p%`` for ``restic check --read-data-subset``, or InvalidInput."""
+    """``n/t`` or ``p%`` (1-99) for ``restic check --read-data-subset``, or InvalidInput."""
     if not isinstance(value, str) or not _SUBSET_RE.fullmatch(value):
-        raise InvalidInput(f"read-data subset {value!r} must be n/t or p% (1-100)")
+        raise InvalidInput(f"read-data subset {value!r} must be n/t or p% (1-99)")
     if "/" in value:
         n, t = (int(x) for x in value.split("/"))
         if n > t:

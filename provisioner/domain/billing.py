@@ -279,6 +279,10 @@ def _list_price(
             False,
             f"{vps.name} {verb} {item.name}, {_plural(months, 'month')}",
         )
+    if item.kind == "backup":  # issue 17 item 9: per month, like hosting's year
+        verb = "renewal" if item.action == "renew" else "service"
+        return cents(catalog.backup.price_month * months), False, (
+            f"{catalog.backup.name} {verb} {item.name}, {_plural(months, 'month')}")
     if item.kind == "migration":
         mig = catalog.migration
         return cents(mig.price), False, (

@@ -18,7 +18,7 @@ from provisioner.errors import InvalidInput
 
 _T = TypeVar("_T")
 
-KINDS = ("hosting", "vps", "domain", "tls", "migration")
+KINDS = ("hosting", "vps", "domain", "tls", "migration", "backup")
 #: Allowed ``action`` values per kind; the first one is the default.
 ACTIONS: dict[str, tuple[str, ...]] = {
     "hosting": ("new", "renew"),
@@ -26,11 +26,13 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "domain": ("register", "transfer", "renew"),
     "tls": ("new", "renew"),
     "migration": ("new",),
+    "backup": ("new", "renew"),
 }
 #: Periods (months) that can be ordered for hosting and VPS.
 HOSTING_PERIODS_MONTHS = (1, 3, 6, 12, 24, 36)
 VPS_PERIODS_MONTHS = (1, 3, 6, 12, 24, 36)
-DEFAULT_PERIOD_MONTHS = {"hosting": 12, "vps": 1, "domain": 12, "tls": 12, "migration": 1}
+DEFAULT_PERIOD_MONTHS = {"hosting": 12, "vps": 1, "domain": 12, "tls": 12, "migration": 1,
+                         "backup": 12}
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,28 @@ class MigrationProduct:
 
 
 @dataclass(frozen=True)
+class BackupProduct:
+    """RULES "customer may download backups before deletion: if a backup service was
+    ordered" (002 §7). ``backup:SITE`` beside a hosting line for the same site; while it
+    runs, the customer gets a one-time link to the newest snapshot of the site (files,
+    mailboxes, database dump) when the hosting is shut down, valid until the data are
+    deleted (`pipeline.capabilities.backup_download`). House price: 1.00 EUR a month gross
+    (12.00 EUR a year), about what one off-site copy of a Giga 5 account costs us; its
+    periods are the hosting periods, so it can run in step with the hosting line."""
+
+    code: str = "backup"
+    name: str = "Backup"
+    price_month: Decimal = Decimal("1.00")
+
+
+@dataclass(frozen=True)
 class Catalog:
     hosting: dict[str, HostingPlan] = field(hash=False)
     vps: dict[str, VpsPlan] = field(hash=False)
     tlds: dict[str, DomainTld] = field(hash=False)
     tls: dict[str, TlsProduct] = field(hash=False)
     migration: MigrationProduct = MigrationProduct()
+    backup: BackupProduct = BackupProduct()
 
     def hosting_plan(self, code: str) -> HostingPlan:
         return _lookup(self.hosting, code, "hosting plan")
@@ -148,6 +166,8 @@ class Catalog:
             return self.tls_product(product).name
         if kind == "migration":
             return self.migration.name
+        if kind == "backup":
+            return self.backup.name
         raise InvalidInput(f"unknown item kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 
@@ -285,6 +305,8 @@ class OrderItem:
             return f"tls:{self.product}:{self.name}:{self.period_years}y{suffix}"
         if self.kind == "migration":
             return f"migration:{self.name}"
+        if self.kind == "backup":
+            return f"backup:{self.name}:{self.period_months}m{suffix}"
         return f"{self.kind}:{self.product}:{self.name}:{self.period_months}m{suffix}"
 
 
@@ -373,6 +395,16 @@ def parse_item(spec: str, catalog: Catalog = DEFAULT_CATALOG) -> OrderItem:
         return OrderItem("migration", cat.migration.code, normalize_domain(rest[0]),
                          DEFAULT_PERIOD_MONTHS["migration"], action)
 
+    if kind == "backup":
+        if len(rest) != 1:
+            raise InvalidInput(f"bad backup item {spec!r} (expected backup:SITE[:PERIOD][:renew])")
+        if period not in HOSTING_PERIODS_MONTHS:
+            raise InvalidInput(
+                f"period {period} months is not offered for backup in {spec!r} "
+                f"(allowed: {', '.join(f'{p}m' for p in HOSTING_PERIODS_MONTHS)})"
+            )
+        return OrderItem("backup", cat.backup.code, normalize_domain(rest[0]), period, action)
+
     if kind == "domain":
         if len(rest) != 1:
             raise InvalidInput(
@@ -413,8 +445,14 @@ def parse_item(spec: str, catalog: Catalog = DEFAULT_CATALOG) -> OrderItem:
 
 def check_order_lines(items: list[OrderItem] | tuple[OrderItem, ...]) -> None:
     """Rules across an order's lines: a migration comes with a new hosting line for the
-    same site (RULES "Free migration ...: new hosting orders"). InvalidInput otherwise."""
+    same site (RULES "Free migration ...: new hosting orders"); a new backup line with a
+    hosting line (new or renewal) for the same site. InvalidInput otherwise."""
     hosted = {i.name for i in items if i.kind == "hosting" and i.action == "new"}
+    any_hosting = {i.name for i in items if i.kind == "hosting"}
+    for item in items:
+        if item.kind == "backup" and item.action == "new" and item.name not in any_hosting:
+            raise InvalidInput(f"backup:{item.name} needs a hosting line for {item.name} in the "
+                               "same order (e.g. hosting:giga5:" + item.name + ")")
     for item in items:
         if item.kind == "migration" and item.name not in hosted:
             raise InvalidInput(f"migration:{item.name} needs a new hosting line for {item.name} "

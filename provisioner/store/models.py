@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -508,3 +509,23 @@ class BeatSlot(Base):
     lease_until: Mapped[datetime] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     runs: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# -- backup download links (issue 17 item 9; migration 0016) -------------------------------
+class BackupDownloadLink(Base):
+    """The one-time link to the download of a hosting service's backup during its
+    retention (`pipeline.capabilities.backup_download`): only the token's hash is stored.
+    ``started_at`` is the lease of a download under way (one at a time); ``used_at`` is set
+    when a download completed."""
+
+    __tablename__ = "backup_download_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    term_expiry: Mapped[date] = mapped_column(Date)
+    snapshot_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

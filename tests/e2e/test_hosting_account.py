@@ -20,7 +20,7 @@ import smtplib
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ from provisioner.adapters.hosting.accounts import (
     Secrets,
 )
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
+from provisioner.domain.policy import FCB, ISERVER
 from provisioner.errors import InvalidInput
+from provisioner.pipeline.capabilities.placement import brand_page
 from tests.e2e.nodes import infra_host, own_node
 from tests.servers import self_signed_tls_context, wait_for
 
@@ -485,6 +487,29 @@ def test_suspend_shows_the_disabled_page_blocks_logins_and_unsuspend_restores(en
     assert _tree_digest(env, "/srv/hosting/examplesi") == before_home
     assert _tree_digest(env, "/srv/mail/example.si") == before_mail
     assert env.accounts.unsuspend(env.node, site.spec).changed == 0
+
+
+def test_each_suspended_account_shows_its_own_brands_page(env: Env) -> None:
+    """One node, two brands (issue 17 item 1): each suspended account's page names its
+    customer's company, links to its site and gives its support address."""
+    specs = {"example.si": (replace(env.site.spec, page=brand_page(FCB)), FCB),
+             "other-shop.si": (replace(env.other.spec, page=brand_page(ISERVER)), ISERVER)}
+    try:
+        for spec, _ in specs.values():
+            assert env.accounts.suspend(env.node, spec).ok
+        for domain, (_, brand) in specs.items():
+            r = env.http(domain, "/")
+            assert r.status_code == 503, domain
+            assert f'href="{brand.website_url}"' in r.text and f">{brand.display_name}</a>" in r.text
+            assert f"mailto:{brand.support_email}" in r.text
+            other = ISERVER if brand is FCB else FCB
+            assert other.website_url not in r.text and other.support_email not in r.text
+        spec, _ = specs["example.si"]
+        assert env.accounts.suspend(env.node, spec).changed == 0  # idempotent
+    finally:
+        for spec, _ in specs.values():
+            assert env.accounts.unsuspend(env.node, spec).ok
+    assert env.http("example.si", "/marker.txt").status_code == 200
 
 
 # -- idempotence and hostile names ----------------------------------------------------------

@@ -9,6 +9,7 @@ refund and its record never refunds twice."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
@@ -195,7 +196,7 @@ def _use_migration(world: ClockWorld, sid: int) -> Decimal:
 def test_a_used_migration_is_charged_fcb_or_refuses_the_refund_iserver(
         world: ClockWorld, stripe_api: StripeApi, brand: str) -> None:
     sid, paid = paid_service(world, stripe_api, brand=brand,
-                             items=("hosting:giga5:withdraw.si:12m", "tls:withdraw.si"))
+                             items=("hosting:giga5:withdraw.si:12m", "migration:withdraw.si"))
     price = _use_migration(world, sid)
     if brand == "fcb":
         result = withdraw(world, sid, on_day(10))
@@ -287,3 +288,27 @@ def test_the_cli_previews_withdraws_and_refuses_a_second_time(
     assert again.exit_code == 2 and "was withdrawn" in again.stderr
     listed = cli.invoke(app, ["refunds", "list", "--json"])
     assert [r["state"] for r in json.loads(listed.stdout)] == ["pending"]  # queued for the workers
+
+
+def test_two_withdrawals_at_once_issue_one_credit_note(world: ClockWorld,
+                                                       stripe_api: StripeApi) -> None:
+    sid, _ = paid_service(world, stripe_api)
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def attempt() -> None:
+        start.wait()
+        try:
+            outcomes.append(withdrawal.withdraw(world.factory, sid, today=on_day(2),
+                                                actor="test")["credit_note"])
+        except Conflict as exc:
+            outcomes.append(f"refused: {exc}")
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(o.split(":")[0] for o in outcomes) == [f"DB-ISERVER-{START.year}-000001",
+                                                         "refused"]
+    assert count(world, CreditNote) == 1 and count(world, Refund) == 1

@@ -623,7 +623,7 @@ class HostingBackups:
     def check(self, node: Target, subset: str | None = None) -> CheckResult:
         """``restic check`` (with ``--read-data-subset``): a failure is a result, not an error."""
         more: dict[str, Any] = ({} if subset is None
-                                else {"hosting_backup_read_data_subset": validate_check_subset(subset)})
+                                else {"hosting_backup_check_subset": validate_check_subset(subset)})
         data = self._op(node, None, "check", tolerate_failure=True, **more)
         ok = bool(data.get("ok")) and not data.get("failed")
         return CheckResult(ok, str(data.get("repository") or ""), subset,

@@ -213,13 +213,19 @@ def restore_service(factory: Factory, backups: HostingBackups, fernet: MultiFern
 
 # -- the beat's jobs -------------------------------------------------------------------------------
 def _targets(factory: Factory) -> list[tuple[store.Repository, Target]]:
+    """Every enrolled node (a draining node still holds accounts: it is backed up too)."""
     with transaction(factory) as s:
-        out = []
-        for repo in store.repositories(s):
-            node = _node(s, repo.node)
-            if node.state == "active":
-                out.append((repo, target_of(node)))
-        return out
+        return [(repo, target_of(_node(s, repo.node))) for repo in store.repositories(s)]
+
+
+def _summary(detail: dict[str, Any]) -> str:
+    failed = detail.get("failed") or []
+    parts = [str(detail[k]) for k in ("error", "msg") if detail.get(k)]
+    if failed:
+        parts.append(f"accounts failed: {', '.join(map(str, failed))}")
+    if detail.get("mismatches"):
+        parts.append(f"mismatches: {', '.join(map(str, detail['mismatches'][:5]))}")
+    return "; ".join(parts) or "failed"
 
 
 def _outcome(factory: Factory, alert: OpsAlert, repo: store.Repository, kind: str, ok: bool,
@@ -231,8 +237,7 @@ def _outcome(factory: Factory, alert: OpsAlert, repo: store.Repository, kind: st
             audit(s, SYSTEM, f"backups.{kind}_failed", "node", repo.node, detail)
     if alert_now:
         alert(step_key=f"backups:{repo.node}/{kind}", order_id=0, attempts=0,
-              detail=f"backup {kind} of node {repo.node} ({repo.url}) failed: "
-                     f"{detail.get('msg') or detail}")
+              detail=f"backup {kind} of node {repo.node} ({repo.url}) failed: {_summary(detail)}")
     if not ok:
         log.warning("backups: %s of %s failed: %s", kind, repo.node, detail)
     return alert_now

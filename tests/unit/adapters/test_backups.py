@@ -339,7 +339,7 @@ def test_a_failed_check_is_a_result_not_an_error() -> None:
     runner = FakeRunner((failed_run(1), answer))
     r = HostingBackups(runner=runner).check(NODE, "5%")
     assert not r.ok and "damaged" in r.msg
-    assert runner.calls[0][1]["hosting_backup_read_data_subset"] == "5%"
+    assert runner.calls[0][1]["hosting_backup_check_subset"] == "5%"
     assert "hosting_backup_account" not in runner.calls[0][1]
 
 
