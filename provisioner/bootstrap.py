@@ -36,6 +36,7 @@ from provisioner.config import Settings, load_settings
 from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError
 from provisioner.pipeline.capabilities import (
+    backup_download,
     billing,
     dns_tls,
     domains,
@@ -191,7 +192,7 @@ def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
 
 
 # The installed capabilities: each module lists its step handlers and line planners.
-CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds)
+CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds, backup_download)
 
 
 def handlers() -> dict[str, Handler]:

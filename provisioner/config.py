@@ -118,6 +118,9 @@ class Settings:
     # (comma-separated: the first encrypts, all decrypt); empty: key_dir/migration-fernet.key
     migration_source_key: str = ""
     migration_link_ttl_h: int = 168  # the intake link (one week)
+    # the customer's backup download (issue 17 item 9): where the archive is built for the
+    # download (a private dir per download, removed after it; empty: the system's temp dir)
+    backup_download_dir: str = ""
     migration_abandon_days: int = 30  # sealed sources of a migration untouched this long are wiped
     # Backups on a backup host (issue 16, restic). Each node's repository password is
     # sealed with this Fernet key (comma-separated: the first encrypts, all decrypt);

@@ -51,6 +51,7 @@ CUSTOMER_TEMPLATES = ("proforma", "payment_confirmation", "invoice", "renewal_re
 SERVICE_TEMPLATES: tuple[str, ...] = ("credentials", "domain_failed", "migration_intake")
 # the lapse of an unpaid new order, a withdrawal's credit note (issue 17, items 2 and 3)
 SERVICE_TEMPLATES += ("order_lapsed", "credit_note")
+SERVICE_TEMPLATES += ("backup_download",)  # the backup download link (issue 17, item 9)
 # English, subject and text only
 OPS_TEMPLATES: tuple[str, ...] = ("ops_alert", "ops_lapsed_payment", "ops_refund")
 OPS_TEMPLATES += ("ops_breach",)  # an open personal-data breach (issue 17, item 10)

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from provisioner.api.deps import Actor, ApiState, error_body, error_status
 from provisioner.api.gate import Gate, redact_access_log
 from provisioner.api.handoff import Nudger, StepPublisher
-from provisioner.api.routers import ops, pages, webhooks
+from provisioner.api.routers import backup_download, ops, pages, webhooks
 from provisioner.bootstrap import bootstrap
 from provisioner.config import Settings, load_settings
 from provisioner.errors import ProvisionerError
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(webhooks.router)
     app.include_router(ops.router)
     app.include_router(pages.router)
+    app.include_router(backup_download.router)  # the backup download link (issue 17 item 9)
     if not docs:
         app.add_api_route("/openapi.json", openapi_spec, include_in_schema=False)
     # The last added is the outermost: the Gate sees every request first.

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-_TOKEN_ROUTES = ("/credentials/", "/migration/")  # customer pages under a one-time token
+_TOKEN_ROUTES = ("/credentials/", "/migration/", "/backup/")  # customer pages under a one-time token
 UNAUTHORIZED = "a valid bearer token is required"
 
 
@@ -131,7 +131,7 @@ async def _answer(send: Send, status: int, payload: dict[str, str],
 
 
 # -- the access log ------------------------------------------------------------------------
-_TOKEN_IN_PATH = re.compile(r"(/(?:credentials|migration)/)[^/?#\s\"]+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:credentials|migration|backup)/)[^/?#\s\"]+")
 
 
 class RedactCredentialTokens(logging.Filter):

@@ -60,14 +60,30 @@ class HostingPlan:
     cron_min_interval_min: int = 30  # RULES: cron no more often than once per 30 min
 
 
+#: Operating system images a VPS can be installed from (every plan offers each).
+VPS_IMAGES = ("debian-12", "debian-13", "ubuntu-24.04")
+
+
 @dataclass(frozen=True)
 class VpsPlan:
+    """A VPS plan's limits. RULES give no numbers for VPS plans: these are a catalog choice
+    (README, "VPS plans"), sized like the market's small/medium/large KVM plans: disk
+    IOPS and throughput capped per machine so one guest cannot starve its neighbours on
+    the same storage, bandwidth shaped on its network device."""
+
     code: str
     name: str
     price_month: Decimal  # gross EUR incl. VAT
     vcpus: int
     memory_mb: int
     disk_gb: int
+    iops_read: int = 2000
+    iops_write: int = 1000
+    disk_read_mbps: int = 200  # MB/s
+    disk_write_mbps: int = 100  # MB/s
+    bandwidth_mbit: int = 200  # Mbit/s, shaped on the VPS's network device
+    tasks_max: int = 2000
+    images: tuple[str, ...] = VPS_IMAGES
 
 
 @dataclass(frozen=True)
@@ -209,9 +225,15 @@ _HOSTING = (
 )
 
 _VPS = (
-    VpsPlan("vps-s", "VPS S", _d("9.90"), vcpus=1, memory_mb=2048, disk_gb=40),
-    VpsPlan("vps-m", "VPS M", _d("19.90"), vcpus=2, memory_mb=4096, disk_gb=80),
-    VpsPlan("vps-l", "VPS L", _d("39.90"), vcpus=4, memory_mb=8192, disk_gb=160),
+    VpsPlan("vps-s", "VPS S", _d("9.90"), vcpus=1, memory_mb=2048, disk_gb=40,
+            iops_read=1000, iops_write=500, disk_read_mbps=100, disk_write_mbps=50,
+            bandwidth_mbit=100, tasks_max=1000),
+    VpsPlan("vps-m", "VPS M", _d("19.90"), vcpus=2, memory_mb=4096, disk_gb=80,
+            iops_read=2000, iops_write=1000, disk_read_mbps=200, disk_write_mbps=100,
+            bandwidth_mbit=200, tasks_max=2000),
+    VpsPlan("vps-l", "VPS L", _d("39.90"), vcpus=4, memory_mb=8192, disk_gb=160,
+            iops_read=4000, iops_write=2000, disk_read_mbps=400, disk_write_mbps=200,
+            bandwidth_mbit=500, tasks_max=4000),
 )
 
 _TLDS = (

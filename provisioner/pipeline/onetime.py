@@ -28,16 +28,17 @@ LinkState = Literal["valid", "used", "expired", "unknown"]
 
 _WHY = {
     "unknown": "this link is not valid",
-    "used": "this link was already used; ask for a new one",
-    "expired": "this link has expired; ask for a new one",
+    "used": "this link was already used; ask for {what}",
+    "expired": "this link has expired; ask for {what}",
 }
 
 
 class LinkUnusable(InvalidInput):
-    """The link cannot be used: ``reason`` is ``unknown``, ``used`` or ``expired``."""
+    """The link cannot be used: ``reason`` is ``unknown``, ``used`` or ``expired``;
+    ``what`` the customer may ask for instead."""
 
-    def __init__(self, reason: LinkState) -> None:
-        super().__init__(_WHY.get(reason, _WHY["unknown"]))
+    def __init__(self, reason: LinkState, what: str = "a new link") -> None:
+        super().__init__(_WHY.get(reason, _WHY["unknown"]).format(what=what))
         self.reason = reason
 
 
@@ -82,10 +83,10 @@ def state_of(s: Session, model: Any, digest: str, now: datetime) -> tuple[LinkSt
     return "valid", row.service_id
 
 
-def refuse(s: Session, model: Any, digest: str, now: datetime) -> LinkUnusable:
+def refuse(s: Session, model: Any, digest: str, now: datetime, what: str = "a new link") -> LinkUnusable:
     """Why the link ``digest`` could not be claimed (after `claim` returned None)."""
     state, _ = state_of(s, model, digest, now)
-    return LinkUnusable("unknown" if state == "valid" else state)
+    return LinkUnusable("unknown" if state == "valid" else state, what)
 
 
 @dataclass(frozen=True)

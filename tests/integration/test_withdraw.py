@@ -174,11 +174,13 @@ def test_fcb_hosting_trial_ends_after_day_90(world: ClockWorld, stripe_api: Stri
 
 
 def _use_migration(world: ClockWorld, sid: int) -> Decimal:
+    """The order's free migration carried out (its row as the migration capability keeps
+    it: ``migration_used_at`` set by its first copy step)."""
     with transaction(world.factory) as s:
         sv = s.get(Service, sid)
         assert sv is not None
         other = s.execute(select(Service).where(Service.order_id == sv.order_id,
-                                                Service.id != sid)).scalars().first()
+                                                Service.kind == "migration")).scalars().first()
         assert other is not None
         row = s.execute(select(Migration).where(Migration.service_id == other.id)).scalar_one_or_none()
         now = now_at(START)()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from typing import Any
 
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts
 from provisioner.adapters.hosting.ansible import RunResult, Target, run_playbook
+from provisioner.adapters.ssh import node_client, paramiko_module
 from provisioner.domain.backups import validate_check_subset, validate_snapshot_id
 from provisioner.domain.names import normalize_domain, validate_account_name
 from provisioner.errors import ConfigurationError, InvalidInput, StepFailed, TransientError
@@ -50,6 +52,7 @@ SERVICE_RE = re.compile(r"[0-9]{1,18}")
 TRANSIENT_KINDS = frozenset({"unreachable", "locked"})
 
 Runner = Callable[..., RunResult]
+DUMP_COMMAND = "/usr/local/sbin/hosting-backup dump"  # tar on stdout, error JSON on stderr
 
 
 def validate_backup_id(account: str, backup_id: str) -> str:
@@ -714,6 +717,50 @@ class HostingBackups:
             part = sizes.get("database", BackupPart("database", 0, 0))
             removed.append(RemovedPath("database", last.database, part.bytes, part.files))
         return RemovalManifest(spec.name, node.name, tuple(removed), last, after.archive)
+
+    # -- the customer's download of a snapshot (issue 17 item 9, H9) --------------------------
+    def fetch_archive(self, node: Target, account: str, snapshot: str, dest: Path, *,
+                      chunk: int = 1 << 20) -> int:
+        """Stream snapshot ``snapshot`` of ``account`` as a tar (the node's
+        ``hosting-backup dump ACCOUNT SNAPSHOT``: ``restic dump --archive tar``, refused
+        unless the snapshot carries the account's tag) into ``dest``, a new 0600 file in a
+        private directory of the caller; the bytes written. Runs over SSH (paramiko) with
+        the adapter's key and known_hosts: the argv is two validated words, never the
+        customer's input. Nothing is held in memory but one chunk."""
+        validate_account_name(account)
+        snap = snapshot if snapshot == "latest" else validate_snapshot_id(snapshot)
+        where = f"node {node.name} ({node.address})"
+        command = f"{DUMP_COMMAND} {account} {snap}"
+        paramiko = paramiko_module()
+        written = 0
+        with node_client(node.address, where=where, port=node.port, user=node.user,
+                         key_path=self.ssh_key, timeout_s=30.0, throwaway=node.throwaway,
+                         known_hosts=self.known_hosts) as client:
+            try:
+                _, stdout, stderr = client.exec_command(command, timeout=self.timeout_s)  # noqa: S601
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    while data := stdout.read(chunk):
+                        out.write(data)
+                        written += len(data)
+                err = stderr.read(64 * 1024).decode(errors="replace")
+                status = stdout.channel.recv_exit_status()
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise TransientError(f"{where}: the download of {account}'s backup failed: {exc}") from exc
+        if status != 0:
+            data_err: dict[str, Any] = {}
+            try:
+                loaded = json.loads(err.strip().splitlines()[-1]) if err.strip() else {}
+                data_err = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                data_err = {}
+            msg = str(data_err.get("msg") or err.strip()[-400:] or f"exit {status}")
+            if data_err.get("error") in TRANSIENT_KINDS:
+                raise TransientError(f"backups.dump on {node.name}: {data_err['error']}: {msg}")
+            if status == 2 or data_err.get("refused"):
+                raise InvalidInput(f"backups.dump on {node.name}: {msg}")
+            raise StepFailed("backups.dump", f"{where}: exit {status}: {msg}")
+        return written
 
 
 __all__ = [

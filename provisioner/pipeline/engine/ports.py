@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from provisioner.adapters.acme import ChallengeSolver, IssuedCertificate
@@ -110,6 +111,9 @@ class HostingBackups(Protocol):
 
     def configure_backup_host(self, host: Target, nodes: Sequence[BackupHostNode],
                               root: str = ...) -> dict[str, Any]: ...
+
+    # the customer's backup download (issue 17 item 9): the snapshot as a tar into ``dest``
+    def fetch_archive(self, node: Target, account: str, snapshot: str, dest: Path) -> int: ...
 
 
 class UsageReader(Protocol):

@@ -23,6 +23,7 @@ from provisioner.domain.lifecycle import (
     transition,
 )
 from provisioner.domain.policy import BrandPolicy, get_brand
+from provisioner.pipeline.capabilities.backup_download import schedule_link
 from provisioner.pipeline.capabilities.dns_tls import renewal_step
 from provisioner.pipeline.capabilities.lifecycle.batch import Batch, step_row
 from provisioner.pipeline.capabilities.lifecycle.cutoff import registry_cutoff
@@ -276,6 +277,8 @@ def _shutdown_due(t: _Term) -> _Outcome:
     audit(t.b.s, SYSTEM, "service.expired", "service", service.id,
           {"expired_on": t.expiry.isoformat(), "proforma": proforma.number})
     t.record("shutdown", "clock.shutdown", proforma.id)
+    # a backup service covered the term: the customer's download link (issue 17 item 9)
+    schedule_link(t.b.s, service, t.expiry, t.due.on, step_key(service.id, "shutdown", t.expiry))
     return _Outcome(t.action)
 
 
