@@ -142,6 +142,8 @@ def test_the_access_data_page_shows_the_data_once_in_the_mails_language_and_bran
         shown["mail-imap_port"],
         shown["mail-smtp_port"],
     ) == ("192.0.2.10", "21", "192.0.2.10", "993", "587")
+    security = browser.find_element(By.ID, "ftp-security").text
+    assert security == ("FTPS (izrecni TLS)" if lang == "sl" else "FTPS (explicit TLS)")
     assert not browser.find_elements(By.ID, "h-panel")  # no control panel in this installation
     screenshot(browser, page_shots, f"access-shown-{lang}-{brand}")
     # a second visit: the used-link page, in the same language, 410

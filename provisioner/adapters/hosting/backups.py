@@ -53,6 +53,7 @@ TRANSIENT_KINDS = frozenset({"unreachable", "locked"})
 
 Runner = Callable[..., RunResult]
 DUMP_COMMAND = "/usr/local/sbin/hosting-backup dump"  # tar on stdout, error JSON on stderr
+LAST_NIGHTLY = "/var/lib/hosting-backup/last-nightly.json"  # the node timer's last run (0600)
 
 
 def validate_backup_id(account: str, backup_id: str) -> str:
@@ -478,11 +479,13 @@ class HostingBackups:
     """The backup adapter: one ansible-runner run per operation."""
 
     def __init__(self, *, ssh_key: Path | None = None, known_hosts: Path | None = None,
-                 timeout_s: float = 1800, runner: Runner = run_playbook) -> None:
+                 timeout_s: float = 1800, runner: Runner = run_playbook,
+                 reader: Callable[[Target, str], str | None] | None = None) -> None:
         self.ssh_key = ssh_key
         self.known_hosts = known_hosts  # host keys are checked unless the node is throwaway
         self.timeout_s = timeout_s
         self._run = runner
+        self._read = reader or self._read_over_ssh  # a node's file of ours (tests hand in a fake)
 
     def _go(self, playbook: str, node: Target, extravars: dict[str, Any], step_key: str, *,
             result_var: str = "hosting_backup_result_file", tolerate_failure: bool = False
@@ -653,18 +656,33 @@ class HostingBackups:
             raise StepFailed("backups.nightly", f"the node's answer is not valid: {exc}") from exc
 
     def last_nightly(self, node: Target) -> NightlyResult | None:
-        """The node's own last nightly run (its timer's), or None when there is none or
-        the node cannot tell (then the caller runs one)."""
+        """The node's own last nightly run (its timer's JSON, ``LAST_NIGHTLY``), or None
+        when there is none or it cannot be read (then the caller runs one)."""
         try:
-            data = self._op(node, None, "last", tolerate_failure=True)
-        except (InvalidInput, StepFailed):
-            return None  # a node whose script predates `last`
-        if data.get("error") == "never" or "accounts" not in data:
+            text = self._read(node, LAST_NIGHTLY)
+        except (TransientError, ConfigurationError, StepFailed):
+            return None
+        if not text:
             return None
         try:
-            return NightlyResult.from_dict(data, node.name)
+            data = json.loads(text)
+            return NightlyResult.from_dict(data, node.name) if isinstance(data, dict) else None
         except (TypeError, ValueError, AttributeError, KeyError):
             return None
+
+    def _read_over_ssh(self, node: Target, path: str) -> str | None:
+        """A root-owned file of the node (a fixed path of ours), or None when it is not there."""
+        where = f"node {node.name} ({node.address})"
+        paramiko = paramiko_module()
+        with node_client(node.address, where=where, port=node.port, user=node.user, key_path=self.ssh_key,
+                         timeout_s=30.0, throwaway=node.throwaway, known_hosts=self.known_hosts) as client:
+            try:
+                _, stdout, _ = client.exec_command(f"cat {path}", timeout=60)  # noqa: S601 - fixed path
+                data = stdout.read(1 << 20).decode(errors="replace")
+                status = stdout.channel.recv_exit_status()
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise TransientError(f"{where}: cannot read {path}: {exc}") from exc
+        return data if status == 0 else None
 
     def configure_node(self, node: Target, extravars: Mapping[str, Any]) -> bool:
         """Point the node at its repository (``hosting_node_backup.yml``: the backup part of

@@ -70,11 +70,19 @@ def _domain(factory: Any, service_id: int | None) -> str:
         return service.name if service is not None else ""
 
 
-def _sections(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+# values of the access data that are words, in Slovenian (the rest are names and numbers)
+_VALUES_SL = {
+    "FTPS (explicit TLS)": "FTPS (izrecni TLS)",
+    "FTPS (explicit TLS, port 21)": "FTPS (izrecni TLS, vrata 21)",
+}
+
+
+def _sections(data: dict[str, Any], lang: str = "en") -> list[tuple[str, list[tuple[str, str]]]]:
     """The access data as (section, [(field, value)]) in a fixed order; unknown ones last."""
     keys = [k for k in _SECTION_ORDER if isinstance(data.get(k), dict)]
     keys += [k for k, v in data.items() if isinstance(v, dict) and k not in keys]
-    out = [(k, [(f, str(v)) for f, v in data[k].items()]) for k in keys]
+    words = _VALUES_SL if lang == "sl" else {}
+    out = [(k, [(f, words.get(str(v), str(v))) for f, v in data[k].items()]) for k in keys]
     loose = [(k, str(v)) for k, v in data.items() if not isinstance(v, dict) and k != "domain"]
     if loose:
         out.append(("other", loose))
@@ -107,12 +115,13 @@ async def reveal(
         data = await run_in_threadpool(open_link, factory, token, now())
     except LinkUnusable as exc:
         return _invalid(state, owner, exc.reason, accept_language)
+    langs = page_language(owner.lang, accept_language)
     return render(
         "credentials_shown",
-        page_language(owner.lang, accept_language),
+        langs,
         _brand(state, owner),
         domain=str(data.get("domain", "")),
-        sections=_sections(data),
+        sections=_sections(data, langs[0]),
     )
 
 

@@ -70,7 +70,9 @@ def node_settings(repo: store.Repository, password: str, policy: BrandPolicy, tz
     writes it 0600 under ``no_log``)."""
     return {"hosting_node_backup_repository": repo.url,
             "hosting_node_backup_password": password,
-            "hosting_node_backup_known_hosts": repo.known_hosts,
+            # the registered keys, named by the address the repository URL uses
+            "hosting_node_backup_known_hosts": "".join(
+                f"{repo.address} {kind} {key}\n" for kind, key in sorted(store.host_keys(repo.known_hosts))),
             "hosting_node_backup_retention": retention_table(policy),
             "hosting_node_backup_on_calendar": nightly_on_calendar(policy.maintenance_window, tz)}
 

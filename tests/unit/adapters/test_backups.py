@@ -438,3 +438,31 @@ def test_stage_1_without_any_snapshot_of_a_gone_account_fails() -> None:
     with pytest.raises(StepFailed, match="no backup"):
         HostingBackups(runner=runner).remove_account(NODE, SPEC, accounts)  # type: ignore[arg-type]
     assert accounts.terminated == []
+
+
+# -- the node timer's last run ----------------------------------------------------------------------
+def test_the_node_timers_last_run_is_read_from_its_file() -> None:
+    last = {"changed": True, "ok": True, "accounts": {"shop": {"backup": SNAP}}, "failed": [],
+            "prune": {"ok": True, "ran": True}, "error": None, "finished_at": "2026-01-15T22:31:00Z"}
+    read: list[tuple[str, str]] = []
+
+    def reader(node: Target, path: str) -> str | None:
+        read.append((node.name, path))
+        return json.dumps(last)
+
+    r = HostingBackups(runner=FakeRunner(), reader=reader).last_nightly(NODE)
+    assert r is not None and r.ok and r.snapshots == {"shop": SNAP}
+    assert r.finished_at == datetime(2026, 1, 15, 22, 31, tzinfo=UTC)
+    assert read == [("node1", "/var/lib/hosting-backup/last-nightly.json")]
+
+
+@pytest.mark.parametrize("answer", [None, "", "not json", "[1, 2]", '{"accounts": 3}'])
+def test_no_readable_last_run_means_none(answer: str | None) -> None:
+    assert HostingBackups(runner=FakeRunner(), reader=lambda n, p: answer).last_nightly(NODE) is None
+
+
+def test_an_unreachable_node_has_no_last_run_to_show() -> None:
+    def dark(node: Target, path: str) -> str | None:
+        raise TransientError("no route")
+
+    assert HostingBackups(runner=FakeRunner(), reader=dark).last_nightly(NODE) is None
