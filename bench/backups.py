@@ -42,7 +42,8 @@ if str(ROOT) not in sys.path:
 from provisioner.adapters.hosting import run_playbook  # noqa: E402
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets  # noqa: E402
 from provisioner.devstack.hosts import NspawnHosts  # noqa: E402
-from provisioner.devstack.hosts.node import up_node  # noqa: E402
+from provisioner.devstack.hosts.disk import attach_hosting_disk  # noqa: E402
+from provisioner.devstack.hosts.node import ensure_node_image  # noqa: E402
 from provisioner.devstack.hosts.ssh import ssh_exec  # noqa: E402
 from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
 
@@ -99,11 +100,13 @@ def main() -> int:
     args = parser.parse_args()
 
     hosts = NspawnHosts()
+    disk_mb = 3 * args.mb + 1024
     names = ("bench-bk-node", "bench-bk-host")
     result: dict[str, Any] = {"machine": platform.node(), "mb": args.mb, "files": args.files,
                               "db_mb": args.db_mb}
     try:
-        node_info = up_node(hosts, names[0])
+        node_info = hosts.up(names[0], layer=ensure_node_image(hosts))
+        attach_hosting_disk(node_info, size_mb=disk_mb)  # room for the data and a restore beside it
         bk_info = hosts.up(names[1])
         node, bk = Host(node_info), Host(bk_info)
         # enrol the node with the backup host (as in production), and give the floor a root login

@@ -104,7 +104,8 @@ class NodeEnv:
 
     def manifest(self, spec: AccountSpec) -> dict[str, Any]:
         """Everything of the account a restore must bring back, byte for byte."""
-        return {"home": self.hashes(f"/srv/hosting/{spec.name}"),
+        owners = self.sh("cd %s && find . -printf '%%P %%u:%%g %%m\\n' | sort", f"/srv/hosting/{spec.name}")
+        return {"home": self.hashes(f"/srv/hosting/{spec.name}"), "owners": owners,
                 "mail": self.hashes(f"/srv/mail/{spec.domains[0]}"),
                 "rows": self.sql(spec.name, "SELECT id, item, HEX(blob_col) FROM orders ORDER BY id"),
                 "tables": self.sql(spec.name, "SHOW TABLES")}
@@ -223,9 +224,8 @@ def test_the_nightly_backup_lands_on_the_backup_host_and_the_account_comes_back_
                                                  f"database:{spec.name}"])
     after = a.manifest(spec)
     assert after == before
-    # the files belong to the account as it exists on this node
-    owners = a.sh("find %s -printf '%%u\\n' | sort -u", f"/srv/hosting/{spec.name}/public_html").split()
-    assert owners == [spec.name]
+    # owners (by name: the account's uid differs on this node) and modes came back too
+    assert f"public_html/deep/er/data.bin {spec.name}:{spec.name} 644" in after["owners"]
     left = a.sh("ls %s/restore-%s 2>/dev/null || echo gone", "/etc/hosting/backup/sources", spec.name)
     assert left.strip() == "gone"  # the other repository's password is not kept
 
@@ -246,8 +246,9 @@ def test_a_nodes_credentials_cannot_list_read_or_delete_another_nodes_repository
     # in its own account it is locked into its chroot: only its repository is there
     own = sftp(a, "rn-na", addr, "ls -a /\ncd ..\nls -a\n")
     assert own.rc == 0
-    listed = {w for w in own.stdout.split() if not w.startswith("sftp>")}
-    assert listed <= {".", "..", "repo", "/", "../"} and "rn-nc" not in own.stdout
+    listed = {os.path.basename(w.rstrip("/")) for line in own.stdout.splitlines()
+              if not line.startswith("sftp>") for w in line.split()}
+    assert listed <= {".", "..", "repo", ""} and "rn-nc" not in own.stdout, own.stdout
     assert sftp(a, "rn-na", addr, "ls /srv/restic/rn-nc\n").rc != 0
     # no shell either
     shell = a.host.run("ssh -i /etc/hosting/backup/id_ed25519 -o BatchMode=yes -o IdentitiesOnly=yes "
@@ -320,7 +321,7 @@ def test_an_unreachable_backup_host_fails_the_nightly_run_loudly_and_a_retry_suc
     a = world.a
     spec = a.new_account("mega")
     a.put(spec, "precious.bin", 50_000)
-    a.ok("backup", spec.name)
+    first = a.ok("backup", spec.name)["id"]
     files = a.hashes(f"/srv/hosting/{spec.name}")
     assert a.sh("systemctl show -p Restart --value hosting-backup.service").strip() == "on-failure"
     a.sh("ip route add unreachable %s/32", world.backup.address)
@@ -344,7 +345,8 @@ def test_an_unreachable_backup_host_fails_the_nightly_run_loudly_and_a_retry_suc
     assert a.host.run("systemctl start hosting-backup.service").rc == 0
     nightly = json.loads(a.sh("cat /var/lib/hosting-backup/last-nightly.json"))
     assert nightly["ok"] is True and nightly["error"] is None and nightly["failed"] == []
-    assert len(a.snapshots(spec.name)) == 2
+    newest = a.snapshots(spec.name)[-1]  # the same day's older one is forgotten (keep-daily)
+    assert newest["id"] == nightly["accounts"][spec.name]["backup"] != first
 
 
 # -- free backups, verification, bad input --------------------------------------------------------
@@ -367,6 +369,21 @@ def test_the_restore_drill_and_the_weekly_check_pass(world: World) -> None:
     assert drill["ok"] is True and drill["files"] >= 1 and drill["mismatches"] == []
     assert a.ok("check")["read_data_subset"] == "5%"
     assert a.sh("systemctl is-enabled hosting-backup-check.timer").strip() == "enabled"
+
+
+def test_a_snapshot_is_dumped_as_a_tar_only_for_its_own_account(world: World) -> None:
+    a = world.a
+    spec, other = a.new_account("mega"), a.new_account("mega")
+    a.put(spec, "mine.bin", 5_000)
+    snap = a.ok("backup", spec.name)["id"]
+    a.ok("backup", other.name)
+    listing = a.sh("%s dump %s latest | tar -tf -", SCRIPT, spec.name)
+    assert f"srv/hosting/{spec.name}/mine.bin" in listing
+    assert f"var/lib/hosting-backup/dump/{spec.name}/{spec.name}.sql" in listing
+    assert other.name not in listing
+    refused = a.host.run("%s dump %s %s", SCRIPT, other.name, snap)  # not the other's snapshot
+    assert refused.rc == 2 and refused.stdout == ""
+    assert json.loads(refused.stderr)["error"] == "refused"
 
 
 @pytest.mark.parametrize("bad", HOSTILE_NAMES)

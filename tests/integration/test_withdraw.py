@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from provisioner.adapters.payments.camt053 import parse_camt053
+from provisioner.adapters.payments.stripe import parse_stripe
 from provisioner.cli import app
 from provisioner.devstack.smtp_sink import SmtpSink
 from provisioner.devstack.stripe_api import StripeApi
@@ -147,6 +148,13 @@ def test_iserver_card_withdrawal_on_day_15_refunds_once_through_stripe(
     with pytest.raises(Conflict, match="was withdrawn"):
         withdraw(world, sid, on_day(15))
     assert len(stripe_api.refunds) == 1
+    # Stripe announces the refund (refund.created): recorded, and named as ours for ops
+    event = {"id": "evt_refund_1", "type": "refund.created", "created": 1_800_000_000,
+             "data": {"object": stripe_api.refunds[0]}}
+    assert world.ingest(parse_stripe(json.dumps(event).encode())).status == "reversal"
+    (reversal,) = [p for p in ops.list_payments(world.factory, unmatched=True)
+                   if p["kind"] == "reversal"]
+    assert f"credit note {note.number}" in reversal["detail"] and "made by us" in reversal["detail"]
 
 
 def test_iserver_day_16_is_refused_and_uses_no_number(world: ClockWorld,

@@ -6,7 +6,8 @@
 * ``POST /backup/{token}`` leases the link (one download at a time), builds the archive
   in a private directory (0700, under the setting ``backup_download_dir``), and streams
   it as an attachment, one chunk in memory at a time. The link is used up when the last
-  byte went out; a broken download gives the lease back. The directory is removed when
+  chunk is handed to the connection; a download broken off before gives the lease back,
+  so the link still works. The directory is removed when
   the response ends, however it ends.
 
 A used or expired link answers 410, an unknown one 404, a link whose download is under
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Header
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import Receive, Scope, Send
 
 from provisioner.api.customer_pages import language as page_language
 from provisioner.api.customer_pages import render
@@ -161,7 +163,7 @@ async def backup_download(token: str, factory: Db, now: Clock, state: State,
         shutil.rmtree(workdir, ignore_errors=True)
         await run_in_threadpool(release_download, factory, lease)
         raise
-    return StreamingResponse(
+    return DownloadResponse(
         _stream(path, size, workdir, factory, lease, now),
         media_type="application/gzip",
         headers=download_headers(path.name, size),
@@ -183,16 +185,35 @@ def download_headers(filename: str, size: int) -> dict[str, str]:
 
 async def _stream(path: Path, size: int, workdir: Path, factory: sessionmaker[Session], lease: Lease,
                   now: Callable[[], datetime]) -> AsyncIterator[bytes]:
-    """The archive in chunks; the link used up after the last one went out; the lease given
-    back if it did not; the private directory removed in every case."""
+    """The archive in chunks (one read ahead). The link is used up when its last chunk is
+    handed to the connection; a download that ends before gives the lease back; the private
+    directory is removed in every case."""
     completed = False
     try:
         with path.open("rb") as f:
-            while chunk := await run_in_threadpool(f.read, CHUNK):
+            chunk = await run_in_threadpool(f.read, CHUNK)
+            while chunk:
+                ahead = await run_in_threadpool(f.read, CHUNK)
+                if not ahead:  # the last chunk: with it the whole archive has gone out
+                    await run_in_threadpool(finish_download, factory, lease, now(), size)
+                    completed = True
                 yield chunk
-        completed = True
-        await run_in_threadpool(finish_download, factory, lease, now(), size)
+                chunk = ahead
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if not completed:
             release_download(factory, lease)
+
+
+class DownloadResponse(StreamingResponse):
+    """A StreamingResponse that closes its body when it ends however it ends (a client
+    that went away cancels the stream between two chunks; the generator's ``finally``
+    then gives the lease back at once, not when it is garbage-collected)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()

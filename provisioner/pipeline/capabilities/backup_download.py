@@ -21,9 +21,10 @@ may download backups before deletion: if a backup service was ordered", 002 §7)
   time), fetches the snapshot from the node into a private directory (`build_archive`),
   repacks it as ``SITE-backup-DATE.tar.gz`` with ``MANIFEST.json`` (every file's path,
   type, size, mode, mtime and SHA-256) as its last member, and streams it. The link is
-  used up when the download **completed** (`finish_download`); a broken download gives the
-  lease back (`release_download`), so a dropped connection does not cost the customer the
-  link. The private directory is removed either way.
+  used up when the download completed, i.e. its last chunk is handed to the connection
+  (`finish_download`); a download broken off before gives the lease back
+  (`release_download`), so a dropped connection does not cost the customer the link. The
+  private directory is removed either way.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from provisioner.pipeline.onetime import (
     state_of,
     token_hash,
 )
-from provisioner.pipeline.outbox import step_outbox
+from provisioner.pipeline.outbox import Outbox, step_outbox
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import BackupDownloadLink, Customer, Order, Service, Step
@@ -226,7 +227,7 @@ def step_download_link(ctx: StepContext, step: Step) -> StepResult:
         snapshot = {"snapshot": record.id, "snapshot_at": record.created_at.isoformat()}
         with transaction(ctx.factory) as s:
             ctx.fence(s)  # the link is issued by the run that holds the step, once
-            _issue(ctx, s, step, due, record.id, record.created_at)
+            _issue(ctx, s, box, step, due, record.id, record.created_at)
             created = True
     sent = box.send_held(step.key)
     if sent is None:
@@ -235,7 +236,7 @@ def step_download_link(ctx: StepContext, step: Step) -> StepResult:
                                                  **snapshot})
 
 
-def _issue(ctx: StepContext, s: Session, step: Step, due: _Due, snapshot_id: str,
+def _issue(ctx: StepContext, s: Session, box: Outbox, step: Step, due: _Due, snapshot_id: str,
            snapshot_at: datetime) -> None:
     now = ctx.now()
     token = new_token()
@@ -250,7 +251,7 @@ def _issue(ctx: StepContext, s: Session, step: Step, due: _Due, snapshot_id: str
         "snapshot_at": snapshot_at.strftime("%Y-%m-%d %H:%M UTC"),
         **brand_context(s, due.service.order_id),
     }
-    step_outbox(ctx).hold(s, step.key, due.customer.email, "backup_download", due.customer.lang, context)
+    box.hold(s, step.key, due.customer.email, "backup_download", due.customer.lang, context)
     audit(s, SYSTEM, "backup.download_link", "service", due.service.id,
           {"snapshot": snapshot_id, "expires_at": due.expires_at.isoformat()})
 

@@ -254,7 +254,7 @@ def open_link(factory: sessionmaker[Session], token: str, now: datetime) -> dict
                       .execution_options(synchronize_session=False))
             audit(s, "customer:link", "hosting.credentials_viewed", "service", claimed.service_id, {})
             return data
-        raise refuse(s, CredentialLink, digest, now, "new access data")  # LinkUnusable: unknown, used or expired
+        raise refuse(s, CredentialLink, digest, now, "new access data")  # unknown, used or expired
 
 
 def purge_expired_links(factory: sessionmaker[Session], now: datetime) -> int:

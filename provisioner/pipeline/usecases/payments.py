@@ -65,6 +65,7 @@ from provisioner.pipeline.engine.plan import Planner
 from provisioner.pipeline.engine.ports import OpsAlert
 from provisioner.pipeline.engine.runner import record
 from provisioner.pipeline.usecases.orders import order_view
+from provisioner.pipeline.usecases.withdrawal import own_refund
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
 from provisioner.store.models import Notification, Order, Payment, Proforma, Service
@@ -462,6 +463,9 @@ def _process(
         status, settles, detail = MatchStatus.REVERSAL, False, (
             f"reversal of {notice.reverses_txn or notice.txn_id}: ops must review"
         )
+        ours = own_refund(s, notice.provider, notice.reverses_txn, notice.amount)
+        if ours is not None:  # a withdrawal's refund coming back from the provider
+            detail = f"refund of credit note {ours} (withdrawal), made by us: nothing to review"
     else:
         outcome = match_payment(
             amount=notice.amount,

@@ -233,6 +233,19 @@ def _issue(s: Session, f: dict[str, Any], today: date, actor: str) -> dict[str, 
     return {"credit_note": number, "order": service.order_id, "refund_state": "pending"}
 
 
+def own_refund(s: Session, provider: str, reverses_txn: str | None,
+               amount: Decimal | None) -> str | None:
+    """The credit note whose refund a provider's reversal is (the payment it reverses and
+    the amount are a refund of ours), else None: so ops are not asked to review it."""
+    if not reverses_txn or amount is None:
+        return None
+    return s.execute(select(CreditNote.number)
+                     .join(Refund, Refund.credit_note_id == CreditNote.id)
+                     .join(Payment, Payment.id == Refund.payment_id)
+                     .where(Payment.provider == provider, Payment.txn_id == reverses_txn,
+                            Payment.kind == "payment", Refund.amount == amount)).scalars().first()
+
+
 def list_refunds(factory: sessionmaker[Session], open_only: bool = False) -> list[dict[str, Any]]:
     """Refunds with their credit notes; ``open_only``: those that still need someone
     (pending, or an ops task not marked done)."""

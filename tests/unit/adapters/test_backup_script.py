@@ -75,6 +75,8 @@ def test_a_hostile_repository_url_is_refused(password: Path, url: str) -> None:
     ["status", "acct", "../../etc"],
     ["list", "Root"],
     ["nightly", "extra"],
+    ["dump", "acct", "latest;id"],
+    ["dump", "acct"],
     [],
 ])
 def test_bad_arguments_are_refused_before_anything_runs(locks: None, args: list[str]) -> None:
