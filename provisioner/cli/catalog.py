@@ -22,6 +22,7 @@ def catalog_list(as_json: JsonOpt = False) -> None:
         "vps": [asdict(p) for p in DEFAULT_CATALOG.vps.values()],
         "domains": [asdict(t) for t in DEFAULT_CATALOG.tlds.values()],
         "tls": [asdict(t) for t in DEFAULT_CATALOG.tls.values()],
+        "backup": [asdict(DEFAULT_CATALOG.backup)],  # the downloadable backup (issue 17 item 9)
     })
 
     def render(d: dict[str, Any]) -> None:
@@ -32,5 +33,6 @@ def catalog_list(as_json: JsonOpt = False) -> None:
         table(d["domains"], ["tld", "register_price", "renew_price", "transfer_price",
                              "first_year_promo_price"], "Domains")
         table(d["tls"], ["code", "name", "price_year", "wildcard"], "TLS")
+        table(d["backup"], ["code", "name", "price_month"], "Backup (beside a hosting line)")
 
     emit(data, as_json, render)

@@ -305,6 +305,7 @@ def test_stage_2_purge_removes_every_snapshot_of_the_service_and_leaves_the_othe
     assert purge["remaining"] == 0 and purge["check"] == {"ok": True}
     assert purge["bytes_freed"] > 1_000_000
     assert a.snapshots(gone.name) == []
+    assert f"/var/lib/hosting-backup/dump/{gone.name}" in purge["removed_dirs"]
     assert a.ok("check", "--read-data-subset", "100%")["ok"] is True
     again = a.ok("purge", gone.name, "--service", "8001")
     assert again["changed"] is False and again["snapshot_ids"] == []
@@ -337,9 +338,10 @@ def test_an_unreachable_backup_host_fails_the_nightly_run_loudly_and_a_retry_suc
         assert not run["_run"].ok and run["error"] == "unreachable" and spec.name in run["failed"]
     finally:
         a.sh("ip route del unreachable %s/32", world.backup.address)
-    # nothing on the node was lost, no dump was left lying around
+    # nothing on the node was lost, no half-written dump was left lying around
     assert a.hashes(f"/srv/hosting/{spec.name}") == files
-    assert a.sh("ls -A /var/lib/hosting-backup/dump 2>/dev/null || true").strip() == ""
+    assert a.sh("find /var/lib/hosting-backup/dump -name '*.new'").strip() == ""
+    assert a.sh("stat -c %%a:%%U %s", f"/var/lib/hosting-backup/dump/{spec.name}").strip() == "700:root"
     # the retry succeeds
     a.host.run("systemctl reset-failed hosting-backup.service")
     assert a.host.run("systemctl start hosting-backup.service").rc == 0

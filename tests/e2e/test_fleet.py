@@ -17,7 +17,8 @@ import pytest
 from provisioner.pipeline.usecases import fleet
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.hosting import add_node
-from tests.e2e.nodes import infra_host, own_node
+from provisioner.devstack.hosts.node import up_node
+from tests.e2e.nodes import infra_host
 from tests.helpers import make_settings
 
 IN_WINDOW = datetime(2027, 1, 12, 0, 30, tzinfo=UTC)  # 01:30 in Ljubljana
@@ -27,14 +28,18 @@ MARK = "# changed by hand on the node"
 
 @pytest.fixture(scope="module")
 def three(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Any, Any]]]:
-    tag = os.getpid()
-    with own_node(hosts, f"t-fleet-a-{tag}", "e2e.fleet") as a, \
-            own_node(hosts, f"t-fleet-b-{tag}", "e2e.fleet") as b, \
-            own_node(hosts, f"t-fleet-c-{tag}", "e2e.fleet") as c:
-        ssh = tmp_path_factory.mktemp("fleet-ssh")
-        yield [(info, infra_host(info, ssh)) for info in (a, b, c)]
+    """Three nodes booted from the converged-node image (the rollout converges them)."""
+    names = [f"t-fleet-{x}-{os.getpid()}" for x in "abc"]
+    ssh = tmp_path_factory.mktemp("fleet-ssh")
+    try:
+        infos = [up_node(hosts, name) for name in names]
+        yield [(info, infra_host(info, ssh)) for info in infos]
+    finally:
+        for name in names:
+            hosts.down(name)
 
 
+@pytest.mark.timeout(1200)  # three nodes booted, checked, and two converged
 def test_a_broken_node_stops_the_rollout_and_the_canary_decides(three: list[tuple[Any, Any]],
                                                                  sqlite_url: str, tmp_path: Path) -> None:
     (a, host_a), (b, host_b), (c, host_c) = three

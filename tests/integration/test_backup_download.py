@@ -25,6 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from sqlalchemy import select
 
 from provisioner.adapters.hosting.ansible import Target
@@ -40,7 +43,7 @@ from provisioner.store.hosting import add_node
 from provisioner.store.lifecycle import Renewal
 from provisioner.store.models import BackupDownloadLink, Proforma, Service, Step
 from provisioner.timeutil import now_at
-from tests.browser import served
+from tests.browser import screenshot, served
 from tests.helpers import MemoryMailer, World, customer, make_settings, make_world
 from tests.unit.pipeline.fakes import FakeBackups, FakeHosting
 
@@ -384,3 +387,39 @@ def _wait(ok: Any, rounds: int = 200) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the condition did not hold in time")
+
+
+@pytest.fixture
+def sqlite_site(sqlite_url: str, tmp_path: Path) -> Iterator[Site]:
+    yield from _site(sqlite_url, tmp_path, FILES)
+
+
+@pytest.mark.parametrize(("lang", "brand"), [("sl", "fcb"), ("en", "iserver")])
+def test_in_chromium_the_page_offers_the_download_and_the_button_fetches_it(
+        sqlite_site: Site, browser: Any, page_shots: Path, tmp_path: Path, lang: str, brand: str) -> None:
+    site = sqlite_site
+    site.order(["hosting:giga5:shop.si", "backup:shop.si"], lang, brand)
+    site.day(EXPIRY + timedelta(days=1))
+    site.day(EXPIRY + timedelta(days=2))
+    token, _ = site.link()
+    downloads = tmp_path / "chromium-downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow",
+                                                            "downloadPath": str(downloads)})
+    browser.get(_url(site, token))
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang
+    assert browser.find_element(By.TAG_NAME, "h1").text == TITLE[lang]
+    assert browser.find_element(By.CSS_SELECTOR, "header .brand").text == get_brand(brand).display_name
+    screenshot(browser, page_shots, f"backup-download-{lang}-{brand}")
+    # keyboard only: Tab reaches the button, Enter presses it
+    browser.find_element(By.TAG_NAME, "h1").click()
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "download"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    name = f"shop.si-backup-{EXPIRY + timedelta(days=2)}.tar.gz"
+    _wait(lambda: (downloads / name).is_file() and not list(downloads.glob("*.crdownload")), 400)
+    assert _members((downloads / name).read_bytes()).keys() == {*FILES, "MANIFEST.json"}
+    assert site.row(token).used_at is not None
+    browser.get(_url(site, token))  # a second visit: the used-link page
+    assert browser.find_element(By.TAG_NAME, "h1").text == USED[lang]
+    screenshot(browser, page_shots, f"backup-used-{lang}-{brand}")
