@@ -14,10 +14,10 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from provisioner.devstack.hosts.node import up_node
 from provisioner.pipeline.usecases import fleet
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.hosting import add_node
-from provisioner.devstack.hosts.node import up_node
 from tests.e2e.nodes import infra_host
 from tests.helpers import make_settings
 
