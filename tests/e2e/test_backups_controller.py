@@ -76,14 +76,15 @@ def env(hosts: Any, node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                          throwaway=True)
                 add_node(s, "nb", b_info.address, capacity_accounts=10, capacity_disk_mb=100_000,
                          throwaway=True)
-            bh = infra_host(backup, tmp / "ssh-bk")
+            bh = infra_host(backup, tmp_path_factory.mktemp("ssh-bk"))
             key = bh.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
             known = tmp / "known_hosts"
             known.write_text(f"{backup.address} {key[0]} {key[1]}\n")
             cli("backups", "host", "add", "bk", "--address", backup.address, "--known-hosts", str(known),
                 "--throwaway")
-            yield Env(node.info, b_info, infra_host(node.info, tmp / "ssh-a"),
-                      infra_host(b_info, tmp / "ssh-b"), bh, backup.address, cw, settings.sqlite_path)
+            yield Env(node.info, b_info, infra_host(node.info, tmp_path_factory.mktemp("ssh-a")),
+                      infra_host(b_info, tmp_path_factory.mktemp("ssh-b")), bh, backup.address, cw,
+                      settings.sqlite_path)
     finally:
         hosts.down(bk_name)
         for k in [k for k in os.environ if k.startswith("PROVISIONER_")]:
@@ -137,7 +138,7 @@ def test_enrol_back_up_list_and_restore_onto_another_node_through_the_cli(env: E
     rows = env.ha.check_output("mysql --batch --skip-column-names --database %s -e %s", name,
                                "SELECT id, v FROM t ORDER BY id")
 
-    # the nightly run (forced: outside the window) lands a snapshot tagged with the service
+    # the nightly run (forced: outside the window) lands a snapshot of the account
     nightly = cli("backups", "nightly", "--force")
     assert nightly["failed"] == [] and set(nightly["ran"]) == {"na", "nb"}
     listed = cli("backups", "list", str(sid))

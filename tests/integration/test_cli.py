@@ -143,7 +143,8 @@ def test_the_command_tree(cli: CliRunner) -> None:
         "db", "catalog", "customer", "order", "proforma", "payment", "payments", "bank",
         "invoices", "discount", "services", "hosts", "nodes", "registry-sandbox", "plan",
         "apply", "jobs", "redrive", "sweep", "quota", "serve", "worker", "beat", "demo",
-    } | {"breach", "force-window"} | {"withdraw", "refunds"} | {"migration"} | {"backups"}
+    } | {"breach", "force-window"} | {"withdraw", "refunds"} | {"migration"} | {"backups"} | {
+        "domains"}
     assert "--keep" not in run(cli, "demo", "--help")
 
 
