@@ -117,8 +117,8 @@ def main() -> int:
             "hosting_node_backup_repository": f"sftp:rn-bench@{bk_info.address}:/repo",
             "hosting_node_backup_password": secrets.token_urlsafe(32),
             "hosting_node_backup_known_hosts": host_key})
-        node.sh(f"install -d -m 700 /root/.ssh && cat > {FLOOR_KEY} && chmod 600 {FLOOR_KEY}"
-                f" <<'EOF'\n{Path(hosts.key_path).read_text()}EOF")
+        node.sh(f"install -d -m 700 /root/.ssh && umask 077 && cat > {FLOOR_KEY} <<'EOF'\n"
+                f"{Path(hosts.key_path).read_text().strip()}\nEOF\n")
         floor_ssh = (f"ssh -i {FLOOR_KEY} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                      f"-o BatchMode=yes root@{bk_info.address}")
 
@@ -136,7 +136,7 @@ def main() -> int:
         t, _ = node.timed(f"mysql --database {ACCOUNT} -e {shlex.quote(sql)}")
         result["generate_db_s"] = t
         result["data"] = json.loads(node.sh(f"/usr/local/sbin/hosting-backup status {ACCOUNT}"))
-        node.sh("sync; echo 3 > /proc/sys/vm/drop_caches || true")
+        node.sh("sync")
 
         # the floor: a dump and tar | ssh of the same data to the same host
         dump = "/var/tmp/bench-floor.sql"

@@ -107,7 +107,7 @@ def test_enrol_back_up_list_and_restore_onto_another_node_through_the_cli(env: E
     for node in ("na", "nb"):
         out = cli("backups", "enroll", node, "--host", "bk")
         assert out["repository"] == f"sftp:rn-{node}@{env.bk_address}:/repo"
-    mode = env.ha.check_output("stat -c %%a /etc/hosting/backup/password")
+    mode = env.ha.check_output("stat -c %s /etc/hosting/backup/password", "%a")
     assert mode.strip() == "600"
     password_a = env.ha.check_output("cat /etc/hosting/backup/password").strip()
     raw = b"".join(p.read_bytes() for p in env.db_file.parent.glob(env.db_file.name + "*"))
