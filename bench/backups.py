@@ -69,10 +69,12 @@ class Host:
         self.info = info
 
     def sh(self, command: str, timeout_s: float = 3600) -> str:
-        status, out = ssh_exec(self.info.name, self.info.address, Path(self.info.ssh_key), command,
-                               timeout_s=timeout_s)
+        key = Path(self.info.ssh_key)
+        status, out = ssh_exec(self.info.name, self.info.address, key,
+                               f"( {command}\n) 2>/var/tmp/bench.err", timeout_s=timeout_s)
         if status != 0:
-            raise RuntimeError(f"{self.info.name}: {command[:200]!r} failed ({status}): {out[-800:]}")
+            _, err = ssh_exec(self.info.name, self.info.address, key, "tail -c 1500 /var/tmp/bench.err")
+            raise RuntimeError(f"{self.info.name}: {command[:200]!r} failed ({status}): {out[-800:]} {err}")
         return out
 
     def timed(self, command: str) -> tuple[float, str]:

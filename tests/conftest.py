@@ -18,6 +18,14 @@ from tests.servers import PgServer, free_port, postgres_server, redis_server, wa
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# -- async tests ---------------------------------------------------------------------
+@pytest.fixture
+def anyio_backend() -> str:
+    """The API runs on uvicorn's asyncio loop; its async tests run there too (trio, which
+    Selenium brings along, is not a loop the product runs on)."""
+    return "asyncio"
+
+
 # -- PostgreSQL ----------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:

@@ -327,6 +327,8 @@ API_ROUTES = {
     ("/bank-statements", "post"), ("/customers", "post"), ("/orders", "post"),
     ("/orders/{order_id}", "get"), ("/orders/{order_id}/plan", "get"),
     ("/services/{service_id}", "get"), ("/health", "get"), ("/metrics", "get"),
+    ("/services", "get"), ("/payments", "get"), ("/invoices", "get"), ("/proformas", "get"),
+    ("/jobs", "get"),
 }
 
 
