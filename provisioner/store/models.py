@@ -282,6 +282,9 @@ class Service(Base):
     # Ops hold: the clock stops for this service (no shutdown, no deletion) until released.
     held: Mapped[bool] = mapped_column(Boolean, default=False)
     hold_reason: Mapped[str | None] = mapped_column(Text)
+    # a site's other services (its backup, its domain) are found by name, not by walking
+    # all of a customer's services (a reseller has thousands): the sweep asks per shutdown
+    __table_args__ = (Index("ix_services_name_kind", "name", "kind"),)
 
 
 class Step(Base):
