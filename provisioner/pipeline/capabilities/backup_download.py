@@ -123,10 +123,14 @@ def step_enroll(ctx: StepContext, step: Step) -> StepResult:
 def covering_backup(s: Session, hosting: Service, term: date) -> Service | None:
     """The customer's backup service for the hosting's site that covered the term ending
     on ``term`` (its own expiry on or after it), or None."""
-    return s.execute(select(Service).where(
-        Service.customer_id == hosting.customer_id, Service.kind == "backup",
-        Service.name == hosting.name, Service.expires_on >= term,
-        Service.state.in_(_COVERING)).order_by(Service.expires_on.desc())).scalars().first()
+    # Only equality on (name, kind) in SQL, so every engine takes ix_services_name_kind
+    # (a site has a handful of services); the rest is sorted out here. With the expiry or
+    # the customer in the WHERE, SQLite's planner walked a whole customer's services.
+    candidates = s.execute(select(Service).where(Service.name == hosting.name,
+                                                 Service.kind == "backup")).scalars().all()
+    covering = [b for b in candidates if b.customer_id == hosting.customer_id
+                and b.expires_on is not None and b.expires_on >= term and b.state in _COVERING]
+    return max(covering, key=lambda b: (b.expires_on, b.id), default=None)
 
 
 # -- the clock: at the start of the retention --------------------------------------------
