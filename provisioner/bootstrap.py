@@ -229,7 +229,9 @@ def check_handlers(handlers: Mapping[str, Handler]) -> None:
 # (pipeline/engine/beat.py): a daily task's slot is the UTC day, the re-drive's its
 # interval. A daily run holds its slot for an hour; one that dies is taken over after.
 DAILY_LEASE_S = 3600.0
-DAILY_BEAT_TASKS = ("sweep", "quota", "purge_links", "backups_check", "backups_drill")
+DAILY_BEAT_TASKS = ("sweep", "quota", "purge_links", "wipe_migrations", "backups_check",
+                    "backups_drill")
+HOURLY_BEAT_TASKS = ("backups_nightly", "breaches")  # slot: the UTC hour
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,8 @@ class Provisioner:
         at = self.runner.now()
         if task in DAILY_BEAT_TASKS:
             slot, lease = at.date().isoformat(), DAILY_LEASE_S
+        elif task in HOURLY_BEAT_TASKS:
+            slot, lease = at.strftime("%Y-%m-%dT%H"), DAILY_LEASE_S
         else:
             interval = max(self.settings.redrive_interval_s, 1.0)
             slot, lease = str(int(at.timestamp() // interval)), interval

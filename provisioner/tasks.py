@@ -150,7 +150,8 @@ def wipe_migrations() -> dict[str, Any]:
 
 @app.task(name="provisioner.backups_nightly", acks_late=True)
 def backups_nightly() -> dict[str, Any]:
-    return provisioner().backups_nightly()
+    p = provisioner()
+    return p.on_beat("backups_nightly", p.backups_nightly)
 
 
 @app.task(name="provisioner.backups_check", acks_late=True)
@@ -168,8 +169,9 @@ def backups_drill() -> dict[str, Any]:
 @app.task(name="provisioner.breaches", acks_late=True)
 def breaches() -> dict[str, Any]:
     p = provisioner()
-    return {"reminded": breach.remind_ops(p.factory, p.adapters.mailer, p.settings.mail_from,
-                                          p.settings.ops_email, p.settings.breach_reminder_hours)}
+    return p.on_beat("breaches", lambda: {"reminded": breach.remind_ops(
+        p.factory, p.adapters.mailer, p.settings.mail_from, p.settings.ops_email,
+        p.settings.breach_reminder_hours)})
 
 
 def enqueue_step(step_key: str) -> None:

@@ -116,3 +116,15 @@ def test_two_beats_for_a_day_bill_each_renewal_once_and_mail_it_once(world: Cloc
     world.runner.now = now_at(E - timedelta(days=29))
     results = _together(2, lambda: app.on_beat("sweep", app.sweep))
     assert sorted(bool(r.get("skipped")) for r in results) == [False, True]
+
+
+def test_hourly_and_daily_tasks_take_their_own_slots(world: ClockWorld) -> None:
+    app = world.app
+    ran: list[str] = []
+    world.runner.now = lambda: datetime(2027, 3, 1, 1, 5, tzinfo=UTC)
+    for task in ("breaches", "breaches", "wipe_migrations", "wipe_migrations"):
+        app.on_beat(task, lambda task=task: ran.append(task) or {})  # type: ignore[misc]
+    world.runner.now = lambda: datetime(2027, 3, 1, 2, 5, tzinfo=UTC)  # the next hour
+    for task in ("breaches", "wipe_migrations"):
+        app.on_beat(task, lambda task=task: ran.append(task) or {})  # type: ignore[misc]
+    assert ran == ["breaches", "wipe_migrations", "breaches"]
