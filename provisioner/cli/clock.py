@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
 
-from provisioner.cli.common import JsonOpt, emit, err, factory, guarded, out, settings, table, wired
-from provisioner.errors import InvalidInput
+from provisioner.cli.common import (
+    JsonOpt,
+    emit,
+    err,
+    factory,
+    guarded,
+    out,
+    parse_day,
+    settings,
+    table,
+    wired,
+)
 from provisioner.pipeline.capabilities import lifecycle
 from provisioner.pipeline.capabilities.lifecycle import SweepReport
-from provisioner.timeutil import now_at, utcnow
+from provisioner.timeutil import now_at
 
 app = typer.Typer()  # its commands sit at the root: sweep, quota
-
-
-def parse_day(value: str | None) -> date:
-    """``--now YYYY-MM-DD``; none: today (UTC)."""
-    if not value:
-        return utcnow().date()
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"--now must be a date YYYY-MM-DD, not {value!r}") from None
 
 
 def _in_process(key: str) -> None:

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -80,6 +80,16 @@ def wired(cfg: Settings | None = None, *, enqueue: Enqueue | None = None,
     cfg = cfg or settings()
     return bootstrap(cfg, enqueue=celery_enqueue(cfg) if enqueue is None else enqueue,
                      factory=factory(cfg), now=now)
+
+
+def parse_day(value: str | None) -> date:
+    """``--now YYYY-MM-DD``; none: today (UTC)."""
+    if not value:
+        return utcnow().date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"--now must be a date YYYY-MM-DD, not {value!r}") from None
 
 
 def guarded(fn: Callable[[], T]) -> T:

@@ -5,27 +5,15 @@ item 4; `provisioner.pipeline.capabilities.domains.withdraw_registration`)."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, guarded, out, wired
-from provisioner.errors import InvalidInput
+from provisioner.cli.common import JsonOpt, actor, emit, guarded, out, parse_day, wired
 from provisioner.pipeline.capabilities import domains
 from provisioner.pipeline.engine.ports import need
-from provisioner.timeutil import utcnow
 
 app = typer.Typer(help="Domains at the registry.")
-
-
-def _day(value: str | None) -> date:
-    if not value:
-        return utcnow().date()
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"--now must be a date YYYY-MM-DD, not {value!r}") from None
 
 
 @app.command("withdraw")
@@ -39,7 +27,7 @@ def withdraw_cmd(
 ) -> None:
     """Withdraw a never-activated .si registration with a refund (refused with the reason
     when it has name servers, is past the window or is not a .si)."""
-    day = guarded(lambda: _day(now))
+    day = guarded(lambda: parse_day(now))
 
     def run() -> dict[str, Any]:
         p = wired()

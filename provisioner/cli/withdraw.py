@@ -4,28 +4,15 @@ note (issue 17, item 3; `provisioner.pipeline.usecases.withdrawal`)."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, table, wired
-from provisioner.errors import InvalidInput
+from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, parse_day, table, wired
 from provisioner.pipeline.usecases import withdrawal
-from provisioner.timeutil import utcnow
 
 app = typer.Typer()  # `withdraw` sits at the root
 refunds_app = typer.Typer(help="Refunds of withdrawals: card refunds and ops tasks.")
-
-
-def _day(value: str | None) -> date:
-    """``--now YYYY-MM-DD``; none: today (UTC)."""
-    if not value:
-        return utcnow().date()
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(f"--now must be a date YYYY-MM-DD, not {value!r}") from None
 
 
 @app.command("withdraw")
@@ -40,7 +27,7 @@ def withdraw_cmd(
     """Withdraw from a service: refund per the brand's policy, a credit note against its
     invoice, the service terminated through the staged deletion. Refused (exit 2) when
     the policy does not allow it or it was done before."""
-    day = guarded(lambda: _day(now))
+    day = guarded(lambda: parse_day(now))
 
     def run() -> dict[str, Any]:
         if dry_run:

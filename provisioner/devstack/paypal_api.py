@@ -44,6 +44,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from provisioner.devstack.net import ServedInThread
+
 OAUTH_PATH = "/v1/oauth2/token"
 CAPTURES_PATH = "/v2/payments/captures/"
 
@@ -90,10 +92,13 @@ class Capture:
         return out
 
 
-class PayPalApi:
+class PayPalApi(ServedInThread):
     """PayPal's OAuth2 token and captures endpoints, in memory. ``requests`` counts the
     requests by endpoint (``"token"``, ``"capture"``); ``fail_with`` makes every request
     answer that status (a 503 while PayPal is down)."""
+
+    thread_name = "paypal-api"
+    _server: ThreadingHTTPServer
 
     def __init__(self, client_id: str, client_secret: str, *, token_ttl_s: int = 32400,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -107,7 +112,6 @@ class PayPalApi:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -127,24 +131,6 @@ class PayPalApi:
         with self._lock:
             self.tokens.clear()
 
-    def start(self) -> PayPalApi:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True, name="paypal-api")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> PayPalApi:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # -- the endpoints -------------------------------------------------------------------
     def _token(self, authorization: str, form: bytes) -> tuple[int, dict[str, Any]]:

@@ -32,9 +32,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
+
+from provisioner.devstack.net import ServedInThread
 
 REFUNDS_PATH = "/v1/refunds"
 
@@ -59,9 +60,12 @@ def _error(status: int, kind: str, message: str, code: str | None = None,
     return status, {"error": err}
 
 
-class StripeApi:
+class StripeApi(ServedInThread):
     """Stripe's refunds endpoint in memory. ``refunds`` holds every refund made;
     ``requests`` counts the POSTs; ``fail_with`` answers every request with that status."""
+
+    thread_name = "stripe-api"
+    _server: ThreadingHTTPServer
 
     def __init__(self, api_key: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.api_key = api_key
@@ -74,7 +78,6 @@ class StripeApi:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -87,24 +90,6 @@ class StripeApi:
             self.intents[intent_id] = intent
         return intent
 
-    def start(self) -> StripeApi:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True, name="stripe-api")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> StripeApi:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # -- the endpoint ----------------------------------------------------------------------
     def _authorized(self, authorization: str) -> bool:

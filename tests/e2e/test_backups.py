@@ -400,3 +400,23 @@ def test_the_password_file_is_private_and_never_printed(world: World) -> None:
     status = a.ok("status", "nosuchacct")
     assert status["backups"] == 0 and "repository_error" not in status
     assert a.password not in json.dumps(status)
+
+
+def test_an_unchanged_database_is_not_dumped_again_and_a_changed_one_is(world: World) -> None:
+    a = world.a
+    spec = make_live(a)
+    fingerprint = f"/var/lib/hosting-backup/dump/{spec.name}/{spec.name}.fingerprint"
+
+    def backed_up_with_a_kept_fingerprint() -> bool:  # kept once the last commit is seconds old
+        a.ok("backup", spec.name)
+        return a.host.run("test -f %s", fingerprint).rc == 0
+
+    wait_for(backed_up_with_a_kept_fingerprint, 60, "a dump with a trusted fingerprint")
+    inode = a.sh("stat -c %%i %s", fingerprint)
+    a.ok("backup", spec.name)
+    assert a.sh("stat -c %%i %s", fingerprint) == inode  # unchanged: not dumped again
+    a.sql(spec.name, "UPDATE orders SET item = 'kiwi' WHERE id = 2")
+    snap = a.ok("backup", spec.name)["id"]
+    a.sql(spec.name, "UPDATE orders SET item = 'plum' WHERE id = 2")
+    a.ok("restore", spec.name, snap)
+    assert a.sql(spec.name, "SELECT item FROM orders WHERE id = 2").strip() == "kiwi"

@@ -142,3 +142,66 @@ def test_a_snapshot_record_names_what_it_holds() -> None:
     assert record["home"] == "/srv/hosting/acct" and record["mail"] == ["/srv/mail/acct.si"]
     assert record["database"] == "acct" and record["created_at"] == "2026-01-05T03:15:00Z"
     assert record["repository"] == URL
+
+
+# -- skipping the dump of an unchanged database (the decision; the real thing: tests/e2e) -----------
+NOW = 1_800_000_000
+
+
+def fingerprint(**change: Any) -> dict[str, Any]:
+    fp: dict[str, Any] = {"version": SCRIPT.DUMP_VERSION, "now": NOW, "started": NOW - 86_400, "schema": "s1",
+                          "server": "10.11.6-MariaDB-0+deb12u1-log",
+                          "tables": [["orders", "BASE TABLE", "InnoDB", str(NOW - 3600), str(NOW - 60)],
+                                     ["v_orders", "VIEW", "-", "-", "-"]]}
+    fp.update(change)
+    return fp
+
+
+STAT = [12, 3456, 789]
+
+
+def kept(**change: Any) -> dict[str, Any]:
+    return dict(fingerprint(**change), dump=STAT)
+
+
+def test_an_unchanged_database_with_its_kept_dump_is_not_dumped_again() -> None:
+    assert SCRIPT.dump_needed(kept(), fingerprint(now=NOW + 3600), STAT) is False
+    assert SCRIPT.dump_needed(kept(), fingerprint(started=NOW - 86_399), STAT) is False  # uptime jitter
+
+
+@pytest.mark.parametrize(("old", "new", "stat"), [
+    (None, fingerprint(), STAT),  # no fingerprint kept (first run, or the last one was not trusted)
+    (kept(), fingerprint(), None),  # the dump file is gone
+    (kept(), fingerprint(), [12, 3456, 790]),  # the dump file was touched
+    (kept(), fingerprint(started=NOW - 600), STAT),  # the server restarted since
+    (kept(), fingerprint(schema="s2"), STAT),  # DDL: a column, an index, a view, a routine, a trigger
+    (kept(version=0), fingerprint(), STAT),  # the dump's options changed
+    (kept(), fingerprint(server="10.11.7-MariaDB-0+deb12u1-log"), STAT),  # the server was upgraded
+    (kept(server="8.0.36"), fingerprint(server="8.0.36"), STAT),  # MySQL 8 caches UPDATE_TIME for a day
+    (kept(), fingerprint(tables=[["orders", "BASE TABLE", "InnoDB", str(NOW - 3600), str(NOW - 1)]]), STAT),
+    (kept(), fingerprint(tables=[["orders", "BASE TABLE", "InnoDB", str(NOW - 3600), str(NOW - 30)],
+                                 ["v_orders", "VIEW", "-", "-", "-"]]), STAT),  # a commit since
+    (kept(), fingerprint(tables=[["orders", "BASE TABLE", "InnoDB", str(NOW - 3600), "-"],
+                                 ["v_orders", "VIEW", "-", "-", "-"]]), STAT),  # time lost: evicted
+    (kept(), fingerprint(tables=fingerprint()["tables"] + [["t2", "BASE TABLE", "InnoDB", "1", "1"]]), STAT),
+])
+def test_any_sign_of_a_change_means_a_new_dump(old: Any, new: dict[str, Any], stat: Any) -> None:
+    assert SCRIPT.dump_needed(old, new, stat) is True
+
+
+@pytest.mark.parametrize(("table", "trusted"), [
+    (["t", "BASE TABLE", "InnoDB", str(NOW - 10), str(NOW - 2)], True),
+    (["t", "BASE TABLE", "Aria", str(NOW - 10), str(NOW - 10)], False),  # may write its files late
+    (["t", "BASE TABLE", "MyISAM", str(NOW - 10), str(NOW - 10)], False),
+    (["t", "BASE TABLE", "InnoDB", str(NOW - 10), str(NOW - 1)], False),  # same second: may hide a commit
+    (["t", "BASE TABLE", "InnoDB", str(NOW), str(NOW - 10)], False),  # just altered
+    (["t", "BASE TABLE", "InnoDB", str(NOW - 10), "-"], False),  # not changed since start, or evicted
+    (["t", "BASE TABLE", "MEMORY", str(NOW - 10), str(NOW - 10)], False),  # engines we cannot vouch for
+    (["t", "BASE TABLE", "FEDERATED", str(NOW - 10), str(NOW - 10)], False),
+    (["s", "SEQUENCE", "InnoDB", str(NOW - 10), str(NOW - 10)], False),
+    (["t", "SYSTEM VERSIONED", "InnoDB", str(NOW - 10), str(NOW - 10)], False),
+])
+def test_a_fingerprint_is_trusted_only_with_times_the_engine_keeps(table: list[str], trusted: bool) -> None:
+    fp = fingerprint(tables=[table])
+    assert SCRIPT.fingerprint_trusted(fp) is trusted
+    assert SCRIPT.dump_needed(dict(fp, dump=STAT), fp, STAT) is not trusted
