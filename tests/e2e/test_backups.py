@@ -30,6 +30,10 @@ from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from tests.e2e.nodes import infra_host, own_node
 from tests.servers import wait_for
 
+# The module's hosts (a backup host, a second node) are set up in the first test's
+# fixtures: on a loaded machine that alone can take minutes.
+pytestmark = pytest.mark.timeout(1500)
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "roles/hosting_node/defaults/main.yml").read_text())
 RETENTION: dict[str, int] = DEFAULTS["hosting_node_backup_retention"]

@@ -9,10 +9,13 @@ then no free backups after the grace days, then backups again once back under.""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +28,12 @@ from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Service
 from provisioner.timeutil import iter_days, now_at
+from tests.e2e.test_backups import NodeEnv, playbook
 from tests.helpers import ClockWorld, MemoryMailer, customer, make_settings, wire
+
+# The module's hosts (a backup host, a second node) are set up in the first test's
+# fixtures: on a loaded machine that alone can take minutes.
+pytestmark = pytest.mark.timeout(1500)
 
 E = date(2027, 3, 31)
 
@@ -67,8 +75,28 @@ class NodeClockWorld(ClockWorld):
 
 
 @pytest.fixture(scope="module")
-def world(node: Any, node_host: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClockWorld]:
+def world(hosts: Any, node: Any, node_host: Any,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClockWorld]:
     work = tmp_path_factory.mktemp("clocknode")
+    bk_name = f"t-bcn-{os.getpid()}"
+    try:
+        # the session's node enrolled with a backup host of this module's own (restic)
+        backup = hosts.up(bk_name)
+        n = NodeEnv("ncl", node.info, node_host, secrets.token_urlsafe(32))
+        n.public_key = n.ok("key")["public_key"]
+        host_key = playbook("backup_host.yml", backup, {
+            "backup_host_nodes": [{"name": n.name, "authorized_keys": [n.public_key]}]})["host_key"]
+        playbook("hosting_node_backup.yml", node.info, {
+            "hosting_node_backup_repository": f"sftp:rn-{n.name}@{backup.address}:/repo",
+            "hosting_node_backup_password": n.password,
+            "hosting_node_backup_known_hosts": host_key,
+            "hosting_backup_result_file": ""})
+        yield _clock_world(work, node, node_host)
+    finally:
+        hosts.down(bk_name)
+
+
+def _clock_world(work: Path, node: Any, node_host: Any) -> NodeClockWorld:
     url = f"sqlite:///{work / 'c.sqlite'}"
     upgrade(url)
     # The product's own wiring: hosting and backups reach the node with this key; the
@@ -95,11 +123,8 @@ def world(node: Any, node_host: Any, tmp_path_factory: pytest.TempPathFactory) -
         home = f"/srv/hosting/{w.accounts[who]['name']}/public_html"
         assert node_host.run("printf %s > %s/marker.txt", who, home).rc == 0
         assert w.http(domain, "/marker.txt").text == who
-        w.backups.backup(node.info.target(), w.accounts[who]["name"])  # a nightly one
-    yield w
-    for made in w.accounts.values():
-        node_host.run("rm -rf /srv/backup/accounts/%s /srv/backup/terminated/%s", made["name"],
-                      made["name"])
+        w.backups.backup(node.info.target(), w.accounts[who]["name"], w.accounts[who]["sid"])  # a nightly one
+    return w
 
 
 def _state(w: NodeClockWorld, who: str) -> str:
@@ -145,17 +170,16 @@ def test_the_clock_on_a_node_switches_off_removes_and_purges_only_on_their_days(
     assert w.backups.list(w.node.target(), never["name"])
     w.sweep(E + timedelta(days=91))
     assert w.backups.list(w.node.target(), never["name"]) == []
-    found = w.host.run("find /srv/backup /srv/hosting /srv/mail -name '*%s*'", never["name"])
+    found = w.host.run("find /srv/hosting /srv/mail /var/lib/hosting-backup -name '*%s*'", never["name"])
     assert found.stdout.strip() == ""
     records = clock.stage_records(w.factory, never["sid"])
     assert [(r["stage"], r["done_on"]) for r in records] == [
         ("shutdown", str(E + timedelta(days=1))), ("delete_data", str(E + timedelta(days=61))),
         ("purge_backups", str(E + timedelta(days=91)))]
     stage1, stage2 = records[1]["manifest"], records[2]["manifest"]
-    assert stage1["last_backup"]["sha256"] and any(
-        p["path"] == never_home for p in stage1["removed"])
-    assert {f["backup_id"] for f in stage2["removed"] if f.get("backup_id")} >= {
-        b.id for b in left}
+    assert stage1["last_backup"]["id"] and any(p["path"] == never_home for p in stage1["removed"])
+    assert set(stage2["snapshot_ids"]) >= {b.id for b in left}
+    assert stage2["remaining"] == 0 and stage2["check_ok"] is True  # the purge's proof
     assert _state(w, "never") == "purged"
     assert w.http(ontime["domain"], "/marker.txt").text == "ontime"
 
