@@ -162,14 +162,18 @@ def playbook(name: str, info: Any, extravars: dict[str, Any], *, check: bool = T
 
 
 @pytest.fixture(scope="module")
-def world(hosts: Any, node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    bk_name, c_name = f"t-bk-{os.getpid()}", f"t-nc-{os.getpid()}"
+def world(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    # Nodes of this module's own: a node is enrolled with one backup host for its life
+    # (the controller refuses a second), so the session's node, which other modules
+    # enrol with theirs, is not one of them.
+    bk_name, a_name, c_name = f"t-bk-{os.getpid()}", f"t-na-{os.getpid()}", f"t-nc-{os.getpid()}"
     try:
         backup = hosts.up(bk_name)
         bh = infra_host(backup, tmp_path_factory.mktemp("ssh-bk"))
-        a = NodeEnv("na", node.info, infra_host(node.info, tmp_path_factory.mktemp("ssh-a")),
-                    secrets.token_urlsafe(32))
-        with own_node(hosts, c_name, "e2e.backups.c") as c_info:
+        with own_node(hosts, a_name, "e2e.backups.a") as a_info, \
+                own_node(hosts, c_name, "e2e.backups.c") as c_info:
+            a = NodeEnv("na", a_info, infra_host(a_info, tmp_path_factory.mktemp("ssh-a")),
+                        secrets.token_urlsafe(32))
             c = NodeEnv("nc", c_info, infra_host(c_info, tmp_path_factory.mktemp("ssh-c")),
                         secrets.token_urlsafe(32))
             for n in (a, c):

@@ -28,6 +28,7 @@ from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Service
 from provisioner.timeutil import iter_days, now_at
+from tests.e2e.nodes import infra_host, own_node
 from tests.e2e.test_backups import NodeEnv, playbook
 from tests.helpers import ClockWorld, MemoryMailer, customer, make_settings, wire
 
@@ -74,26 +75,37 @@ class NodeClockWorld(ClockWorld):
         return str(out.stdout)
 
 
+@dataclass
+class _Node:
+    info: Any
+
+
 @pytest.fixture(scope="module")
-def world(hosts: Any, node: Any, node_host: Any,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClockWorld]:
+def world(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClockWorld]:
     work = tmp_path_factory.mktemp("clocknode")
-    bk_name = f"t-bcn-{os.getpid()}"
-    try:
-        # the session's node enrolled with a backup host of this module's own (restic)
-        backup = hosts.up(bk_name)
-        n = NodeEnv("ncl", node.info, node_host, secrets.token_urlsafe(32))
-        n.public_key = n.ok("key")["public_key"]
-        host_key = playbook("backup_host.yml", backup, {
-            "backup_host_nodes": [{"name": n.name, "authorized_keys": [n.public_key]}]})["host_key"]
-        playbook("hosting_node_backup.yml", node.info, {
-            "hosting_node_backup_repository": f"sftp:rn-{n.name}@{backup.address}:/repo",
-            "hosting_node_backup_password": n.password,
-            "hosting_node_backup_known_hosts": host_key,
-            "hosting_backup_result_file": ""})
-        yield _clock_world(work, node, node_host)
-    finally:
-        hosts.down(bk_name)
+    bk_name, n_name = f"t-bcn-{os.getpid()}", f"t-ncl-{os.getpid()}"
+    # a node of this module's own, enrolled with a backup host of its own (a node keeps
+    # one backup host for its life; other modules enrol the session's node with theirs)
+    with own_node(hosts, n_name, "e2e.clock.node") as info:
+        try:
+            yield _enrolled_world(hosts, bk_name, work, _Node(info),
+                                  infra_host(info, tmp_path_factory.mktemp("ssh-clock")))
+        finally:
+            hosts.down(bk_name)
+
+
+def _enrolled_world(hosts: Any, bk_name: str, work: Path, node: Any, node_host: Any) -> NodeClockWorld:
+    backup = hosts.up(bk_name)
+    n = NodeEnv("ncl", node.info, node_host, secrets.token_urlsafe(32))
+    n.public_key = n.ok("key")["public_key"]
+    host_key = playbook("backup_host.yml", backup, {
+        "backup_host_nodes": [{"name": n.name, "authorized_keys": [n.public_key]}]})["host_key"]
+    playbook("hosting_node_backup.yml", node.info, {
+        "hosting_node_backup_repository": f"sftp:rn-{n.name}@{backup.address}:/repo",
+        "hosting_node_backup_password": n.password,
+        "hosting_node_backup_known_hosts": host_key,
+        "hosting_backup_result_file": ""})
+    return _clock_world(work, node, node_host)
 
 
 def _clock_world(work: Path, node: Any, node_host: Any) -> NodeClockWorld:
