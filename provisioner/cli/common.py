@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 out = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
+RequestDayOpt = Annotated[str | None, typer.Option(
+    "--now", help="The day of the request (YYYY-MM-DD); default today.")]
 T = TypeVar("T")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, guarded, out, parse_day, wired
+from provisioner.cli.common import JsonOpt, RequestDayOpt, actor, emit, guarded, out, parse_day, wired
 from provisioner.pipeline.capabilities import domains
 from provisioner.pipeline.engine.ports import need
 
@@ -21,8 +21,7 @@ def withdraw_cmd(
     service: int,
     check: Annotated[bool, typer.Option("--check", help="Only say whether it may be "
                                         "withdrawn; touch nothing.")] = False,
-    now: Annotated[str | None, typer.Option("--now", help="The day of the request "
-                                            "(YYYY-MM-DD); default today.")] = None,
+    now: RequestDayOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Withdraw a never-activated .si registration with a refund (refused with the reason

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, parse_day, table, wired
+from provisioner.cli.common import (
+    JsonOpt,
+    RequestDayOpt,
+    actor,
+    emit,
+    factory,
+    guarded,
+    out,
+    parse_day,
+    table,
+    wired,
+)
 from provisioner.pipeline.usecases import withdrawal
 
 app = typer.Typer()  # `withdraw` sits at the root
@@ -20,8 +31,7 @@ def withdraw_cmd(
     service: int,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the refund it comes to; "
                                           "touch nothing.")] = False,
-    now: Annotated[str | None, typer.Option("--now", help="The day of the request "
-                                            "(YYYY-MM-DD); default today.")] = None,
+    now: RequestDayOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Withdraw from a service: refund per the brand's policy, a credit note against its
