@@ -5,6 +5,7 @@ resource is registered."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import runpy
@@ -65,6 +66,13 @@ def _config(**over: object) -> dict[str, str]:
 
 @pytest.fixture
 def mocks() -> Recorder:
+    # Pulumi's runtime asks asyncio for the thread's current loop, which a test that ran
+    # asyncio.run() earlier in the same process leaves unset: give the thread one again.
+    policy = asyncio.get_event_loop_policy()
+    try:
+        policy.get_event_loop()
+    except RuntimeError:
+        policy.set_event_loop(policy.new_event_loop())
     recorder = Recorder()
     pulumi.runtime.set_mocks(recorder, project="vps", stack="test", preview=False)
     return recorder
