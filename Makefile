@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/provisioner demo
 
 test: setup
-	$(BIN)/pytest -W error --strict-markers -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -W error --strict-markers -p no:cacheprovider --durations=40 $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check provisioner tests bench

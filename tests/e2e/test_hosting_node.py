@@ -95,7 +95,7 @@ def test_ftps_is_offered(node: Any) -> None:
 def test_second_converge_changes_nothing(node: Any) -> None:
     result = converge(node.info)
     assert result.ok, result.errors
-    assert result.stats[node.info.name]["changed"] == 0, result.stats
+    assert result.stats[node.info.name]["changed"] == 0, (result.stats, result.changes)
     assert result.stats[node.info.name]["failures"] == 0
 
 
