@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
 from provisioner.cli import app
 from provisioner.config import load_settings
+from provisioner.devstack.hosts.node import converge
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
 from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import HostingAccount, HostingNode, add_node
@@ -158,3 +159,21 @@ def test_enrol_back_up_list_and_restore_onto_another_node_through_the_cli(env: E
     b_key = env.hb.check_output("cat /etc/hosting/backup/id_ed25519.pub").split()[1]
     assert b_key not in env.bh.check_output("cat /etc/ssh/backup-keys/rn-na")
     assert password_a not in json.dumps(restored)
+
+
+def test_a_plain_converge_keeps_what_the_enrolment_set_on_the_node(env: Env) -> None:
+    """The nightly schedule and the retention per plan come from the controller at
+    enrolment; ops re-running hosting_node.yml (or a fleet rollout) without them must
+    neither change the node nor put the role's defaults back."""
+    cli("backups", "enroll", "nb", "--host", "bk")  # safe to run again
+    timer = "systemctl show -P TimersCalendar hosting-backup.timer"
+    scheduled = env.hb.check_output(timer)
+    assert "23:30:00 Europe/Ljubljana" in scheduled, scheduled
+    script = env.hb.check_output("sha256sum /usr/local/sbin/hosting-backup")
+
+    result = converge(env.b)
+
+    assert result.ok, result.errors
+    assert result.changes.get(env.b.name, []) == [], result.changes
+    assert env.hb.check_output(timer) == scheduled
+    assert env.hb.check_output("sha256sum /usr/local/sbin/hosting-backup") == script
