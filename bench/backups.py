@@ -64,6 +64,16 @@ for i in range(count):
 """
 
 
+# one restic start-up as the script makes it (ssh, key, config): the floor of any restic run
+RESTIC_OPEN = r"""
+import importlib.machinery, importlib.util
+loader = importlib.machinery.SourceFileLoader("hb", "/usr/local/sbin/hosting-backup")
+hb = importlib.util.module_from_spec(importlib.util.spec_from_loader("hb", loader))
+loader.exec_module(hb)
+hb.Repo().run("cat", "config")
+"""
+
+
 class Host:
     def __init__(self, info: Any) -> None:
         self.info = info
@@ -158,10 +168,12 @@ def main() -> int:
         result["restic_second_s"] = t_second
         result["restic_second_added_bytes"] = second.get("added_bytes")
         result["repository_bytes"] = int(bk.sh("du -sb /srv/restic/rn-bench/repo").split()[0])
-        # what the unchanged second run cannot avoid: the dump itself, restic's start (a list)
+        # the parts of an unchanged second run: one restic start-up (ssh, key, config), and what
+        # the run no longer does (a full dump: the fingerprint says unchanged; a second restic run)
         result["second_parts_s"] = {
-            "mysqldump": node.timed(f"mysqldump --single-transaction --skip-dump-date --databases {ACCOUNT}"
-                                    " > /dev/null")[0],
+            "restic_open": node.timed(f"python3 -c {shlex.quote(RESTIC_OPEN)}")[0],
+            "mysqldump_skipped": node.timed(f"mysqldump --single-transaction --skip-dump-date --databases "
+                                            f"{ACCOUNT} > /dev/null")[0],
             "restic_list": node.timed(f"/usr/local/sbin/hosting-backup list {ACCOUNT}")[0]}
 
         # restore: the floor into a scratch dir, restic into a scratch dir (drill), and in place

@@ -26,6 +26,7 @@ from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import HostingBackups
 from provisioner.adapters.hosting.usage import UsageReports
 from provisioner.adapters.mail import Mailer
+from provisioner.adapters.migration_source import OldProvider
 from provisioner.adapters.payments.braintree import BraintreeVerifier
 from provisioner.adapters.payments.paypal import PayPalCaptures, PayPalVerifier
 from provisioner.adapters.payments.stripe import StripeRefunds
@@ -184,6 +185,7 @@ def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
         dns=dns,
         acme=LazyAcme(settings, factory) if settings.acme_directory else None,
         registry=EppClient(RegistryConfig.from_settings(settings)) if settings.registry_host else None,
+        old_provider=OldProvider(settings.migration_timeout_s),
     )
     if settings.stripe_secret_key:  # card refunds of withdrawals (issue 17 item 3)
         adapters = dataclasses.replace(adapters, refunds=StripeRefunds(settings.stripe_secret_key,

@@ -122,6 +122,16 @@ class Settings:
     # download (a private dir per download, removed after it; empty: the system's temp dir)
     backup_download_dir: str = ""
     migration_abandon_days: int = 30  # sealed sources of a migration untouched this long are wiped
+    # The migration survey (issue 13 item 3): the caps (RULES: 2 GB, 1 working hour; tests
+    # shrink them), our per-message limit (RULES: 50 MB), the sample it times, the
+    # versions it compares the old provider's with (roles/hosting_node's PHP, Debian 12's MariaDB).
+    migration_cap_bytes: int = 2048 * 1024 * 1024
+    migration_cap_s: float = 3600.0
+    migration_max_message_bytes: int = 50 * 1024 * 1024
+    migration_sample_bytes: int = 4 * 1024 * 1024
+    migration_timeout_s: float = 20.0
+    migration_node_php: str = "8.2"
+    migration_node_mariadb: str = "10.11"
     # Backups on a backup host (issue 16, restic). Each node's repository password is
     # sealed with this Fernet key (comma-separated: the first encrypts, all decrypt);
     # empty: key_dir/backup-fernet.key. `restic check --read-data-subset` reads this share

@@ -313,9 +313,12 @@ class ClockWorld(World):
 
 
 def make_clock_world(db_url: str, tmp_path: Path, sink: Any, start: date,
-                     line_kinds: str = "hosting,vps,tls") -> ClockWorld:
-    settings = make_settings(tmp_path, db_url, sink.port, step_max_attempts=2, line_kinds=line_kinds)
-    w = make_world(settings, now=now_at(start))
+                     line_kinds: str = "hosting,vps,tls", **overrides: Any) -> ClockWorld:
+    """``sink`` is the SMTP sink the mail goes to, or None with ``mailer=MemoryMailer()``
+    for long simulations (thousands of messages), whose subject is the clock, not SMTP."""
+    port = sink.port if sink is not None else 1
+    settings = make_settings(tmp_path, db_url, port, step_max_attempts=2, line_kinds=line_kinds)
+    w = make_world(settings, now=now_at(start), **overrides)
     return ClockWorld(w.app, w.queue, start, sink)
 
 

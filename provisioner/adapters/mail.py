@@ -52,9 +52,11 @@ SERVICE_TEMPLATES: tuple[str, ...] = ("credentials", "domain_failed", "migration
 # the lapse of an unpaid new order, a withdrawal's credit note (issue 17, items 2 and 3)
 SERVICE_TEMPLATES += ("order_lapsed", "credit_note")
 SERVICE_TEMPLATES += ("backup_download",)  # the backup download link (issue 17, item 9)
+SERVICE_TEMPLATES += ("migration_over_cap",)  # the migration survey's stop (issue 13, item 3)
 # English, subject and text only
 OPS_TEMPLATES: tuple[str, ...] = ("ops_alert", "ops_lapsed_payment", "ops_refund")
 OPS_TEMPLATES += ("ops_breach",)  # an open personal-data breach (issue 17, item 10)
+OPS_TEMPLATES += ("ops_migration_over_cap",)  # a migration stopped at its survey (issue 13)
 TEMPLATES = CUSTOMER_TEMPLATES + SERVICE_TEMPLATES + OPS_TEMPLATES
 
 SMTP_TIMEOUT_S = 10.0

@@ -3,6 +3,8 @@
 ``source SERVICE FILE.json`` gives what the customer's intake form would (the same
 checks; the file is read once, never echoed, and with ``--remove`` deleted once sealed),
 ``show SERVICE`` the state without secrets, ``wipe SERVICE`` ends it (audited).
+``survey SERVICE`` measures the old provider read-only (the ``migration.survey`` step's
+work, now), ``override SERVICE --reason`` lets an over-the-cap migration go on (audited).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, settings
+from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, settings, wired
+from provisioner.domain.migration_survey import human
 from provisioner.errors import InvalidInput
-from provisioner.pipeline.capabilities.migration import sources
+from provisioner.pipeline.capabilities.migration import sources, survey
 from provisioner.pipeline.capabilities.migration.intake import from_json
+from provisioner.pipeline.engine.ports import need
+from provisioner.pipeline.outbox import KEY_FILE, Outbox
 from provisioner.timeutil import utcnow
 
 app = typer.Typer(help="Free migrations from the customer's old provider.", no_args_is_help=True)
@@ -115,3 +120,44 @@ def migration_wipe(
             f"migration service {service_id}: {'wiped' if d['wiped'] else 'nothing left to wipe'}"
         ),
     )
+
+
+@app.command("survey")
+def migration_survey(service_id: int, as_json: JsonOpt = False) -> None:
+    """Measure the old provider of migration SERVICE now (read-only) against the caps."""
+
+    def run() -> dict[str, Any]:
+        cfg = settings()
+        p = wired(cfg, enqueue=lambda key: None)
+        box = Outbox(p.factory, p.adapters.mailer, cfg.mail_from, key_file=cfg.effective_key_dir / KEY_FILE)
+        outcome = survey.survey(p.factory, cfg, need(p.adapters.old_provider, "the old provider adapter"),
+                                service_id, actor=actor(), now=utcnow(), box=box)
+        return {"service": service_id, "state": outcome.state, **outcome.report}
+
+    data = guarded(run)
+
+    def render(d: dict[str, Any]) -> None:
+        out.print(f"migration service {service_id}: {d['state']} "
+                  f"({'fits' if d['fits'] else 'does not fit'} the caps)")
+        out.print(f"data: {human(d['total_bytes'])} of {human(d['cap_bytes'])}; projected copy "
+                  f"{d['projected_seconds'] / 60:.1f} min of {d['cap_seconds'] / 60:.0f} min")
+        for part in d["parts"]:
+            out.print(f"  {part['name']}: {human(part['bytes'])}, {part['items']} item(s), "
+                      f"{part['seconds']:.1f} s")
+        for title, key in (("does not fit", "blocking"), ("not copied", "excluded"), ("warning", "warnings")):
+            for line in d[key]:
+                out.print(f"{title}: {line}", markup=False)
+
+    emit(data, as_json, render)
+
+
+@app.command("override")
+def migration_override(
+    service_id: int,
+    reason: Annotated[str, typer.Option(help="Why the migration goes on over the cap (recorded).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Let migration SERVICE go on although its survey found it over the cap (audited)."""
+    data = guarded(lambda: survey.override(factory(), service_id, reason, actor=actor(), now=utcnow()))
+    emit(data, as_json,
+         lambda d: out.print(f"migration service {service_id}: override recorded ({d['state']})"))

@@ -37,17 +37,21 @@ def audit(
     entity_id: object | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditEntry(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            entity=entity,
-            entity_id=None if entity_id is None else str(entity_id),
-            detail=detail,
-        )
-    )
+    session.add(AuditEntry(**audit_values(actor, action, entity, entity_id, detail)))
+
+
+def audit_values(
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: object | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of the entry `audit` writes (and its log line), for a caller that
+    inserts many entries in one statement (``insert(AuditEntry)`` with a list)."""
     log.info("%s %s %s:%s", actor, action, entity, entity_id)
+    return {"at": utcnow(), "actor": actor, "action": action, "entity": entity,
+            "entity_id": None if entity_id is None else str(entity_id), "detail": detail}
 
 
 def audit_reads(session: Session, actor: str, via: str, customer_ids: Iterable[int | None]) -> int:

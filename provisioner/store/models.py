@@ -428,7 +428,8 @@ class Migration(Base):
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), unique=True)
     hosting_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id"))
     domain: Mapped[str] = mapped_column(String(253))
-    state: Mapped[str] = mapped_column(String(24))  # awaiting_source | source_received | wiped
+    # awaiting_source | source_received | surveyed | over_cap | source_refused | wiped
+    state: Mapped[str] = mapped_column(String(24))
     charge_gross: Mapped[Decimal] = mapped_column(Money)
     sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -439,6 +440,13 @@ class Migration(Base):
     migration_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    # the survey (issue 13 item 3, migration 0019): its report (no secret), when, and an
+    # ops override of an over-the-cap verdict (who, why, when; audited)
+    survey: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    surveyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    override_reason: Mapped[str | None] = mapped_column(String(500))
+    override_by: Mapped[str | None] = mapped_column(String(100))
+    override_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class MigrationLink(Base):

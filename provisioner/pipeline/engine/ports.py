@@ -38,6 +38,7 @@ from provisioner.adapters.mail import RenderedMail
 from provisioner.adapters.payments.stripe import RefundReceipt
 from provisioner.adapters.registry import EppClient
 from provisioner.adapters.tls_targets import CertificateTarget
+from provisioner.domain.migration_survey import Limits, Measures
 from provisioner.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -161,6 +162,14 @@ class Refunds(Protocol):
                metadata: dict[str, str]) -> RefundReceipt: ...
 
 
+class MigrationSource(Protocol):
+    """The customer's old provider, read-only (`adapters.migration_source.OldProvider`):
+    logs in with each credential of a migration's source and measures it (issue 13)."""
+
+    def measure(self, values: Mapping[str, Any], *, allow_plain_ftp: bool, skip_cert_verify: bool,
+                limits: Limits) -> Measures: ...
+
+
 @dataclass(frozen=True)
 class Adapters:
     """Every outside system a handler may reach, typed. Built once per process."""
@@ -179,6 +188,8 @@ class Adapters:
     # where a certificate goes when no account of ours serves its site: None in
     # production (such an order is a clear error); the devstack's loopback nginx in tests
     tls_fallback: CertificateTarget | None = None
+    # the old provider of a free migration (issue 13): None only where no migration runs
+    old_provider: MigrationSource | None = None
 
 
 def need(adapter: T | None, what: str) -> T:

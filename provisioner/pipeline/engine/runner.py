@@ -221,6 +221,26 @@ def record(session: Session, order_id: int, specs: Iterable[StepSpec]) -> int:
     return added
 
 
+def record_many(session: Session, plans: Iterable[tuple[int, Iterable[StepSpec]]]) -> None:
+    """`record` for many orders' plans at once: one INSERT .. ON CONFLICT DO NOTHING with
+    every row (psycopg sends the rows in one pipeline); existing keys are left alone, and a key
+    planned twice is written once."""
+    now = utcnow()
+    rows: dict[str, dict[str, Any]] = {}
+    for order_id, specs in plans:
+        for spec in specs:
+            rows.setdefault(spec.key, {
+                "key": spec.key, "order_id": order_id, "service_id": spec.service_id,
+                "kind": spec.kind, "params": spec.params, "deps": list(spec.deps),
+                "state": StepState.PENDING.value, "attempts": 0, "created_at": now,
+                "updated_at": now,
+            })
+    if rows:
+        table = Step.__table__
+        session.execute(_insert(session)(table).on_conflict_do_nothing(index_elements=["key"]),
+                        list(rows.values()))
+
+
 class Runner:
     """Runs the journal's steps with an explicit handler registry (kind -> handler) and
     typed adapters; the composition root (`provisioner.bootstrap`) builds it."""

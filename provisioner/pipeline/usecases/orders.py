@@ -258,45 +258,55 @@ def order_brand(customer: Customer, brand: str | None) -> BrandPolicy:
 
 def order_view(session: Session, order_id: int) -> OrderView:
     """The plain values `plan()` needs."""
-    order = session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"no order {order_id}")
-    proforma = session.execute(
-        select(Proforma).where(Proforma.order_id == order_id).order_by(Proforma.id.desc())
-    ).scalars().first()
-    if proforma is None:
-        raise NotFound(f"order {order_id} has no proforma")
-    if order.renewal:  # the services it renews belong to their first order
-        renewed = session.execute(
-            select(Service, Renewal)
-            .join(Renewal, Renewal.service_id == Service.id)
-            .where(Renewal.order_id == order_id)
-            .order_by(Service.id)
-        ).all()
-        views = tuple(
-            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, "renew",
-                        r.item_id, r.term_expiry.isoformat(), r.months)
-            for s, r in renewed
-        )
-    else:
-        services = session.execute(
-            select(Service, OrderItemRow.action)
-            .join(OrderItemRow, OrderItemRow.id == Service.item_id)
-            .where(Service.order_id == order_id)
-            .order_by(Service.id)
-        ).all()
-        views = tuple(
-            ServiceView(s.id, s.kind, s.product, s.name, s.period_months, s.state, action,
-                        s.item_id)
-            for s, action in services
-        )
-    return OrderView(
-        order_id=order.id,
-        proforma_id=proforma.id,
-        proforma_number=proforma.number,
-        paid=proforma.state == ProformaState.PAID.value,
-        services=views,
-    )
+    return order_views(session, [order_id])[order_id]
+
+
+def order_views(session: Session, order_ids: Sequence[int]) -> dict[int, OrderView]:
+    """`order_view` of many orders in four queries (the payment worker plans a batch of
+    settled orders at once). Read as columns, so values written in this transaction by
+    UPDATE statements are seen even where the session holds the row as an object."""
+    ids = sorted(set(order_ids))
+    if not ids:
+        return {}
+    renewal = dict(session.execute(select(Order.id, Order.renewal).where(Order.id.in_(ids))).all())
+    missing = [i for i in ids if i not in renewal]
+    if missing:
+        raise NotFound(f"no order {missing[0]}")
+    latest: dict[int, tuple[int, str, str]] = {}
+    for oid, pid, number, state in session.execute(
+            select(Proforma.order_id, Proforma.id, Proforma.number, Proforma.state)
+            .where(Proforma.order_id.in_(ids)).order_by(Proforma.id)).all():
+        latest[oid] = (pid, number, state)  # the newest one wins
+    missing = [i for i in ids if i not in latest]
+    if missing:
+        raise NotFound(f"order {missing[0]} has no proforma")
+    services: dict[int, list[ServiceView]] = {i: [] for i in ids}
+    renewals = [i for i in ids if renewal[i]]
+    if renewals:  # the services a renewal renews belong to their first order
+        for oid, sid, kind, product, name, months, state, item_id, term, renew_months in session.execute(
+                select(Renewal.order_id, Service.id, Service.kind, Service.product, Service.name,
+                       Service.period_months, Service.state, Renewal.item_id, Renewal.term_expiry,
+                       Renewal.months)
+                .join(Renewal, Renewal.service_id == Service.id)
+                .where(Renewal.order_id.in_(renewals))
+                .order_by(Service.id)).all():
+            services[oid].append(ServiceView(sid, kind, product, name, months, state, "renew",
+                                             item_id, term.isoformat(), renew_months))
+    firsts = [i for i in ids if not renewal[i]]
+    if firsts:
+        for oid, sid, kind, product, name, months, state, action, item_id in session.execute(
+                select(Service.order_id, Service.id, Service.kind, Service.product, Service.name,
+                       Service.period_months, Service.state, OrderItemRow.action, Service.item_id)
+                .join(OrderItemRow, OrderItemRow.id == Service.item_id)
+                .where(Service.order_id.in_(firsts))
+                .order_by(Service.id)).all():
+            services[oid].append(ServiceView(sid, kind, product, name, months, state, action,
+                                             item_id))
+    return {
+        i: OrderView(order_id=i, proforma_id=latest[i][0], proforma_number=latest[i][1],
+                     paid=latest[i][2] == ProformaState.PAID.value, services=tuple(services[i]))
+        for i in ids
+    }
 
 
 def find_order(session: Session, ref: str) -> Order:

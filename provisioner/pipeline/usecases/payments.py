@@ -24,6 +24,15 @@ REST API, built by the composition root) confirms its capture. A capture PayPal 
 confirm is recorded as ``unconfirmed`` for ops and never settles; PayPal not answering
 leaves the notification stored for the re-drive.
 
+The worker settles in batches (`process_pending`, `_settle_batch`): one transaction per
+batch of stored notifications, claimed oldest first with FOR UPDATE SKIP LOCKED (two
+workers on PostgreSQL take disjoint batches; SQLite has one writer at a time); the
+proformas they name are locked in one query, and what the batch adds besides the
+payments (statuses, orders paid, the plans' steps, audit entries) is written with one
+statement per kind before the commit. A crash before the commit leaves nothing of the
+batch; the next run settles it, once. What a batch writes is what one notification in a
+transaction of its own writes (`_Writes`, `_BatchWrites`).
+
 One notification never holds up the others (`process_pending`): one whose processing
 fails becomes `error` with the reason, ops are alerted once, and `payments list
 --unmatched` lists it (with the notices that name no transaction id, `no_txn_id`);
@@ -42,12 +51,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -63,12 +72,12 @@ from provisioner.errors import ConfigurationError, InvalidInput, TransientError
 from provisioner.pipeline.capabilities.lifecycle.lapse import note_late_payment
 from provisioner.pipeline.engine.plan import Planner
 from provisioner.pipeline.engine.ports import OpsAlert
-from provisioner.pipeline.engine.runner import record
-from provisioner.pipeline.usecases.orders import order_view
+from provisioner.pipeline.engine.runner import record, record_many
+from provisioner.pipeline.usecases.orders import order_view, order_views
 from provisioner.pipeline.usecases.withdrawal import own_refund
-from provisioner.store.audit import audit
+from provisioner.store.audit import audit, audit_values
 from provisioner.store.db import transaction
-from provisioner.store.models import Notification, Order, Payment, Proforma, Service
+from provisioner.store.models import AuditEntry, Notification, Order, Payment, Proforma, Service
 from provisioner.store.webhooks import Claim
 from provisioner.timeutil import utcnow
 
@@ -144,12 +153,19 @@ _PROFORMA_BY_REFERENCE = select(Proforma).where(
     Proforma.reference == bindparam("reference")).with_for_update()
 # EUR payments that count, less the reversals (refunds, chargebacks) recorded against
 # the proforma: money that went back does not pay it.
-_PAID_SO_FAR = select(func.coalesce(func.sum(case(
-    (_PAYMENTS.c.kind == "reversal", -_PAYMENTS.c.amount), else_=_PAYMENTS.c.amount)), 0)).where(
-    _PAYMENTS.c.proforma_id == bindparam("pid"),
+_PAID = func.coalesce(func.sum(case(
+    (_PAYMENTS.c.kind == "reversal", -_PAYMENTS.c.amount), else_=_PAYMENTS.c.amount)), 0)
+_COUNTED = (
     _PAYMENTS.c.currency == "EUR",
     or_(and_(_PAYMENTS.c.kind == "payment", _PAYMENTS.c.status.in_(_PAID_STATUSES)),
         and_(_PAYMENTS.c.kind == "reversal", _PAYMENTS.c.status == MatchStatus.REVERSAL.value)),
+)
+_PAID_SO_FAR = select(_PAID).where(_PAYMENTS.c.proforma_id == bindparam("pid"), *_COUNTED)
+# The same for a batch's proformas at once (`_lock_proformas`).
+_PAID_BY_PROFORMA = (
+    select(_PAYMENTS.c.proforma_id, _PAID)
+    .where(_PAYMENTS.c.proforma_id.in_(bindparam("pids", expanding=True)), *_COUNTED)
+    .group_by(_PAYMENTS.c.proforma_id)
 )
 # The proforma of the payment a reversal reverses (a refund names the payment, not the
 # proforma).
@@ -178,6 +194,21 @@ _SERVICES = cast(Table, Service.__table__)
 _SERVICES_PROVISIONING = (
     update(_SERVICES)
     .where(_SERVICES.c.order_id == bindparam("oid"),
+           _SERVICES.c.state == ServiceState.PENDING_PAYMENT.value)
+    .values(state=ServiceState.PROVISIONING.value, updated_at=bindparam("now"))
+)
+
+# A batch's (`_BatchWrites.flush`): one statement each.
+_NOTIFICATIONS_PROCESSED = (
+    update(_NOTIFICATIONS)
+    .where(_NOTIFICATIONS.c.id.in_(bindparam("nids", expanding=True)))
+    .values(status="processed")
+)
+_ORDERS_PAID = update(_ORDERS).where(_ORDERS.c.id.in_(bindparam("oids", expanding=True))).values(
+    status="paid")
+_ORDERS_SERVICES_PROVISIONING = (
+    update(_SERVICES)
+    .where(_SERVICES.c.order_id.in_(bindparam("oids", expanding=True)),
            _SERVICES.c.state == ServiceState.PENDING_PAYMENT.value)
     .values(state=ServiceState.PROVISIONING.value, updated_at=bindparam("now"))
 )
@@ -319,11 +350,16 @@ def ingest(factory: sessionmaker[Session], notice: PaymentNotice, actor: str,
     return result
 
 
-def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, str | None]:
+def _find_proforma(s: Session, notice: PaymentNotice,
+                   known: _Known | None = None) -> tuple[Proforma | None, str | None]:
+    """The proforma a payment names (by number, else by its payment reference), row-locked.
+    ``known``: the batch's proformas, locked already (`_lock_proformas`); one not among
+    them is looked up."""
     if notice.proforma:
-        p = s.execute(
-            _PROFORMA_BY_NUMBER, {"number": notice.proforma.strip()}
-        ).scalar_one_or_none()
+        number = notice.proforma.strip()
+        p = known.numbers.get(number) if known is not None else None
+        if p is None:
+            p = s.execute(_PROFORMA_BY_NUMBER, {"number": number}).scalar_one_or_none()
         if p is not None:
             return p, None
     if notice.reference:
@@ -331,7 +367,9 @@ def _find_proforma(s: Session, notice: PaymentNotice) -> tuple[Proforma | None, 
             ref = references.parse_reference(notice.reference)
         except InvalidInput as exc:
             return None, f"payment reference {notice.reference!r} is invalid: {exc}"
-        p = s.execute(_PROFORMA_BY_REFERENCE, {"reference": str(ref)}).scalar_one_or_none()
+        p = known.references.get(str(ref)) if known is not None else None
+        if p is None:
+            p = s.execute(_PROFORMA_BY_REFERENCE, {"reference": str(ref)}).scalar_one_or_none()
         if p is not None:
             return p, None
         return None, f"no proforma with reference {ref}"
@@ -437,8 +475,9 @@ def _set_status(s: Session, notification_id: int, status: str, detail: str | Non
 
 def _process(
     s: Session, notification_id: int, note_status: str, notice: PaymentNotice, actor: str,
-    planner: Planner,
+    planner: Planner, writes: _Writes | None = None, known: _Known | None = None,
 ) -> IngestResult:
+    writes = writes or _DIRECT
     if note_status != "stored":
         return IngestResult(note_status, notification_id)
     if notice.kind == "ignored" or notice.amount is None:
@@ -449,7 +488,7 @@ def _process(
                     f"{notice.kind} of {notice.amount} {notice.currency or '?'} without a transaction "
                     "id: not recorded; ops must look at it")
         return IngestResult("no_txn_id", notification_id)
-    proforma, why = _find_proforma(s, notice)
+    proforma, why = _find_proforma(s, notice, known)
     wrong_account = _wrong_account(proforma, notice)
     if wrong_account is not None:
         proforma, why = None, wrong_account
@@ -458,7 +497,10 @@ def _process(
     kind = "reversal" if notice.kind == "reversal" else "payment"
     paid_so_far = Decimal("0")
     if proforma is not None:
-        paid_so_far = max(Decimal(s.execute(_PAID_SO_FAR, {"pid": proforma.id}).scalar_one()), Decimal(0))
+        paid = known.paid.get(proforma.id) if known is not None else None
+        if paid is None:
+            paid = Decimal(s.execute(_PAID_SO_FAR, {"pid": proforma.id}).scalar_one())
+        paid_so_far = max(paid, Decimal(0))
     if kind == "reversal":
         status, settles, detail = MatchStatus.REVERSAL, False, (
             f"reversal of {notice.reverses_txn or notice.txn_id}: ops must review"
@@ -491,20 +533,22 @@ def _process(
         "detail": detail,
         "received_at": utcnow(),
     }).first()
+    if known is not None and proforma is not None:
+        known.paid.pop(proforma.id, None)  # it changed: asked again if another pays it
     if payment_row is None:
         _set_status(s, notification_id, "duplicate_txn",
                     f"transaction {notice.txn_id} was already recorded")
         return IngestResult("duplicate_txn", notification_id)
-    _set_status(s, notification_id, "processed")
-    audit(s, actor, "payment.recorded", "payment", payment_row[0],
-          {"status": status.value, "amount": str(notice.amount),
-           "proforma": proforma.number if proforma else None})
+    writes.processed(s, notification_id)
+    writes.audit(s, actor, "payment.recorded", "payment", payment_row[0],
+                 {"status": status.value, "amount": str(notice.amount),
+                  "proforma": proforma.number if proforma else None})
     if status is MatchStatus.PROFORMA_CANCELLED and proforma is not None:
         note_late_payment(s, payment_row[0], proforma)  # a lapsed order's: ops told once
     settled = False
     order_id = proforma.order_id if proforma is not None else None
     if settles and proforma is not None:
-        settled = _settle(s, proforma, actor, planner)
+        settled = _settle(s, proforma, actor, planner, writes)
     return IngestResult(
         status.value, notification_id, order_id,
         proforma.number if proforma is not None else None, settled,
@@ -516,76 +560,337 @@ def _reversed_proforma(s: Session, notice: PaymentNotice) -> Proforma | None:
     return None if pid is None else s.execute(_PROFORMA_BY_ID, {"pid": pid}).scalar_one_or_none()
 
 
-def _settle(s: Session, proforma: Proforma, actor: str, planner: Planner) -> bool:
+def _settle(s: Session, proforma: Proforma, actor: str, planner: Planner,
+            writes: _Writes) -> bool:
     """OPEN -> PAID exactly once; then services and the plan (in the same transaction)."""
     now = utcnow()
     res = s.execute(_SETTLE_PROFORMA, {"pid": proforma.id, "now": now})
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
     order_id, number = proforma.order_id, proforma.number
-    s.expire(proforma)
-    s.execute(_ORDER_PAID, {"oid": order_id})
-    s.execute(_SERVICES_PROVISIONING, {"oid": order_id, "now": now})
-    audit(s, actor, "proforma.paid", "proforma", number)
-    record(s, order_id, planner.plan(order_view(s, order_id)))
+    s.expire(proforma, ["state", "paid_at"])  # the UPDATE above wrote them
+    writes.settled(s, order_id, now, planner)
+    writes.audit(s, actor, "proforma.paid", "proforma", number)
     return True
 
 
 # Failures that pass: the notification stays `stored` and the next run tries again.
 _RETRY_LATER = (TransientError, OperationalError, InterfaceError, PoolTimeout)
+#: Notifications settled per transaction by `process_pending`.
+BATCH = 100
+_AUDIT = cast(Table, AuditEntry.__table__)
+
+
+class _Writes:
+    """What `_process` writes besides the payment: the notification `processed`, the
+    settled order paid with its services provisioning and its plan in the journal, the
+    audit entries. Here straight into the session (a notification in a transaction of
+    its own); `_BatchWrites` writes a batch's together."""
+
+    def processed(self, s: Session, notification_id: int) -> None:
+        _set_status(s, notification_id, "processed")
+
+    def settled(self, s: Session, order_id: int, now: datetime, planner: Planner) -> None:
+        s.execute(_ORDER_PAID, {"oid": order_id})
+        s.execute(_SERVICES_PROVISIONING, {"oid": order_id, "now": now})
+        record(s, order_id, planner.plan(order_view(s, order_id)))
+
+    def audit(self, s: Session, actor: str, action: str, entity: str,
+              entity_id: object | None = None, detail: dict[str, Any] | None = None) -> None:
+        audit(s, actor, action, entity, entity_id, detail)
+
+
+_DIRECT = _Writes()
+
+
+class _BatchWrites(_Writes):
+    """A batch's: collected while its notifications are processed, then written before
+    the batch commits (`flush`), each kind in one statement: the notifications'
+    status, the orders paid and their services provisioning (an UPDATE over the ids
+    each; the services' ``updated_at`` is the last settlement's time), the settled
+    orders' plans (their views read in a few queries, `order_views`; one INSERT of all
+    the steps, `record_many`), the audit entries (one INSERT of all, in the order they
+    were made). What a notification added is dropped when its savepoint rolls back
+    (`mark`, `drop_since`)."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.done: list[int] = []  # notifications processed
+        self.orders: list[tuple[int, datetime]] = []  # orders settled, in that order
+        self.audits: list[dict[str, Any]] = []
+
+    def processed(self, s: Session, notification_id: int) -> None:
+        self.done.append(notification_id)
+
+    def settled(self, s: Session, order_id: int, now: datetime, planner: Planner) -> None:
+        self.orders.append((order_id, now))
+
+    def audit(self, s: Session, actor: str, action: str, entity: str,
+              entity_id: object | None = None, detail: dict[str, Any] | None = None) -> None:
+        self.audits.append(audit_values(actor, action, entity, entity_id, detail))
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.done), len(self.orders), len(self.audits)
+
+    def drop_since(self, mark: tuple[int, int, int]) -> None:
+        del self.done[mark[0]:]
+        del self.orders[mark[1]:]
+        del self.audits[mark[2]:]
+
+    def flush(self, s: Session) -> None:
+        if self.done:
+            s.execute(_NOTIFICATIONS_PROCESSED, {"nids": self.done})
+        if self.orders:
+            oids = [oid for oid, _ in self.orders]
+            s.execute(_ORDERS_PAID, {"oids": oids})
+            s.execute(_ORDERS_SERVICES_PROVISIONING, {"oids": oids, "now": self.orders[-1][1]})
+            views = order_views(s, oids)
+            record_many(s, [(oid, self.planner.plan(views[oid])) for oid in oids])
+        if self.audits:
+            s.execute(insert(_AUDIT), self.audits)
+
+
+@dataclass
+class _Known:
+    """A batch's proformas, by number and by payment reference, locked in id order, and
+    what is paid of each (`_PAID_SO_FAR`) until the batch records a payment for it."""
+
+    numbers: dict[str, Proforma] = field(default_factory=dict)
+    references: dict[str, Proforma] = field(default_factory=dict)
+    paid: dict[int, Decimal] = field(default_factory=dict)
+
+
+def _lock_proformas(s: Session, notices: list[PaymentNotice | None]) -> _Known:
+    """The proformas a batch's payments name, read and row-locked in one query, in id
+    order (two workers' batches lock what they share in the same order), and what is
+    paid of them in another. A payment for a proforma is recorded only under its lock,
+    so what is paid changes only by what the batch records itself (`_process`)."""
+    numbers = {n.proforma.strip() for n in notices if n is not None and n.proforma}
+    refs: set[str] = set()
+    for n in notices:
+        if n is not None and n.reference:
+            try:
+                refs.add(str(references.parse_reference(n.reference)))
+            except InvalidInput:
+                continue  # `_find_proforma` says why
+    known = _Known()
+    if not numbers and not refs:
+        return known
+    for p in s.execute(select(Proforma).where(or_(Proforma.number.in_(sorted(numbers)),
+                                                   Proforma.reference.in_(sorted(refs))))
+                       .order_by(Proforma.id).with_for_update()).scalars():
+        known.numbers[p.number] = p
+        if p.reference:
+            known.references[p.reference] = p
+        known.paid[p.id] = Decimal(0)
+    if known.paid:
+        known.paid.update((pid, Decimal(paid)) for pid, paid in s.execute(
+            _PAID_BY_PROFORMA, {"pids": sorted(known.paid)}).all())
+    return known
+
+
+def _reason(exc: Exception) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"[:1000]
+
+
+def _what(notification_id: int, data: object) -> str:
+    notice = data if isinstance(data, dict) else {}
+    return f"payment notification {notification_id} ({notice.get('provider')} {notice.get('event_id')})"
+
+
+def _alert_error(alert: OpsAlert | None, notification_id: int, data: object, reason: str) -> None:
+    """Ops are told about a notification marked `error` (by the one run that marked it)."""
+    if alert is None:
+        return
+    try:
+        alert(step_key=f"notification:{notification_id}", order_id=0, attempts=1,
+              detail=f"{_what(notification_id, data)} could not be processed and is not settled "
+                     f"(see `provisioner payments list --unmatched`): {reason}")
+    except Exception:  # noqa: BLE001 - the alert is best effort; the log line stays
+        log.exception("could not send the ops alert for notification %s", notification_id)
 
 
 def _fail(factory: sessionmaker[Session], notification_id: int, data: object, exc: Exception,
           alert: OpsAlert | None) -> IngestResult:
     """Mark a notification whose processing failed `error` with the reason; the one run
     that marks it alerts ops (so once per notification)."""
-    first_line = str(exc).splitlines()[0] if str(exc) else ""
-    reason = f"{type(exc).__name__}: {first_line}"[:1000]
-    notice = data if isinstance(data, dict) else {}
-    what = f"payment notification {notification_id} ({notice.get('provider')} {notice.get('event_id')})"
-    log.error("%s could not be processed, marked error: %s", what, reason, exc_info=exc)
+    reason = _reason(exc)
+    log.error("%s could not be processed, marked error: %s", _what(notification_id, data), reason,
+              exc_info=exc)
     with transaction(factory) as s:
         res = s.execute(_MARK_ERROR, {"nid": notification_id, "new_detail": reason})
         marked = res.rowcount == 1  # type: ignore[attr-defined]
-    if marked and alert is not None:
-        try:
-            alert(step_key=f"notification:{notification_id}", order_id=0, attempts=1,
-                  detail=f"{what} could not be processed and is not settled (see "
-                         f"`provisioner payments list --unmatched`): {reason}")
-        except Exception:  # noqa: BLE001 - the alert is best effort; the log line above stays
-            log.exception("could not send the ops alert for notification %s", notification_id)
+    if marked:
+        _alert_error(alert, notification_id, data, reason)
     return IngestResult("error", notification_id)
+
+
+def _process_one(factory: sessionmaker[Session], planner: Planner, notification_id: int,
+                 data: object, actor: str, confirm: Confirm | None,
+                 alert: OpsAlert | None) -> IngestResult:
+    """One stored notification in a transaction of its own (`process`): `error` if it
+    fails, `retry` (left stored) if the failure passes."""
+    try:
+        return process(factory, notification_id, notice_from_json(cast(dict[str, object], data)),
+                       actor, planner, confirm)
+    except _RETRY_LATER as exc:
+        log.warning("payment notification %s: %s; left stored for the next run", notification_id, exc)
+        return IngestResult("retry", notification_id)
+    except Exception as exc:  # noqa: BLE001 - one bad notification must not stop the rest
+        return _fail(factory, notification_id, data, exc, alert)
+
+
+def _claim(size: int) -> Any:
+    """The batch's notifications, oldest first, row-locked; SKIP LOCKED: a second worker
+    takes the next ones instead of waiting (PostgreSQL; SQLite has one writer at a time
+    and ignores FOR UPDATE). Providers whose API confirms a payment (PayPal) are not
+    batched: the confirmation is an HTTP call, made outside any transaction."""
+    n = _NOTIFICATIONS.c
+    return (select(n.id, n.notice)
+            .where(n.status == "stored", n.received_at <= bindparam("cutoff"),
+                   n.id > bindparam("after"), n.provider.not_in(sorted(_CONFIRMED_BY_API)))
+            .order_by(n.id).limit(size).with_for_update(skip_locked=True))
+
+
+def _notice(data: object) -> PaymentNotice | None:
+    try:
+        return notice_from_json(cast(dict[str, object], data))
+    except Exception:  # noqa: BLE001 - `_process_in_batch` marks it error with the reason
+        return None
+
+
+def _process_in_batch(s: Session, notification_id: int, data: object, actor: str,
+                      planner: Planner, writes: _BatchWrites, known: _Known,
+                      marked: list[tuple[int, object, str]] | None) -> IngestResult:
+    """One notification of a batch. ``marked`` None: straight in the batch's transaction,
+    any failure fails the batch. Else in a SAVEPOINT: if it fails, only what it did rolls
+    back; it is marked `error` in the batch (``marked``: ops are alerted after the
+    commit), or left stored if the failure passes (`retry`)."""
+    if marked is None:
+        return _process(s, notification_id, "stored", notice_from_json(cast(dict[str, object], data)),
+                        actor, planner, writes, known)
+    mark = writes.mark()
+    try:
+        with s.begin_nested():
+            notice = notice_from_json(cast(dict[str, object], data))
+            return _process(s, notification_id, "stored", notice, actor, planner, writes, known)
+    except _RETRY_LATER as exc:
+        writes.drop_since(mark)
+        log.warning("payment notification %s: %s; left stored for the next run", notification_id, exc)
+        return IngestResult("retry", notification_id)
+    except Exception as exc:  # noqa: BLE001 - one bad notification must not stop the rest
+        writes.drop_since(mark)
+        reason = _reason(exc)
+        log.error("%s could not be processed, marked error: %s", _what(notification_id, data),
+                  reason, exc_info=exc)
+        res = s.execute(_MARK_ERROR, {"nid": notification_id, "new_detail": reason})
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            marked.append((notification_id, data, reason))
+        return IngestResult("error", notification_id)
+
+
+class _Redo(Exception):
+    """A notification of a batch run without savepoints failed: the batch rolls back and
+    runs again with them."""
+
+
+def _settle_batch(
+    factory: sessionmaker[Session], planner: Planner, *, size: int, after: int,
+    cutoff: datetime, actor: str, alert: OpsAlert | None,
+) -> tuple[list[IngestResult], list[int]]:
+    """One transaction: claim up to ``size`` stored notifications (`_claim`), lock the
+    proformas they name (`_lock_proformas`), process each, write what the batch adds in
+    one statement per kind (`_BatchWrites.flush`), commit; then alert ops of those marked
+    `error`. Returns the results and the ids claimed.
+
+    Nothing of a batch is half-done: a crash anywhere before the commit rolls all of it
+    back, and the next run settles its notifications once. The batch runs first without
+    savepoints (two round trips fewer per notification); if one of its notifications
+    fails, it rolls back and runs again with a savepoint for each, so the failing one is
+    marked `error` (or left stored, if the failure passes) and the others settle. If the
+    batch fails as a whole (its final statements, the commit), a passing failure leaves
+    them all stored (`retry`); any other processes them one at a time (`_process_one`)."""
+    claimed: list[tuple[int, object]] = []
+    for isolated in (False, True):
+        writes = _BatchWrites(planner)
+        marked: list[tuple[int, object, str]] = []
+        results: list[IngestResult] = []
+        try:
+            with transaction(factory) as s:
+                claimed = [(int(nid), data) for nid, data in
+                           s.execute(_claim(size), {"cutoff": cutoff, "after": after}).all()]
+                known = _lock_proformas(s, [_notice(data) for _, data in claimed])
+                for nid, data in claimed:
+                    try:
+                        results.append(_process_in_batch(s, nid, data, actor, planner, writes, known,
+                                                         marked if isolated else None))
+                    except Exception as exc:
+                        if isolated:
+                            raise
+                        raise _Redo() from exc
+                writes.flush(s)
+        except _Redo as redo:
+            log.info("payment notification batch: one failed (%s); again with a savepoint each",
+                     _reason(cast(Exception, redo.__cause__)))
+            continue
+        except _RETRY_LATER as exc:
+            if not claimed:
+                raise
+            log.warning("a batch of %d payment notification(s) was not committed: %s; left "
+                        "stored for the next run", len(claimed), exc)
+            return [IngestResult("retry", nid) for nid, _ in claimed], [nid for nid, _ in claimed]
+        except Exception:
+            if not claimed:
+                raise
+            log.exception("a batch of %d payment notification(s) failed as a whole; processing "
+                          "them one at a time", len(claimed))
+            return ([_process_one(factory, planner, nid, data, actor, None, alert)
+                     for nid, data in claimed], [nid for nid, _ in claimed])
+        for nid, data, reason in marked:
+            _alert_error(alert, nid, data, reason)
+        return results, [nid for nid, _ in claimed]
+    raise AssertionError("unreachable: the isolated run returns or raises")
 
 
 def process_pending(
     factory: sessionmaker[Session], planner: Planner, *, limit: int = 500, older_than_s: float = 0.0,
     actor: str = "system:payments", confirm: Confirm | None = None, alert: OpsAlert | None = None,
+    batch: int = BATCH,
 ) -> list[IngestResult]:
-    """Process stored notifications, oldest first, each in a transaction of its own.
-    Run by the worker right after webhooks arrive, and by the re-drive as a backstop
-    (`older_than_s`) for any whose processing crashed.
+    """Process up to ``limit`` stored notifications, oldest first, ``batch`` per
+    transaction (`_settle_batch`). Run by the worker right after webhooks arrive, and by
+    the re-drive as a backstop (`older_than_s`) for any whose processing crashed. Two
+    workers at once split the backlog (PostgreSQL: SKIP LOCKED); a notification is
+    settled by one of them, once.
 
     One that fails is marked `error` (``alert`` tells ops, once) and the rest go on; a
-    passing failure (`_RETRY_LATER`) leaves it `stored` (result ``retry``)."""
+    passing failure (`_RETRY_LATER`) leaves it `stored` (result ``retry``). A provider's
+    payments that its API confirms (PayPal) are processed one at a time after the batches,
+    each confirmed outside its transaction (`process`)."""
+    if batch < 1:
+        raise InvalidInput(f"batch must be at least 1, not {batch}")
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with transaction(factory) as s:
-        rows = list(
-            s.execute(
-                select(Notification.id, Notification.notice)
-                .where(Notification.status == "stored", Notification.received_at <= cutoff)
-                .order_by(Notification.id)
-                .limit(limit)
-            ).all()
-        )
     results: list[IngestResult] = []
-    for nid, data in rows:
-        try:
-            results.append(process(factory, nid, notice_from_json(data), actor, planner, confirm))
-        except _RETRY_LATER as exc:
-            log.warning("payment notification %s: %s; left stored for the next run", nid, exc)
-            results.append(IngestResult("retry", nid))
-        except Exception as exc:  # noqa: BLE001 - one bad notification must not stop the rest
-            results.append(_fail(factory, nid, data, exc, alert))
+    after = 0
+    while len(results) < limit:
+        size = min(batch, limit - len(results))
+        done, claimed = _settle_batch(factory, planner, size=size, after=after, cutoff=cutoff,
+                                      actor=actor, alert=alert)
+        results += done
+        if len(claimed) < size:
+            break
+        after = claimed[-1]
+    if len(results) < limit:
+        with transaction(factory) as s:
+            rows = list(s.execute(
+                select(Notification.id, Notification.notice)
+                .where(Notification.status == "stored", Notification.received_at <= cutoff,
+                       Notification.provider.in_(sorted(_CONFIRMED_BY_API)))
+                .order_by(Notification.id)
+                .limit(limit - len(results))).all())
+        for nid, data in rows:
+            results.append(_process_one(factory, planner, nid, data, actor, confirm, alert))
     return results
 
 

@@ -205,3 +205,143 @@ def test_a_fingerprint_is_trusted_only_with_times_the_engine_keeps(table: list[s
     fp = fingerprint(tables=[table])
     assert SCRIPT.fingerprint_trusted(fp) is trusted
     assert SCRIPT.dump_needed(dict(fp, dump=STAT), fp, STAT) is not trusted
+
+
+# -- one restic run per backup: the full snapshot id from restic's cache ------------------------------
+FULL = "3f2a9c1d" + "b" * 56
+
+
+class ResticBackup:
+    """A repository whose ``restic backup --json`` prints restic 0.14's summary (short id only)."""
+
+    url = URL
+
+    def __init__(self, listed: list[dict[str, Any]]) -> None:
+        self.listed = listed
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[str, str, int]:
+        self.calls.append(args)
+        summary = {"message_type": "summary", "snapshot_id": FULL[:8], "data_added": 10,
+                   "total_bytes_processed": 5, "total_files_processed": 1}
+        return '{"message_type":"status"}\n' + json.dumps(summary) + "\n", "", 0
+
+    def json(self, *args: str) -> Any:
+        self.calls.append(args)
+        return self.listed
+
+
+@pytest.fixture
+def account_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An account ``acct`` with a home and no database; restic's cache below tmp_path/cache."""
+    home = tmp_path / "hosting" / "acct"
+    home.mkdir(parents=True)
+    (home / "index.html").write_text("hi")
+    monkeypatch.setattr(SCRIPT, "HOSTING_ROOT", str(tmp_path / "hosting"))
+    monkeypatch.setattr(SCRIPT, "STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(SCRIPT, "SERVICES", str(tmp_path / "services"))
+    monkeypatch.setattr(SCRIPT, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(SCRIPT, "db_fingerprint", lambda account: None)
+    return tmp_path / "cache"
+
+
+def cache_snapshots(cache: Path, repo_id: str, *ids: str) -> None:
+    for i in ids:  # restic 0.14's cache layout
+        (cache / repo_id / "snapshots" / i[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / repo_id / "snapshots" / i[:2] / i).write_bytes(b"encrypted")
+
+
+def test_a_backup_takes_the_full_snapshot_id_from_restics_cache_in_one_restic_run(
+        account_home: Path) -> None:
+    cache_snapshots(account_home, "c" * 64, "3f2a0000" + "0" * 56, FULL)
+    repo = ResticBackup([])
+    when = SCRIPT.parse_time("2026-01-05T03:15:00Z")
+    out = SCRIPT.op_backup("acct", "42", when, repo=repo)
+    assert [c[0] for c in repo.calls] == ["backup"]
+    assert repo.calls[0][1:5] == ("--compression", "off", "--pack-size", "64")  # the role's defaults
+    assert out["id"] == FULL and out["short_id"] == FULL[:8]
+    assert out["parts"]["home"] == {"bytes": 2, "files": 1}  # counted beside restic
+    assert out["created_at"] == "2026-01-05T03:15:00Z" and out["service"] == "42"
+    assert out["home"] == str(account_home.parent / "hosting" / "acct") and out["added_bytes"] == 10
+
+
+@pytest.mark.parametrize("cached", [(), (FULL, FULL[:8] + "e" * 56)])
+def test_without_one_cached_match_a_backup_asks_restic_for_the_snapshot(account_home: Path,
+                                                                       cached: tuple[str, ...]) -> None:
+    for n, snap_id in enumerate(cached):  # none, or the short id twice (two repositories' caches)
+        cache_snapshots(account_home, str(n) * 64, snap_id)
+    listed = {"id": FULL, "short_id": FULL[:8], "time": "2026-01-05T03:15:00.5Z", "hostname": "n",
+              "tags": ["account:acct"], "paths": [str(account_home.parent / "hosting" / "acct")]}
+    repo = ResticBackup([listed])
+    out = SCRIPT.op_backup("acct", repo=repo)
+    assert [c[0] for c in repo.calls] == ["backup", "snapshots"]
+    assert out["id"] == FULL and out["created_at"] == "2026-01-05T03:15:00Z"
+
+
+# -- the nightly run calls restic forget only where the retention removes something ------------------
+def nights(*days: int, hour: str = "03:15:00.25") -> list[str]:
+    return [f"2026-01-{d:02d}T{hour}Z" for d in days]
+
+
+@pytest.mark.parametrize(("times", "keep", "due"), [
+    ([], 7, False),
+    (nights(*range(1, 8)), 7, False),  # one a night, exactly as many as kept
+    (nights(*range(1, 9)), 7, True),  # the eighth night: the first goes
+    (nights(1, 2) + ["2026-01-02T12:00:00Z"], 7, True),  # two on one day: the older goes
+    (nights(1, 2), 1, True),
+    (nights(5), 1, False),
+    (["2026-01-01T04:15:00+01:00"], 7, True),  # not UTC: restic decides
+    (["yesterday"], 7, True),
+])
+def test_retention_is_due_exactly_when_keep_daily_removes_a_snapshot(times: list[str], keep: int,
+                                                                      due: bool) -> None:
+    assert SCRIPT.forget_due(times, keep) is due
+
+
+class NightlyRepo:
+    """The repository as the nightly run sees it: one listing, forget and prune recorded."""
+
+    url = URL
+
+    def __init__(self, listed: list[dict[str, Any]] | None) -> None:
+        self.listed = listed
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[str, str, int]:
+        self.calls.append(args)
+        return "", "", 0
+
+    def snapshots(self, *tags: str) -> list[dict[str, Any]]:
+        self.calls.append(("snapshots", *tags))
+        if self.listed is None:
+            raise SCRIPT.Failed("failed", "restic snapshots failed")
+        return self.listed
+
+    def json(self, *args: str) -> Any:
+        self.calls.append(args)
+        return [{"keep": [], "remove": [{"id": "old"}]}]
+
+
+@pytest.mark.parametrize("listing_works", [True, False])
+def test_the_nightly_run_forgets_only_where_the_retention_removes_a_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing_works: bool) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("fresh", "full"):  # mega plans: keep 7 days
+        (state / f"{name}.json").write_text(json.dumps({"plan": "mega", "domains": []}))
+    listed = [{"id": f"f{d}", "time": f"2026-01-0{d}T03:15:00.5Z", "tags": ["account:full"]}
+              for d in range(1, 8)]
+    listed.append({"id": "y", "time": "2026-01-07T03:15:00.5Z", "tags": ["account:fresh"]})
+    repo = NightlyRepo(listed if listing_works else None)
+    for name, value in (("STATE_DIR", state), ("WORK", tmp_path / "work"), ("LOCK_DIR", tmp_path / "locks"),
+                        ("EXCLUDE_DIR", tmp_path / "exclude"), ("LEGACY_ROOT", tmp_path / "legacy")):
+        monkeypatch.setattr(SCRIPT, name, str(value))
+    monkeypatch.setattr(SCRIPT, "Repo", lambda: repo)
+    monkeypatch.setattr(SCRIPT, "op_backup", lambda account, repo=None: {
+        "id": "new-" + account, "created_at": "2026-01-08T03:15:00Z"})
+    out = SCRIPT.op_nightly()
+    forgotten = [c[2] for c in repo.calls if c[0] == "forget"]
+    # "full" has 8 days now: the oldest goes; "fresh" has 2 of 7: restic is not even asked
+    assert forgotten == (["account:full"] if listing_works else ["account:fresh", "account:full"])
+    assert out["ok"] is True and out["accounts"]["full"]["backup"] == "new-full"
+    assert ("prune",) in repo.calls

@@ -5,7 +5,8 @@ checks that at ordering). Paying the proforma plans ``migration.intake`` after t
 line's ``hosting.account``; the step records the migration (``migrations``: the price
 the brand charges on withdrawal, the state) and mails the customer a one-time link to
 the intake form (`provisioner.pipeline.onetime`; the form is a customer page). The
-source arrives sealed (`sources`); the survey, copy, verify and cut-over steps (later)
+source arrives sealed (`sources`), which plans ``migration.survey`` (`survey`: read-only,
+measures the old provider against the caps); the copy, verify and cut-over steps (later)
 read it with `sources.open_source`, set ``migration_used_at`` when they first copy, and
 end with `sources.wipe_source`.
 
@@ -24,7 +25,8 @@ from sqlalchemy.orm import Session
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.lifecycle import ServiceState
 from provisioner.errors import StepFailed
-from provisioner.pipeline.capabilities.migration.sources import AWAITING
+from provisioner.pipeline.capabilities.migration.sources import AWAITING, SURVEY
+from provisioner.pipeline.capabilities.migration.survey import step_migration_survey
 from provisioner.pipeline.engine.plan import (
     LinePlanner,
     OrderView,
@@ -141,4 +143,4 @@ def _record(ctx: StepContext, s: Session, box: Outbox, step: Step, service_id: i
 
 
 PLANNERS: dict[str, LinePlanner] = {"migration": plan_migration_line}
-HANDLERS: dict[str, Handler] = {INTAKE: step_migration_intake}
+HANDLERS: dict[str, Handler] = {INTAKE: step_migration_intake, SURVEY: step_migration_survey}

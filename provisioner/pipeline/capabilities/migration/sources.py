@@ -20,16 +20,23 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.config import Settings
+from provisioner.domain.lifecycle import StepState
 from provisioner.errors import ConfigurationError, InvalidInput, NotFound
 from provisioner.keyfiles import fernet_from
 from provisioner.pipeline.capabilities.migration.intake import Source, validate
+from provisioner.pipeline.engine.plan import StepSpec, service_step
+from provisioner.pipeline.engine.runner import record
 from provisioner.pipeline.onetime import checked_digest, claim, refuse
 from provisioner.store.audit import audit
 from provisioner.store.db import transaction
-from provisioner.store.models import Migration, MigrationLink, Service
+from provisioner.store.models import Migration, MigrationLink, Service, Step
 
 KEY_FILE = "migration-fernet.key"
 AWAITING, RECEIVED, WIPED = "awaiting_source", "source_received", "wiped"
+# the survey's verdicts (`survey`): fits, over the cap (stopped unless ops override), a login refused
+SURVEYED, OVER_CAP, REFUSED = "surveyed", "over_cap", "source_refused"
+SURVEY = "migration.survey"
+INTAKE_KIND = "migration.intake"
 WIPED_MARK = b"-"
 
 
@@ -65,6 +72,7 @@ def _store(
     row.source_at = now
     row.source_by = actor[:100]
     row.updated_at = now
+    _plan_survey(s, row.service_id, now)
     audit(
         s,
         actor,
@@ -73,6 +81,26 @@ def _store(
         row.service_id,
         {"sections": source.sections(), "warnings": row.summary["warnings"]},
     )
+
+
+def _plan_survey(s: Session, service_id: int, now: datetime) -> None:
+    """Journal ``migration.survey`` after the intake step (the re-drive queues it); a
+    survey that already ended (a refused login, over the cap) runs again for the new source.
+    A migration outside the journal (no intake step) gets none: ops survey it by hand."""
+    service = s.get(Service, service_id)
+    intake = service_step(service_id, INTAKE_KIND)
+    if service is None or s.execute(select(Step.id).where(Step.key == intake)).first() is None:
+        return
+    key = service_step(service_id, SURVEY)
+    spec = StepSpec(key, SURVEY, (intake,), {"service_id": service_id}, service_id)
+    if record(s, service.order_id, [spec]) == 0:
+        s.execute(
+            update(Step)
+            .where(Step.key == key, Step.state == StepState.DONE.value)
+            .values(state=StepState.PENDING.value, attempts=0, last_error=None, owner=None,
+                    lease_until=None, next_attempt_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def record_source(
@@ -117,7 +145,7 @@ def open_source(factory: sessionmaker[Session], settings: Settings, service_id: 
     with transaction(factory) as s:
         row = _migration(s, service_id)
         sealed = row.sealed
-    if row.state != RECEIVED or not sealed or sealed == WIPED_MARK:
+    if row.state in (AWAITING, WIPED) or not sealed or sealed == WIPED_MARK:
         raise InvalidInput(f"migration service {service_id} has no source (state {row.state})")
     try:
         payload = json.loads(migration_fernet(settings).decrypt(sealed))
@@ -205,4 +233,8 @@ def show(factory: sessionmaker[Session], service_id: int, now: datetime) -> dict
             "wiped_at": row.wiped_at.isoformat() if row.wiped_at else None,
             "wipe_reason": row.wipe_reason,
             "migration_used_at": row.migration_used_at.isoformat() if row.migration_used_at else None,
+            "survey": row.survey,
+            "surveyed_at": row.surveyed_at.isoformat() if row.surveyed_at else None,
+            "override": None if row.override_at is None else {
+                "reason": row.override_reason, "by": row.override_by, "at": row.override_at.isoformat()},
         }
