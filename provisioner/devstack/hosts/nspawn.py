@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from provisioner.adapters.hosting.ansible import Target
+from provisioner.adapters.vps.process import container_init as _container_init
 from provisioner.devstack.hosts import cgroups
 from provisioner.devstack.hosts.images import BASE, NODE, ImageStore, Layer, file_lock, run
 from provisioner.devstack.hosts.ssh import ensure_keypair, wait_for_ssh
@@ -406,29 +407,6 @@ def _forget_neighbour(address: str) -> None:
     """Drop the bridge's ARP entry for ``address`` (it may name a dead host's MAC)."""
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE], check=False)
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return out
-
-
-def _container_init(nspawn_pid: int) -> int:
-    """The child of nspawn that is PID 1 in its own pid namespace."""
-    for child in _children(nspawn_pid):
-        try:
-            status = Path(f"/proc/{child}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("NSpid:") and line.split()[-1] == "1" and len(line.split()) > 2:
-                return child
-    return 0
 
 
 def _has_system_bus(leader: int) -> bool:

@@ -1,0 +1,210 @@
+"""cgroups for machines started by systemd-nspawn on a cgroup v1 / hybrid host (and v2).
+
+Used by the VPS driver on a VPS host whose PID 1 is not systemd (units.PlainUnits) and
+by the throwaway-host harness (provisioner/devstack/hosts, which imports it from here).
+
+On v1/hybrid, systemd inside an nspawn container sees its controllers mounted
+read-only and accepts CPUQuota/MemoryMax without enforcing them. What works here:
+start nspawn from a process already placed in its own cgroups
+(``/sys/fs/cgroup/<controller>/machines/<name>``), then, once the container has booted,
+remount each controller read-write inside it and ``systemctl daemon-reexec``.
+On a pure v2 machine nspawn delegates a cgroup subtree and nothing else is needed;
+we still place nspawn in ``machines/<name>`` so that teardown finds every process.
+Real nodes (systemd on cgroup v2) need none of this; it stays in this adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
+
+
+def mode() -> str:
+    """'v2' (unified), 'hybrid' (v1 controllers + unified) or 'v1'."""
+    try:
+        kind = _fstype(CGROUP_ROOT)
+    except OSError:
+        return "v1"
+    if kind == "cgroup2":
+        return "v2"
+    return "hybrid" if (CGROUP_ROOT / "unified").is_dir() else "v1"
+
+
+def _fstype(path: Path) -> str:
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) >= len(best):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
+def hierarchies() -> list[Path]:
+    """Every hierarchy the host's processes live in that we manage for a machine."""
+    if mode() == "v2":
+        return [CGROUP_ROOT]
+    out = [CGROUP_ROOT / c for c in V1_CONTROLLERS if (CGROUP_ROOT / c).is_dir()]
+    for extra in ("systemd", "unified"):
+        if (CGROUP_ROOT / extra).is_dir():
+            out.append(CGROUP_ROOT / extra)
+    return out
+
+
+def machine_dirs(name: str) -> list[Path]:
+    return [h / "machines" / name for h in hierarchies()]
+
+
+def prepare(name: str) -> None:
+    """Create the machine's cgroups (idempotent)."""
+    for d in machine_dirs(name):
+        d.mkdir(parents=True, exist_ok=True)
+    if mode() == "v2":
+        # Let the machine's subtree use the controllers systemd inside wants.
+        for parent in (CGROUP_ROOT, CGROUP_ROOT / "machines"):
+            ctl = parent / "cgroup.subtree_control"
+            wanted = {"cpu", "memory", "pids", "io"}
+            have = set((parent / "cgroup.controllers").read_text().split())
+            for c in sorted(wanted & have):
+                try:
+                    ctl.write_text(f"+{c}")
+                except OSError:
+                    pass
+
+
+def enter(name: str) -> None:
+    """Move the calling process into the machine's cgroups (runs in the child before exec)."""
+    pid = str(os.getpid())
+    for d in machine_dirs(name):
+        (d / "cgroup.procs").write_text(pid)
+
+
+def pids(name: str) -> set[int]:
+    found: set[int] = set()
+    for d in machine_dirs(name):
+        if not d.is_dir():
+            continue
+        # os.walk ignores directories that vanish while it walks (scopes end all the time)
+        for root, _dirs, files in os.walk(d):
+            if "cgroup.procs" not in files:
+                continue
+            try:
+                found.update(int(p) for p in Path(root, "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def kill_all(name: str, timeout_s: float = 10.0) -> None:
+    """SIGKILL everything in the machine's cgroups until they are empty."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = pids(name)
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes of host {name!r} survive SIGKILL: {sorted(left)}")
+        time.sleep(0.05)
+
+
+def remove(name: str) -> None:
+    """Remove the machine's cgroup trees, deepest first (they must be empty)."""
+    for d in machine_dirs(name):
+        if not d.is_dir():
+            continue
+        subdirs = sorted((p for p in d.rglob("*") if p.is_dir()),
+                         key=lambda p: len(p.parts), reverse=True)
+        for sub in [*subdirs, d]:
+            try:
+                sub.rmdir()
+            except FileNotFoundError:
+                pass
+
+
+CPU_PERIOD_US = 100_000
+
+
+def apply_limits(name: str, *, cpu_percent: int | None = None, memory_bytes: int | None = None,
+                 tasks_max: int | None = None) -> None:
+    """Write the machine's CPU quota, memory limit and tasks limit to its own cgroups
+    (the host-side ones: nothing inside the machine can raise them)."""
+    v2 = mode() == "v2"
+    if cpu_percent is not None:
+        quota = max(1000, cpu_percent * CPU_PERIOD_US // 100)
+        if v2:
+            _write(CGROUP_ROOT / "machines" / name / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        else:
+            d = CGROUP_ROOT / "cpu" / "machines" / name
+            _write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(d / "cpu.cfs_quota_us", str(quota))
+    if memory_bytes is not None:
+        if v2:
+            _write(CGROUP_ROOT / "machines" / name / "memory.max", str(memory_bytes))
+        else:
+            _write(CGROUP_ROOT / "memory" / "machines" / name / "memory.limit_in_bytes",
+                   str(memory_bytes))
+    if tasks_max is not None:
+        d = (CGROUP_ROOT if v2 else CGROUP_ROOT / "pids") / "machines" / name
+        _write(d / "pids.max", str(tasks_max))
+
+
+def read_limits(name: str) -> dict[str, int | None]:
+    """The limits the kernel holds the machine to (None: no limit / no cgroup)."""
+    v2 = mode() == "v2"
+    out: dict[str, int | None] = {"cpu_percent": None, "memory_bytes": None, "tasks_max": None}
+    if v2:
+        d = CGROUP_ROOT / "machines" / name
+        cpu = _read(d / "cpu.max").split()
+        if len(cpu) == 2 and cpu[0] != "max":
+            out["cpu_percent"] = int(cpu[0]) * 100 // int(cpu[1])
+        mem, tasks = _read(d / "memory.max"), _read(d / "pids.max")
+    else:
+        d = CGROUP_ROOT / "cpu" / "machines" / name
+        quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+        if quota and period and int(quota) > 0:
+            out["cpu_percent"] = int(quota) * 100 // int(period)
+        mem = _read(CGROUP_ROOT / "memory" / "machines" / name / "memory.limit_in_bytes")
+        tasks = _read(CGROUP_ROOT / "pids" / "machines" / name / "pids.max")
+        if mem and int(mem) >= 1 << 60:  # v1's "unlimited"
+            mem = ""
+    out["memory_bytes"] = int(mem) if mem.isdigit() else None
+    out["tasks_max"] = int(tasks) if tasks.isdigit() else None
+    return out
+
+
+def cpu_usage_ns(name: str) -> int:
+    """CPU time the machine's processes used so far, in nanoseconds."""
+    if mode() == "v2":
+        for line in _read(CGROUP_ROOT / "machines" / name / "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) * 1000
+        return 0
+    raw = _read(CGROUP_ROOT / "cpuacct" / "machines" / name / "cpuacct.usage")
+    return int(raw) if raw else 0
+
+
+def tasks_current(name: str) -> int:
+    d = (CGROUP_ROOT if mode() == "v2" else CGROUP_ROOT / "pids") / "machines" / name
+    raw = _read(d / "pids.current")
+    return int(raw) if raw else 0
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
