@@ -73,6 +73,28 @@ def test_several_hosts_see_each_other(hosts: Any, host_name: str) -> None:
         hosts.down(other)
 
 
+def test_a_reused_address_is_reachable_at_once_from_a_host_that_knew_the_old_one(
+        hosts: Any, host_name: str) -> None:
+    # Hosts share the bridge's L2: a host that talked to a thrown-away one keeps its MAC in
+    # its ARP cache, and a new host given the same address (the lowest free one) was
+    # unreachable from it for a while (a node re-enrolled with a new backup host timed out).
+    from provisioner.devstack.hosts.ssh import ssh_exec
+
+    old, new = f"{host_name}-old", f"{host_name}-new"
+    try:
+        a = hosts.up(host_name)
+        b = hosts.up(old)
+        probe = f"timeout 3 bash -c 'echo > /dev/tcp/{b.address}/22'"
+        assert ssh_exec(a.name, a.address, Path(a.ssh_key), probe)[0] == 0
+        hosts.down(old)
+        c = hosts.up(new)
+        assert c.address == b.address  # the freed address, reused
+        assert ssh_exec(a.name, a.address, Path(a.ssh_key), probe)[0] == 0
+    finally:
+        hosts.down(old)
+        hosts.down(new)
+
+
 def test_cli_up_list_down(hosts: Any, host_name: str) -> None:
     runner = CliRunner()
     for _ in range(2):

@@ -314,9 +314,22 @@ class NspawnHosts:
         run([*ns_net, "ip", "link", "set", "host0", "up"])
         run([*ns_net, "ip", "addr", "replace", f"{address}/{prefix}", "dev", "host0"])
         run([*ns_net, "ip", "route", "replace", "default", "via", str(GATEWAY)])
-        _forget_neighbour(address)  # a host thrown away a moment ago may have had it
+        self._forget_everywhere(name, address)  # a host thrown away a moment ago may have had it
         if cgroups.mode() != "v2":
             self._writable_cgroups(leader)
+
+    def _forget_everywhere(self, name: str, address: str) -> None:
+        """Drop every ARP entry for ``address`` but ``name``'s own: the bridge's, and those of
+        the other running hosts, which share the bridge's L2 and would otherwise keep sending
+        to a thrown-away host's MAC for a while (an address is reused as soon as it is free)."""
+        _forget_neighbour(address)
+        for other in self.list():
+            if other.name == name or other.state != "running":
+                continue
+            leader = _container_init(other.pid)
+            if leader:
+                run(["nsenter", f"--target={leader}", "--net", "--", "ip", "neigh", "flush", "to",
+                     address, "dev", "host0"], check=False)
 
     def _writable_cgroups(self, leader: int) -> None:
         """Remount the v1 controllers read-write inside and re-exec systemd (item 5)."""
@@ -357,7 +370,7 @@ class NspawnHosts:
             if rc != 0:
                 run(["umount", "-l", str(merged)], check=False)
         if state.get("address"):
-            _forget_neighbour(str(state["address"]))
+            self._forget_everywhere(name, str(state["address"]))
             self._release_address(name, str(state["address"]))
         veth = veth_name(name)
         if veth and Path(f"/sys/class/net/{veth}").exists():
