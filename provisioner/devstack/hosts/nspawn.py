@@ -23,6 +23,7 @@ from pathlib import Path
 
 from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.vps.process import container_init as _container_init
+from provisioner.adapters.vps.process import is_nspawn
 from provisioner.devstack.hosts import cgroups
 from provisioner.devstack.hosts.images import BASE, NODE, ImageStore, Layer, file_lock, run
 from provisioner.devstack.hosts.ssh import ensure_keypair, wait_for_ssh
@@ -186,13 +187,7 @@ class NspawnHosts:
         return HostInfo(**{f.name: raw[f.name] for f in fields(HostInfo)})
 
     def _alive(self, pid: int) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        state = stat.rsplit(")", 1)[1].split()[0]
-        return b"systemd-nspawn" in cmdline and state not in ("Z", "X")
+        return is_nspawn(pid)
 
     def _allocate_address(self, name: str) -> str:
         """Take a free address on the shared bridge.
