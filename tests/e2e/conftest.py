@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.nodes import infra_host
+from tests.e2e.nodes import infra_host, own_node
 
 E2E_PREFIX = "t-"
 
@@ -71,6 +71,16 @@ def node(hosts: Any) -> Iterator[Node]:
         yield Node(info=info, first_converge=result)
     finally:
         hosts.down(name)
+
+
+@pytest.fixture(scope="session")
+def old_provider(hosts: Any) -> Iterator[Any]:
+    """A converged hosting node playing the customer's old provider in the migration
+    tests (issue 13): sshd, MariaDB, pure-ftpd (FTPS) and Dovecot. Shared by the session:
+    each module puts its own account, SSH login and data there (unique names) and never
+    changes what another module put there."""
+    with own_node(hosts, f"{E2E_PREFIX}oldprov-{os.getpid()}", "e2e.old_provider") as info:
+        yield info
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import imaplib
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,13 +34,12 @@ from provisioner.pipeline.outbox import KEY_FILE, Outbox
 from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import add_node
 from provisioner.store.models import AuditEntry, Migration
-from tests.e2e.nodes import infra_host, own_node
+from tests.e2e.nodes import infra_host
 from tests.helpers import MemoryMailer, World, make_settings, make_world
 from tests.integration.test_migration_intake import _paid
 from tests.servers import self_signed_tls_context
 from tests.unit.pipeline.fakes import FakeHosting
 
-NODE_NAME = f"t-msurvey-{os.getpid()}"
 MESSAGE_LIMIT = 100_000  # the shrunken per-message limit (RULES: 50 MB)
 FOLDER = "Računi 2024"
 BIG = ("img/logo.bin", 300_000)  # written on the node (random bytes of this size)
@@ -125,50 +123,50 @@ os.mkfifo(os.path.join(root, "pipe"))
 
 
 @pytest.fixture(scope="module")
-def old(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Old]:
-    with own_node(hosts, NODE_NAME, "e2e.migration_survey") as info:
-        host = infra_host(info, tmp_path_factory.mktemp("ssh"))
-        tag = uuid.uuid4().hex[:6]
-        spec = AccountSpec(f"ms{tag}", (f"ms{tag}.si",), CATALOG.hosting_plan("giga5"),
-                           mailboxes=("info", "ana"))
-        secret = Secrets.generate(spec.mailboxes)
-        accounts = HostingAccounts(ssh_key=Path(info.ssh_key), provider_url="https://www.provider.example/")
-        accounts.create(info.target(), spec, secret).raise_for_status("e2e.migration_survey.create")
-        # the old host's SSH login (our accounts have no shell): a key, a site tree
-        key = Ed25519PrivateKey.generate()
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption()).decode()
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH).decode()
-        host.run("userdel -r oldsite")
-        host.check_output("useradd -m -s /bin/bash oldsite")
-        host.check_output("install -d -m 700 -o oldsite -g oldsite /home/oldsite/.ssh")
-        host.check_output("printf '%%s\\n' %s > /home/oldsite/.ssh/authorized_keys", public)
-        small = json.dumps({k: v.hex() for k, v in SITE_FILES.items()})
-        host.check_output("python3 -c %s %s %s %s", FILL, small, BIG[0], str(BIG[1]))
-        host.check_output("chown -R oldsite:oldsite /home/oldsite")
-        host.check_output("chmod 600 /home/oldsite/.ssh/authorized_keys")
-        # the database: two tables of known engines and collations
-        db = spec.name
-        host.check_output(
-            "mysql %s -e %s", db,
-            "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(200)) ENGINE=InnoDB "
-            "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci; "
-            "CREATE TABLE legacy (v VARCHAR(50)) ENGINE=MyISAM DEFAULT CHARSET=latin1; "
-            "INSERT INTO posts SELECT seq, CONCAT('naslov čšž ', seq) FROM seq_1_to_2000; "
-            "INSERT INTO legacy VALUES ('čšž');")
-        info_box = _append(info.address, f"info@{spec.domains[0]}", secret.mailboxes["info"], [
-            ("INBOX", _message("Pozdrav", b"Hello")),
-            ("INBOX", _message("Velik prilog", b"x" * (MESSAGE_LIMIT + 5_000))),
-            ("INBOX", _message("Tretje", b"three")),
-            (FOLDER, _message("Račun 1", b"one")),
-            (FOLDER, _message("Račun 2", b"two")),
-        ])
-        ana_box = _append(info.address, f"ana@{spec.domains[0]}", secret.mailboxes["ana"], [
-            ("INBOX", _message("Za Ano", b"a")),
-            ("INBOX", _message("Še eno", b"b" * 1000)),
-        ])
-        yield Old(info.address, host, spec.validated(), secret, key_pem, {"info": info_box, "ana": ana_box})
+def old(old_provider: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Old]:
+    info = old_provider
+    host = infra_host(info, tmp_path_factory.mktemp("ssh"))
+    tag = uuid.uuid4().hex[:6]
+    spec = AccountSpec(f"ms{tag}", (f"ms{tag}.si",), CATALOG.hosting_plan("giga5"),
+                       mailboxes=("info", "ana"))
+    secret = Secrets.generate(spec.mailboxes)
+    accounts = HostingAccounts(ssh_key=Path(info.ssh_key), provider_url="https://www.provider.example/")
+    accounts.create(info.target(), spec, secret).raise_for_status("e2e.migration_survey.create")
+    # the old host's SSH login (our accounts have no shell): a key, a site tree
+    key = Ed25519PrivateKey.generate()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    host.run("userdel -r oldsite")
+    host.check_output("useradd -m -s /bin/bash oldsite")
+    host.check_output("install -d -m 700 -o oldsite -g oldsite /home/oldsite/.ssh")
+    host.check_output("printf '%%s\\n' %s > /home/oldsite/.ssh/authorized_keys", public)
+    small = json.dumps({k: v.hex() for k, v in SITE_FILES.items()})
+    host.check_output("python3 -c %s %s %s %s", FILL, small, BIG[0], str(BIG[1]))
+    host.check_output("chown -R oldsite:oldsite /home/oldsite")
+    host.check_output("chmod 600 /home/oldsite/.ssh/authorized_keys")
+    # the database: two tables of known engines and collations
+    db = spec.name
+    host.check_output(
+        "mysql %s -e %s", db,
+        "CREATE TABLE posts (id INT PRIMARY KEY, title VARCHAR(200)) ENGINE=InnoDB "
+        "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci; "
+        "CREATE TABLE legacy (v VARCHAR(50)) ENGINE=MyISAM DEFAULT CHARSET=latin1; "
+        "INSERT INTO posts SELECT seq, CONCAT('naslov čšž ', seq) FROM seq_1_to_2000; "
+        "INSERT INTO legacy VALUES ('čšž');")
+    info_box = _append(info.address, f"info@{spec.domains[0]}", secret.mailboxes["info"], [
+        ("INBOX", _message("Pozdrav", b"Hello")),
+        ("INBOX", _message("Velik prilog", b"x" * (MESSAGE_LIMIT + 5_000))),
+        ("INBOX", _message("Tretje", b"three")),
+        (FOLDER, _message("Račun 1", b"one")),
+        (FOLDER, _message("Račun 2", b"two")),
+    ])
+    ana_box = _append(info.address, f"ana@{spec.domains[0]}", secret.mailboxes["ana"], [
+        ("INBOX", _message("Za Ano", b"a")),
+        ("INBOX", _message("Še eno", b"b" * 1000)),
+    ])
+    yield Old(info.address, host, spec.validated(), secret, key_pem, {"info": info_box, "ana": ana_box})
 
 
 @pytest.fixture

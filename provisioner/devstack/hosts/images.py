@@ -65,6 +65,11 @@ NODE_PACKAGES: tuple[str, ...] = (
     "rsyslog",
     "logrotate",
     "restic",  # hosting-backup: nightly backups into the node's repository on the backup host
+    # migrations (issue 13): the node pulls from the old provider with these
+    "mariadb-client",
+    "rsync",
+    "lftp",
+    "sshpass",
 )
 
 
