@@ -10,28 +10,20 @@ timed too when the cache is cold (use an empty --hosts-dir to measure them).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import timed, write_result  # noqa: E402
 
 from provisioner.devstack.hosts import NODE, NspawnHosts  # noqa: E402
 from provisioner.devstack.hosts.node import converge, ensure_node_image, node_layer  # noqa: E402
 from provisioner.devstack.hosts.ssh import ssh_exec  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hosts.json"
-
-
-def _timed(fn: Any) -> tuple[float, Any]:
-    started = time.monotonic()
-    value = fn()
-    return time.monotonic() - started, value
 
 
 def _services_ready(info: Any, timeout_s: float = 60) -> None:
@@ -51,10 +43,10 @@ def main() -> int:
     hosts = NspawnHosts(args.hosts_dir)
     result: dict[str, Any] = {"hosts_dir": str(hosts.dir)}
 
-    result["image_base_build_s"], _ = _timed(hosts.ensure_image)
-    result["image_node_packages_build_s"], _ = _timed(lambda: hosts.ensure_image(NODE))
+    result["image_base_build_s"], _ = timed(hosts.ensure_image)
+    result["image_node_packages_build_s"], _ = timed(lambda: hosts.ensure_image(NODE))
     cached = hosts.images.is_ready(node_layer(hosts))
-    result["image_converged_build_s"], layer = _timed(lambda: ensure_node_image(hosts))
+    result["image_converged_build_s"], layer = timed(lambda: ensure_node_image(hosts))
     result["image_converged_was_cached"] = cached
 
     ups: list[float] = []
@@ -62,11 +54,11 @@ def main() -> int:
     names = [f"bench-{i}" for i in range(args.count)]
     try:
         for name in names:
-            t, _ = _timed(lambda n=name: hosts.up(n))
+            t, _ = timed(lambda n=name: hosts.up(n))
             ups.append(t)
     finally:
         for name in names:
-            t, _ = _timed(lambda n=name: hosts.down(n))
+            t, _ = timed(lambda n=name: hosts.down(n))
             downs.append(t)
     result["up_to_ssh_s"] = {
         "count": len(ups), "p50": statistics.median(ups), "max": max(ups),
@@ -75,11 +67,11 @@ def main() -> int:
     result["down_s"] = {"p50": statistics.median(downs), "max": max(downs)}
 
     try:
-        t_up, info = _timed(lambda: hosts.up("bench-node", layer=layer))
-        t_ready, _ = _timed(lambda: _services_ready(info))
+        t_up, info = timed(lambda: hosts.up("bench-node", layer=layer))
+        t_ready, _ = timed(lambda: _services_ready(info))
         result["node_from_cache_s"] = {"up_to_ssh": t_up, "up_to_all_services": t_up + t_ready,
                                        "target": 15.0}
-        t_conv, run = _timed(lambda: converge(info))
+        t_conv, run = timed(lambda: converge(info))
         result["node_from_cache_reconverge_s"] = t_conv
         result["node_from_cache_reconverge_changed"] = run.changed
     finally:
@@ -87,29 +79,16 @@ def main() -> int:
 
     if not args.skip_fresh:
         try:
-            t_up, info = _timed(lambda: hosts.up("bench-fresh", layer=NODE))
-            t_conv, run = _timed(lambda: converge(info))
+            t_up, info = timed(lambda: hosts.up("bench-fresh", layer=NODE))
+            t_conv, run = timed(lambda: converge(info))
             result["node_fresh_convergence_s"] = {"up": t_up, "converge": t_conv,
                                                   "total": t_up + t_conv,
                                                   "status": run.status, "changed": run.changed}
         finally:
             hosts.down("bench-fresh")
 
-    text = json.dumps(_rounded(result), indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_result(result, RESULTS)
     return 0
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":
