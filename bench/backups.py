@@ -31,20 +31,18 @@ import secrets
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Host, write_result  # noqa: E402
 
 from provisioner.adapters.hosting import run_playbook  # noqa: E402
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets  # noqa: E402
 from provisioner.devstack.hosts import NspawnHosts  # noqa: E402
 from provisioner.devstack.hosts.disk import attach_hosting_disk  # noqa: E402
 from provisioner.devstack.hosts.node import ensure_node_image  # noqa: E402
-from provisioner.devstack.hosts.ssh import ssh_exec  # noqa: E402
 from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backups.json"
@@ -82,25 +80,6 @@ loader.exec_module(hb)
 command = [a for a in hb.Repo().argv() if a.startswith("sftp.command=")][0].split("=", 1)[1]
 subprocess.run(shlex.split(command), input=b"", capture_output=True, check=False)
 """
-
-
-class Host:
-    def __init__(self, info: Any) -> None:
-        self.info = info
-
-    def sh(self, command: str, timeout_s: float = 3600) -> str:
-        key = Path(self.info.ssh_key)
-        status, out = ssh_exec(self.info.name, self.info.address, key,
-                               f"( {command}\n) 2>/var/tmp/bench.err", timeout_s=timeout_s)
-        if status != 0:
-            _, err = ssh_exec(self.info.name, self.info.address, key, "tail -c 1500 /var/tmp/bench.err")
-            raise RuntimeError(f"{self.info.name}: {command[:200]!r} failed ({status}): {out[-800:]} {err}")
-        return out
-
-    def timed(self, command: str) -> tuple[float, str]:
-        started = time.monotonic()
-        out = self.sh(command)
-        return time.monotonic() - started, out
 
 
 def playbook(name: str, info: Any, extravars: dict[str, Any]) -> dict[str, Any]:
@@ -220,21 +199,8 @@ def main() -> int:
         for name in names:
             hosts.down(name)
 
-    text = json.dumps(_rounded(result), indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_result(result, args.out)
     return 0
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":
