@@ -8,8 +8,9 @@ the old provider and nothing is followed out of the files' root (symlinks are li
 their targets, never entered). A refused login is `CredentialRefused` naming the
 credential (never its secret); an unreachable or timing-out source is a TransientError.
 
-The old provider's SSH host key is accepted on first contact and its fingerprint is put
-in the report (there is nothing to pin it against yet; the copy pins it).
+The old provider's SSH host key is accepted on first contact; its fingerprint is put in
+the report and the key itself (``host_key``, "<type> <base64>") in the files measure:
+there is nothing to pin it against yet; the copy pins it.
 """
 
 from __future__ import annotations
@@ -106,12 +107,13 @@ class _Walk:
         if len(self.biggest) > 64:
             self.biggest = sorted(self.biggest, reverse=True)[:8]
 
-    def measure(self, protocol: str, root: str, php: str | None, sample: Sample) -> FilesMeasure:
+    def measure(self, protocol: str, root: str, php: str | None, sample: Sample,
+                host_key: str | None = None) -> FilesMeasure:
         counts = {"symlinks": len(self.symlinks), "specials": len(self.specials),
                   "hostile": len(self.hostile), "unreadable": len(self.unreadable)}
         return FilesMeasure(protocol, root, self.bytes, self.inodes, self.files, self.dirs, self.dotfiles,
                             capped(self.symlinks), capped(self.specials), capped(self.hostile),
-                            capped(self.unreadable), self.largest, php, sample, counts)
+                            capped(self.unreadable), self.largest, php, sample, counts, host_key)
 
 
 def _outside(root: str, link_dir: str, target: str) -> bool:
@@ -145,7 +147,7 @@ class OldProvider:
                         imaps.append(self._imap(values, i, skip_cert_verify))
                 if values.get("files_host"):
                     if ssh is not None:
-                        files = self._files_sftp(values, ssh[0], limits)
+                        files = self._files_sftp(values, ssh[0], limits, ssh[2])
                     else:
                         files = self._files_ftp(values, allow_plain_ftp, skip_cert_verify, limits, warnings)
                 if db_conn is not None:
@@ -163,7 +165,7 @@ class OldProvider:
 
     # -- SSH / SFTP --------------------------------------------------------------------------
     @contextmanager
-    def _ssh(self, values: Mapping[str, Any]) -> Iterator[tuple[Any, str] | None]:
+    def _ssh(self, values: Mapping[str, Any]) -> Iterator[tuple[Any, str, str] | None]:
         if values.get("files_protocol") != "sftp" or not values.get("files_host"):
             yield None
             return
@@ -190,7 +192,7 @@ class OldProvider:
             raise _dead("files", where, exc, secrets) from None
         try:
             key = client.get_transport().get_remote_server_key()
-            yield client, fingerprint(key)
+            yield client, fingerprint(key), f"{key.get_name()} {key.get_base64()}"
         finally:
             client.close()
 
@@ -203,7 +205,8 @@ class OldProvider:
             return None
         return m.group(1) if m else None
 
-    def _files_sftp(self, values: Mapping[str, Any], client: Any, limits: Limits) -> FilesMeasure:
+    def _files_sftp(self, values: Mapping[str, Any], client: Any, limits: Limits,
+                    host_key: str) -> FilesMeasure:
         where = f"sftp {values['files_user']}@{values['files_host']}"
         try:
             sftp = client.open_sftp()
@@ -249,7 +252,7 @@ class OldProvider:
             raise _dead("files", where, exc) from None
         finally:
             sftp.close()
-        return walk.measure("sftp", root, self._php_version(client), sample)
+        return walk.measure("sftp", root, self._php_version(client), sample, host_key)
 
     def _sample(self, walk: _Walk, open_file: Callable[[str], Any], limits: Limits, walk_s: float) -> Sample:
         """Read up to ``sample_bytes`` of the largest files; the walk's time per entry is

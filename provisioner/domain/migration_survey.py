@@ -172,6 +172,7 @@ class FilesMeasure:
     php_version: str | None
     sample: Sample
     counts: dict[str, int] = field(default_factory=dict)  # whole counts of the lists above
+    host_key: str | None = None  # SFTP: the old host's SSH key ("<type> <base64>"), pinned by the copy
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,8 @@ def test_the_survey_counts_what_the_old_provider_holds(old: Old, tmp_path: Path,
     assert files["hostile"] == ["bad\\nname;$(id)"]
     assert files["largest"] == BIG[1] and files["root"] == "/home/oldsite/public_html"
     assert files["php_version"] and files["php_version"].startswith("8.")
+    host_keys = str(old.host.check_output("cat /etc/ssh/ssh_host_*_key.pub")).splitlines()
+    assert files["host_key"] in {" ".join(line.split()[:2]) for line in host_keys}  # what the copy pins
     assert "files: symlink escape -> /etc (not followed)" in report["excluded"]
     # the database, through SSH
     db = report["database"]
