@@ -81,7 +81,8 @@ class NodeJobs:
                          timeout_s=self.timeout_s, throwaway=node.throwaway,
                          known_hosts=node.known_hosts) as client:
             self._push(client, job_id)
-            command = f"cd {RUN_ROOT}/{job_id} && exec python3 -I bin/{PROGRAM[part]}"
+            # the program's path in its argv: `cleanup` finds the job's programs by it
+            command = f"cd {RUN_ROOT}/{job_id} && exec python3 -I {RUN_ROOT}/{job_id}/bin/{PROGRAM[part]}"
             try:
                 stdin, stdout, stderr = client.exec_command(command)  # noqa: S601 (fixed, validated)
                 stdin.write(json.dumps(dict(job)).encode())
@@ -103,7 +104,8 @@ class NodeJobs:
         with node_client(node.address, where=f"migration {job_id} cleanup on {node.name}", port=node.port,
                          user=node.user, key_path=node.key_path, timeout_s=self.timeout_s,
                          throwaway=node.throwaway, known_hosts=node.known_hosts) as client:
-            script = (f"pkill -f -- '{RUN_ROOT}/{job_id}/' ; "
+            # "[/]": the pattern must not match this shell's own command line (pkill would end it)
+            script = (f"pkill -f -- '[/]{RUN_ROOT[1:]}/{job_id}/' ; "
                       + " ; ".join(f"if [ -e {p} ]; then rm -rf -- {p} && echo {p}; fi" for p in paths))
             _, stdout, _ = client.exec_command(script)  # noqa: S601 (validated id only)
             removed = stdout.read().decode().split()
