@@ -334,6 +334,26 @@ class DnsServer:
         upd.delete(dns.name.from_text(record.name), self._rdata(record))
         self.send(upd, zone)
 
+    def set_ttl(self, zone: str, name: str, rtype: str, ttl: int) -> list[str]:
+        """Serve the (name, type) rrset with ``ttl``, its values unchanged (a migration's
+        cut-over lowers them ahead of the switch). Returns the values; none: nothing done."""
+        have = sorted(self.lookup(name, rtype))
+        if have:
+            upd = self._update(zone)
+            rel = dns.name.from_text(absolute(name))
+            upd.delete(rel, rtype)
+            for text in have:
+                upd.add(rel, ttl, _parse(rtype, text))
+            self.send(upd, zone)
+        return have
+
+    def delete_rrset(self, zone: str, name: str, rtype: str) -> None:
+        """Remove the (name, type) rrset (a migration's cut-over: an old AAAA where our node
+        has no IPv6 address)."""
+        upd = self._update(zone)
+        upd.delete(dns.name.from_text(absolute(name)), rtype)
+        self.send(upd, zone)
+
     def _have(self, record: Record) -> set[dns.rdata.Rdata]:
         return {_parse(record.rtype, t) for t in self.lookup(record.name, record.rtype)}
 

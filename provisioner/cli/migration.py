@@ -2,7 +2,8 @@
 
 ``source SERVICE FILE.json`` gives what the customer's intake form would (the same
 checks; the file is read once, never echoed, and with ``--remove`` deleted once sealed),
-``show SERVICE`` the state without secrets, ``wipe SERVICE`` ends it (audited).
+``show SERVICE`` the state without secrets (with ``--follow`` a progress bar over the
+copy until the migration ends), ``wipe SERVICE`` ends it (audited).
 ``survey SERVICE`` measures the old provider read-only (the ``migration.survey`` step's
 work, now), ``override SERVICE --reason`` lets an over-the-cap migration go on (audited).
 """
@@ -10,10 +11,12 @@ work, now), ``override SERVICE --reason`` lets an over-the-cap migration go on (
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, out, settings, wired
 from provisioner.domain.migration_survey import human
@@ -74,10 +77,58 @@ def migration_source(
     )
 
 
+FOLLOW_UNTIL = ("wiped", "over_cap", "source_refused", "awaiting_source")
+
+
+def copied_bytes(d: dict[str, Any]) -> int:
+    """What the copy brought so far: the finished parts, plus the running part's progress."""
+    parts = d.get("parts") or {}
+    done = sum(int(p.get("bytes") or 0) for p in parts.values())
+    live = d.get("progress") or {}
+    if live.get("phase") == "copy" and live.get("part") not in parts:
+        done += int(live.get("bytes") or 0)
+    return done
+
+
+def follow_migration(service_id: int, timeout: float, *, console: Any = None,
+                     quiet: bool = False) -> dict[str, Any]:
+    """A Rich progress bar over the copy (bytes of what the survey measured) until the
+    migration ends (wiped), stops, or ``timeout``; none without a terminal or with ``quiet``."""
+    console = console or out
+    f = factory()
+    deadline = time.monotonic() + timeout
+    d = sources.show(f, service_id, utcnow())
+    total = int((d.get("survey") or {}).get("total_bytes") or settings().migration_cap_bytes) or 1
+    with Progress(TextColumn("[bold]{task.fields[domain]}"), BarColumn(), DownloadColumn(),
+                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                  disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task("copy", total=total, domain=d["domain"], note="")
+        while True:
+            d = sources.show(f, service_id, utcnow())
+            live = d.get("progress") or {}
+            note = f"{d['state']}" + (f" · {live.get('part')}" if live.get("part") else "") \
+                + f" · {d['copy_seconds']:.0f} s"
+            bar.update(task, completed=min(copied_bytes(d), total), note=note)
+            if d["state"] in FOLLOW_UNTIL or time.monotonic() > deadline:
+                return d
+            time.sleep(1.0)
+
+
 @app.command("show")
-def migration_show(service_id: int, as_json: JsonOpt = False) -> None:
-    """The migration's state, its source (no secret), its link, and whether it was used."""
-    data = guarded(lambda: sources.show(factory(), service_id, utcnow()))
+def migration_show(
+    service_id: int,
+    follow: Annotated[bool, typer.Option("--follow", help="Follow the copy with a progress bar "
+                                         "until the migration ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --follow: stop following after this many "
+                                           "seconds.")] = 7200.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The migration's state, its source (no secret), its link, whether it was used, and
+    the copy's progress, reconciliation and cut-over."""
+    if follow:
+        data = guarded(lambda: follow_migration(service_id, timeout, quiet=as_json))
+    else:
+        data = guarded(lambda: sources.show(factory(), service_id, utcnow()))
 
     def render(d: dict[str, Any]) -> None:
         for key in (
@@ -97,6 +148,23 @@ def migration_show(service_id: int, as_json: JsonOpt = False) -> None:
         link = d["link"]
         out.print(f"link: {'none' if link is None else link['state'] + ' until ' + link['expires_at']}")
         out.print(f"source: {json.dumps(d['source'], ensure_ascii=False)}")
+        if d.get("copy_state"):
+            out.print(f"copy: {d['copy_state']}, {human(copied_bytes(d))} in {d['copy_seconds']:.0f} s")
+            for part, p in (d.get("parts") or {}).items():
+                out.print(f"  {part}: {p['state']}, {human(int(p['bytes'] or 0))}, {p['items']} items"
+                          + (f" ({p['error']})" if p.get("error") else ""))
+            live = d.get("progress") or {}
+            if live and d["state"] == "copying":
+                out.print(f"  now: {live.get('part')} {human(int(live.get('bytes') or 0))}")
+        if d.get("verified") is not None:
+            recon = d.get("reconciliation") or {}
+            out.print(f"verified: {d['verified']}")
+            for diff in recon.get("differences", []):
+                out.print(f"  differs: {diff}")
+        if d.get("cutover_state"):
+            out.print(f"cut-over: {d['cutover_state']}")
+            for r in (d.get("cutover") or {}).get("set", []):
+                out.print(f"  {r['name']} {r['type']} {r['value']}")
 
     emit(data, as_json, render)
 

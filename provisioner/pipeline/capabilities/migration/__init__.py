@@ -6,9 +6,11 @@ line's ``hosting.account``; the step records the migration (``migrations``: the 
 the brand charges on withdrawal, the state) and mails the customer a one-time link to
 the intake form (`provisioner.pipeline.onetime`; the form is a customer page). The
 source arrives sealed (`sources`), which plans ``migration.survey`` (`survey`: read-only,
-measures the old provider against the caps); the copy, verify and cut-over steps (later)
-read it with `sources.open_source`, set ``migration_used_at`` when they first copy, and
-end with `sources.wipe_source`.
+measures the old provider against the caps); a survey that fits (or an ops override)
+plans ``migration.copy`` -> ``migration.verify`` -> ``migration.cutover`` ->
+``migration.wipe`` (`copy`, `verify`, `cutover`, `wipe`): they read the source with
+`sources.open_source`, set ``migration_used_at`` when they first copy, record their
+outcome on the migration whatever it is, and end with the wipe.
 
 The migration service itself has no term: the intake step marks it active without an
 expiry, so ``service.activate`` leaves it alone and the lifecycle clock never renews or
@@ -25,8 +27,12 @@ from sqlalchemy.orm import Session
 from provisioner.domain.catalog import DEFAULT_CATALOG
 from provisioner.domain.lifecycle import ServiceState
 from provisioner.errors import StepFailed
+from provisioner.pipeline.capabilities.migration.copy import COPY, CUTOVER, VERIFY, WIPE, step_migration_copy
+from provisioner.pipeline.capabilities.migration.cutover import step_migration_cutover
 from provisioner.pipeline.capabilities.migration.sources import AWAITING, SURVEY
 from provisioner.pipeline.capabilities.migration.survey import step_migration_survey
+from provisioner.pipeline.capabilities.migration.verify import step_migration_verify
+from provisioner.pipeline.capabilities.migration.wipe import step_migration_wipe
 from provisioner.pipeline.engine.plan import (
     LinePlanner,
     OrderView,
@@ -143,4 +149,11 @@ def _record(ctx: StepContext, s: Session, box: Outbox, step: Step, service_id: i
 
 
 PLANNERS: dict[str, LinePlanner] = {"migration": plan_migration_line}
-HANDLERS: dict[str, Handler] = {INTAKE: step_migration_intake, SURVEY: step_migration_survey}
+HANDLERS: dict[str, Handler] = {
+    INTAKE: step_migration_intake,
+    SURVEY: step_migration_survey,
+    COPY: step_migration_copy,  # copy -> verify -> cutover -> wipe (the wipe whatever happened)
+    VERIFY: step_migration_verify,
+    CUTOVER: step_migration_cutover,
+    WIPE: step_migration_wipe,
+}

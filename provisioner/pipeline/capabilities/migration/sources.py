@@ -103,6 +103,28 @@ def _plan_survey(s: Session, service_id: int, now: datetime) -> None:
         )
 
 
+# the steps after a survey that fits (`copy`, `verify`, `cutover`, `wipe`): planned here
+# so that the survey and an ops override plan them without importing the steps
+COPY_CHAIN = ("migration.copy", "migration.verify", "migration.cutover", "migration.wipe")
+
+
+def plan_copy(s: Session, service_id: int) -> int:
+    """Journal copy -> verify -> cut-over -> wipe after ``migration.survey`` (a survey that
+    fits, or an ops override of one over the cap). Each runs once per migration; the wipe
+    always last, whatever the steps before it found (they record their outcome and end
+    done). A migration outside the journal gets none. Returns how many were added."""
+    service = s.get(Service, service_id)
+    survey = service_step(service_id, SURVEY)
+    if service is None or s.execute(select(Step.id).where(Step.key == survey)).first() is None:
+        return 0
+    specs, dep = [], survey
+    for kind in COPY_CHAIN:
+        key = service_step(service_id, kind)
+        specs.append(StepSpec(key, kind, (dep,), {"service_id": service_id}, service_id))
+        dep = key
+    return record(s, service.order_id, specs)
+
+
 def record_source(
     factory: sessionmaker[Session],
     settings: Settings,
@@ -237,4 +259,29 @@ def show(factory: sessionmaker[Session], service_id: int, now: datetime) -> dict
             "surveyed_at": row.surveyed_at.isoformat() if row.surveyed_at else None,
             "override": None if row.override_at is None else {
                 "reason": row.override_reason, "by": row.override_by, "at": row.override_at.isoformat()},
+            **progress_view(row),
+            "reconciliation": _public(row.reconciliation),
+            "cutover": _public(row.cutover),
         }
+
+
+def _public(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if report is None else {k: v for k, v in report.items() if k != "mail_keys"}
+
+
+def progress_view(row: Migration) -> dict[str, Any]:
+    """The copy's state and live progress (``migration show``, ``GET /services/{id}``): no
+    secret. ``copy_state``: copying, copied, cap_reached, budget_exhausted, failed..."""
+    copy = dict(row.copy or {})
+    parts = {p: {k: o.get(k) for k in ("state", "bytes", "items", "error")}
+             for p, o in (copy.get("copy") or {}).items()}
+    return {
+        "copy_state": copy.get("state") or ("copying" if row.progress else None),
+        "outcome": copy.get("outcome"),
+        "copy_seconds": round(float(row.copy_seconds or 0.0), 1),
+        "copy_bytes": sum(int(o.get("bytes") or 0) for o in parts.values()),
+        "progress": row.progress,
+        "parts": parts,
+        "verified": (row.reconciliation or {}).get("verified"),
+        "cutover_state": (row.cutover or {}).get("state"),
+    }

@@ -12,6 +12,8 @@ migration record (``survey``; no secret). The state says what comes next:
 * ``over_cap``: it does not; the migration stops here, the customer (in their language)
   and ops are mailed once with the sizes and the reasons; ops may go on anyway with
   ``provisioner migration override SERVICE --reason ...`` (recorded and audited);
+  where our DNS serves the domain, the step lowers its A/AAAA/MX TTL for the cut-over
+  (`cutover.lower_ttl`);
 * ``source_refused``: a login was refused (the error names the credential); a new source
   (the form again, or ``migration source``) plans the survey again.
 
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from provisioner.config import Settings
 from provisioner.domain.migration_survey import Limits, build_report, human
 from provisioner.errors import InvalidInput, StepFailed
+from provisioner.pipeline.capabilities.migration.cutover import lower_ttl
 from provisioner.pipeline.capabilities.migration.sources import (
     AWAITING,
     OVER_CAP,
@@ -39,6 +42,7 @@ from provisioner.pipeline.capabilities.migration.sources import (
     SURVEYED,
     WIPED,
     open_source,
+    plan_copy,
 )
 from provisioner.pipeline.engine.ports import MigrationSource, need
 from provisioner.pipeline.engine.runner import StepContext, StepResult
@@ -123,6 +127,8 @@ def survey(
         if state == OVER_CAP and box is not None:
             keys = _hold_over_cap(s, box, settings, row, report, seq)
         row.state = state
+        if state == SURVEYED:
+            plan_copy(s, service_id)
         row.survey = {**report, "seq": seq, "mail_keys": list(keys), "surveyed_by": actor}
         row.surveyed_at = now
         row.updated_at = now
@@ -181,6 +187,7 @@ def override(factory: sessionmaker[Session], service_id: int, reason: str, *, ac
         row.override_at = now
         row.state = SURVEYED
         row.updated_at = now
+        plan_copy(s, service_id)
         audit(s, actor, "migration.override", "service", service_id,
               {"reason": reason, "blocking": (row.survey or {}).get("blocking", [])})
         return {"service": service_id, "state": row.state, "override_reason": reason,
@@ -212,6 +219,8 @@ def step_migration_survey(ctx: StepContext, step: Step) -> StepResult:
         if credential is None:
             raise
         return StepResult(True, {"state": REFUSED, "refused": credential})
+    if outcome.state == SURVEYED:
+        lower_ttl(ctx, service_id)  # our zone, if it serves the domain: a short TTL for the cut-over
     return StepResult(True, {"state": outcome.state, "fits": outcome.report["fits"],
                              "total_bytes": outcome.report["total_bytes"],
                              "projected_seconds": outcome.report["projected_seconds"]})
