@@ -26,6 +26,8 @@ from provisioner.adapters.hosting.ansible import Target
 from provisioner.adapters.hosting.backups import HostingBackups
 from provisioner.adapters.hosting.usage import UsageReports
 from provisioner.adapters.mail import Mailer
+from provisioner.adapters.migration_copy import NodeJobs, PartOutcome
+from provisioner.adapters.migration_copy.site import SitePage, fetch_page
 from provisioner.adapters.migration_source import OldProvider
 from provisioner.adapters.payments.braintree import BraintreeVerifier
 from provisioner.adapters.payments.paypal import PayPalCaptures, PayPalVerifier
@@ -33,6 +35,7 @@ from provisioner.adapters.payments.stripe import StripeRefunds
 from provisioner.adapters.registry import EppClient, RegistryConfig
 from provisioner.adapters.tls_targets import CertificateTarget
 from provisioner.adapters.tls_targets.node import NodeAccess, NodeNginxTarget
+from provisioner.adapters.vps.hosts import NspawnHosts
 from provisioner.config import Settings, load_settings
 from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError
@@ -46,6 +49,7 @@ from provisioner.pipeline.capabilities import (
     migration,
     quota,
     refunds,
+    vps,
 )
 from provisioner.pipeline.engine import beat
 from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
@@ -122,6 +126,30 @@ class NodeTls:
 
 
 @dataclass(frozen=True)
+class NodeMigrationCopier:
+    """The migration copy (issue 13) on hosting nodes, reached with the installation's SSH
+    key (`adapters.migration_copy.NodeJobs`), and the site fetch the verify step compares."""
+
+    settings: Settings
+    jobs: NodeJobs = dataclasses.field(default_factory=NodeJobs)
+
+    def _access(self, node: Target) -> NodeAccess:
+        return NodeAccess(node.name, node.address, self.settings.node_ssh_key_path, user=node.user,
+                          port=node.port, throwaway=node.throwaway,
+                          known_hosts=self.settings.node_known_hosts_path)
+
+    def run_part(self, node: Target, job: Mapping[str, Any],
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> PartOutcome:
+        return self.jobs.run_part(self._access(node), job, on_event)
+
+    def cleanup(self, node: Target, job_id: str) -> list[str]:
+        return self.jobs.cleanup(self._access(node), job_id)
+
+    def fetch_site(self, address: str, host: str) -> SitePage:
+        return fetch_page(address, host, timeout_s=self.settings.migration_timeout_s)
+
+
+@dataclass(frozen=True)
 class PaymentVerifiers:
     """The card and PayPal processors' signature checks the webhooks use; a provider the
     installation does not configure is None (its webhook answers 503). PayPal comes with
@@ -186,15 +214,30 @@ def build_adapters(settings: Settings, factory: sessionmaker[Session], *,
         acme=LazyAcme(settings, factory) if settings.acme_directory else None,
         registry=EppClient(RegistryConfig.from_settings(settings)) if settings.registry_host else None,
         old_provider=OldProvider(settings.migration_timeout_s),
+        migration_copier=NodeMigrationCopier(settings),
     )
+    if settings.vps_enabled:  # VPS hosts (issue 14)
+        adapters = dataclasses.replace(adapters, vps=build_vps_hosts(settings))
     if settings.stripe_secret_key:  # card refunds of withdrawals (issue 17 item 3)
         adapters = dataclasses.replace(adapters, refunds=StripeRefunds(settings.stripe_secret_key,
                                                                        settings.stripe_api_base))
     return dataclasses.replace(adapters, **overrides)
 
 
+def build_vps_hosts(settings: Settings) -> NspawnHosts:
+    """The nspawn driver on our VPS hosts: this machine for the names in
+    ``vps_local_hosts``, the others over SSH with the nodes' key; dirs under data_dir/vps."""
+    base = settings.vps_dir
+    return NspawnHosts(
+        image_root=settings.vps_image_dir or str(base / "images"),
+        state_dir=settings.vps_state_dir or str(base / "machines"),
+        unit_dir=base / "units", bridge=settings.vps_bridge,
+        local_hosts=frozenset(h.strip() for h in settings.vps_local_hosts.split(",") if h.strip()),
+        ssh_key=settings.node_ssh_key_path, known_hosts=settings.node_known_hosts_path)
+
+
 # The installed capabilities: each module lists its step handlers and line planners.
-CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds, backup_download)
+CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds, backup_download, vps)
 
 
 def handlers() -> dict[str, Handler]:

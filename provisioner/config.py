@@ -132,12 +132,33 @@ class Settings:
     migration_timeout_s: float = 20.0
     migration_node_php: str = "8.2"
     migration_node_mariadb: str = "10.11"
+    # The copy (issue 13 items 5-8): progress written to the migration row at most this
+    # often; the TTL the site's A/AAAA/MX get in our zone at survey time (for the cut-over).
+    migration_progress_interval_s: float = 1.0
+    migration_cutover_ttl: int = 300
     # Backups on a backup host (issue 16, restic). Each node's repository password is
     # sealed with this Fernet key (comma-separated: the first encrypts, all decrypt);
     # empty: key_dir/backup-fernet.key. `restic check --read-data-subset` reads this share
     # of the packs each week. The backup host's known_hosts lines are kept per host record.
     backup_password_key: str = ""
     backup_check_subset: str = "10%"
+    # VPS (issue 14): the nspawn driver on the VPS hosts registered in our database. A host
+    # whose name is in vps_local_hosts (comma-separated) is this machine; others are reached
+    # over SSH with node_ssh_key. On every VPS host: the images (a root directory per catalog
+    # image, <vps_image_dir>/<image>/), the machines' state and the bridge they sit on.
+    # Empty dirs: under data_dir/vps/. vps_access_key seals a machine's root password from
+    # its creation until its one-time link holds it (Fernet, comma-separated for rotation;
+    # empty: key_dir/vps-fernet.key). vps_enabled=false: no VPS adapter (vps.create fails).
+    vps_enabled: bool = True
+    vps_local_hosts: str = "local"
+    vps_image_dir: str = ""
+    vps_state_dir: str = ""
+    vps_bridge: str = "provvps0"
+    vps_access_key: str = ""
+
+    @property
+    def vps_dir(self) -> Path:
+        return self.data_dir / "vps"
 
     @property
     def bank_iban(self) -> str:

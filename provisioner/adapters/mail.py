@@ -53,10 +53,14 @@ SERVICE_TEMPLATES: tuple[str, ...] = ("credentials", "domain_failed", "migration
 SERVICE_TEMPLATES += ("order_lapsed", "credit_note")
 SERVICE_TEMPLATES += ("backup_download",)  # the backup download link (issue 17, item 9)
 SERVICE_TEMPLATES += ("migration_over_cap",)  # the migration survey's stop (issue 13, item 3)
+SERVICE_TEMPLATES += ("vps_credentials",)  # a VPS's one-time access-data link (issue 14)
+# the migration copy's stop at a cap, its reconciliation report, its cut-over (issue 13 items 5-7)
+SERVICE_TEMPLATES += ("migration_stopped", "migration_report", "migration_cutover")
 # English, subject and text only
 OPS_TEMPLATES: tuple[str, ...] = ("ops_alert", "ops_lapsed_payment", "ops_refund")
 OPS_TEMPLATES += ("ops_breach",)  # an open personal-data breach (issue 17, item 10)
 OPS_TEMPLATES += ("ops_migration_over_cap",)  # a migration stopped at its survey (issue 13)
+OPS_TEMPLATES += ("ops_migration_stopped",)  # a migration's copy stopped at a cap (issue 13)
 TEMPLATES = CUSTOMER_TEMPLATES + SERVICE_TEMPLATES + OPS_TEMPLATES
 
 SMTP_TIMEOUT_S = 10.0

@@ -27,6 +27,7 @@ from provisioner.cli import (
     registry,
     serve,
     services,
+    vps,
     withdraw,
 )
 
@@ -58,6 +59,7 @@ app.add_typer(serve.app)  # serve, worker, beat
 app.add_typer(demo.app)  # demo
 app.add_typer(withdraw.app)  # withdraw SERVICE [--dry-run]
 app.add_typer(withdraw.refunds_app, name="refunds")  # list [--open]
+app.add_typer(vps.app, name="vps")  # host add, list, show
 
 
 def main() -> None:

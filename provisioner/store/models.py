@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -447,6 +448,16 @@ class Migration(Base):
     override_reason: Mapped[str | None] = mapped_column(String(500))
     override_by: Mapped[str | None] = mapped_column(String(100))
     override_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # the copy, verify and cut-over steps (issue 13 items 5-8, migration 0020): the copy
+    # time used across retries and re-drives (the budget); ``copy``: each part's outcome
+    # per pass ({"copy": {part: outcome}, "delta": {...}}: a part done is not run again),
+    # the copy's state, its held mails, and the wipe's record; the live progress (written
+    # at most once a second); the reconciliation report; the cut-over (old values kept)
+    copy_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    copy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reconciliation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cutover: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class MigrationLink(Base):

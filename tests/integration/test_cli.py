@@ -144,7 +144,7 @@ def test_the_command_tree(cli: CliRunner) -> None:
         "invoices", "discount", "services", "hosts", "nodes", "registry-sandbox", "plan",
         "apply", "jobs", "redrive", "sweep", "quota", "serve", "worker", "beat", "demo",
     } | {"breach", "force-window"} | {"withdraw", "refunds"} | {"migration"} | {"backups"} | {
-        "domains"}
+        "domains"} | {"vps"}
     assert "--keep" not in run(cli, "demo", "--help")
 
 

@@ -182,8 +182,27 @@ def access_data(account: HostingAccount, node: HostingNode, secret: Secrets,
 def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str, service_id: int,
                       account: HostingAccount, node: HostingNode, secret: Secrets) -> None:
     """In ``s`` (the caller's fenced transaction): seal ``secret`` in a new one-time link
-    and hold the e-mail that carries the link, under ``notify_key``. Earlier unused links
-    of the service stop working: their passwords are gone."""
+    and hold the e-mail that carries the link, under ``notify_key``."""
+    context = {
+        "domain": account.domain,
+        "plan": DEFAULT_CATALOG.hosting_plan(account.plan).name,
+        "url": f"http://{account.domain}/",
+        "ftp_host": node.address,
+        "username": account.username,
+        "mailbox": f"{MAILBOXES[0]}@{account.domain}",
+        "panel": bool(ctx.settings.control_panel_url),
+    }
+    data = access_data(account, node, secret, ctx.settings.control_panel_url)
+    hold_access_link(ctx, s, box, notify_key, service_id, data, "credentials", context)
+
+
+def hold_access_link(ctx: StepContext, s: Session, box: Outbox, notify_key: str, service_id: int,
+                     data: dict[str, Any], template: str, context: dict[str, Any]) -> None:
+    """In ``s`` (the caller's fenced transaction): seal the access ``data`` in a new
+    one-time link and hold the e-mail ``template`` that carries the link (its ``context``
+    gets the customer, the link, its expiry and the brand) under ``notify_key``, for
+    ``notify.credentials`` to send. Earlier unused links of the service stop working:
+    their passwords are gone. Any capability that delivers access data calls this."""
     token = new_token()
     expires = ctx.now() + LINK_TTL
     service = s.get(Service, service_id)
@@ -192,23 +211,16 @@ def _hold_access_data(ctx: StepContext, s: Session, box: Outbox, notify_key: str
     assert customer is not None
     context = {
         "customer": {"name": customer.name, "email": customer.email},
-        "domain": account.domain,
-        "plan": DEFAULT_CATALOG.hosting_plan(account.plan).name,
-        "url": f"http://{account.domain}/",
+        **context,
         "link": f"{ctx.settings.public_base_url.rstrip('/')}/credentials/{token}",
         "expires_at": expires.strftime("%Y-%m-%d %H:%M UTC"),
-        "ftp_host": node.address,
-        "username": account.username,
-        "mailbox": f"{MAILBOXES[0]}@{account.domain}",
-        "panel": bool(ctx.settings.control_panel_url),
         **brand_context(s, service.order_id),
     }
     s.execute(delete(CredentialLink).where(CredentialLink.service_id == service_id,
                                            CredentialLink.used_at.is_(None)))
-    data = access_data(account, node, secret, ctx.settings.control_panel_url)
     s.add(CredentialLink(token_sha256=token_hash(token), service_id=service_id, sealed=seal(token, data),
                          expires_at=expires, created_at=ctx.now()))
-    box.hold(s, notify_key, customer.email, "credentials", customer.lang, context)
+    box.hold(s, notify_key, customer.email, template, customer.lang, context)
     audit(s, SYSTEM, "hosting.credentials_link", "service", service_id,
           {"expires_at": expires.isoformat()})
 

@@ -35,9 +35,13 @@ from provisioner.adapters.hosting.backups import (
 )
 from provisioner.adapters.hosting.usage import NodeUsage
 from provisioner.adapters.mail import RenderedMail
+from provisioner.adapters.migration_copy import PartOutcome
+from provisioner.adapters.migration_copy.site import SitePage
 from provisioner.adapters.payments.stripe import RefundReceipt
 from provisioner.adapters.registry import EppClient
 from provisioner.adapters.tls_targets import CertificateTarget
+from provisioner.adapters.vps.driver import VpsDriver
+from provisioner.adapters.vps.hosts import VpsTarget
 from provisioner.domain.migration_survey import Limits, Measures
 from provisioner.errors import ConfigurationError
 
@@ -130,6 +134,12 @@ class DnsZones(Protocol):
 
     def zone_for(self, name: str) -> str | None: ...
 
+    def lookup(self, name: str, rtype: str) -> set[str]: ...
+
+    def set_ttl(self, zone: str, name: str, rtype: str, ttl: int) -> list[str]: ...
+
+    def delete_rrset(self, zone: str, name: str, rtype: str) -> None: ...
+
     def set_txt(self, name: str, value: str, ttl: int = ..., zone: str | None = ...) -> str: ...
 
     def delete_txt(self, name: str, value: str, zone: str | None = ...) -> None: ...
@@ -170,6 +180,28 @@ class MigrationSource(Protocol):
                 limits: Limits) -> Measures: ...
 
 
+class MigrationCopier(Protocol):
+    """The migration copy on a hosting node (`adapters.migration_copy.NodeJobs`, issue 13):
+    runs one part program (files, database, mailbox1, mailbox2) in copy or verify mode
+    with the job on stdin, its progress events to ``on_event``; removes the job from the
+    node (`cleanup`: the removed paths); fetches a site's page at an address with its
+    Host header (status and ``<title>``, for the verify step)."""
+
+    def run_part(self, node: Target, job: Mapping[str, Any],
+                 on_event: Callable[[dict[str, Any]], None] | None = ...) -> PartOutcome: ...
+
+    def cleanup(self, node: Target, job_id: str) -> list[str]: ...
+
+    def fetch_site(self, address: str, host: str) -> SitePage: ...
+
+
+class VpsHosts(Protocol):
+    """The VPS hosts (`adapters.vps.hosts.NspawnHosts`): the driver of one host, for
+    machines made from ``image`` (issue 14)."""
+
+    def driver(self, target: VpsTarget, image: str) -> VpsDriver: ...
+
+
 @dataclass(frozen=True)
 class Adapters:
     """Every outside system a handler may reach, typed. Built once per process."""
@@ -190,6 +222,10 @@ class Adapters:
     tls_fallback: CertificateTarget | None = None
     # the old provider of a free migration (issue 13): None only where no migration runs
     old_provider: MigrationSource | None = None
+    # VPS hosts (issue 14): None where the installation runs no VPS
+    vps: VpsHosts | None = None
+    # the migration copy on the nodes (issue 13): None only where no migration runs
+    migration_copier: MigrationCopier | None = None
 
 
 def need(adapter: T | None, what: str) -> T:

@@ -451,7 +451,13 @@ class Runner:
                 )
             ).first()
             order = s.get(Order, step.order_id)
-            if left is None and order is not None and order.status == "paid":
+            # Completed means carried out: every step done AND no service of the order still
+            # provisioning (a line no capability here plans has no step, and its service
+            # stays provisioning: its order is paid, not completed).
+            waiting = s.execute(select(Service.id).where(
+                Service.order_id == step.order_id,
+                Service.state == ServiceState.PROVISIONING.value)).first() if left is None else None
+            if left is None and waiting is None and order is not None and order.status == "paid":
                 order.status = "completed"
                 audit(s, SYSTEM, "order.completed", "order", order.id)
         return True

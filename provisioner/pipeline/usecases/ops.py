@@ -18,9 +18,11 @@ from provisioner.domain.billing import DiscountCode
 from provisioner.domain.lifecycle import StepState
 from provisioner.domain.policy import get_brand
 from provisioner.errors import ConfigurationError, InvalidInput, NotFound
+from provisioner.pipeline.capabilities.migration.sources import progress_view
 from provisioner.pipeline.engine.plan import Planner, plan
 from provisioner.pipeline.usecases import orders
 from provisioner.pipeline.usecases.payments import ingest
+from provisioner.pipeline.usecases.vps import machine_view
 from provisioner.store.audit import audit
 from provisioner.store.db import read_only, transaction
 from provisioner.store.models import (
@@ -28,6 +30,7 @@ from provisioner.store.models import (
     DiscountCodeRow,
     Invoice,
     InvoicePosting,
+    Migration,
     Notification,
     Order,
     Payment,
@@ -199,6 +202,11 @@ def show_service(factory: Factory, service_id: int, actor: str,
         data = service_dict(sv, planned)
         data["steps"] = [step_dict(st) for st in s.execute(
             select(Step).where(Step.service_id == sv.id)).scalars()]
+        if sv.kind == "migration":  # its state and the copy's progress (issue 13), no secret
+            row = s.execute(select(Migration).where(Migration.service_id == sv.id)).scalar_one_or_none()
+            data["migration"] = None if row is None else {"state": row.state, **progress_view(row)}
+        if sv.kind == "vps":  # its machine, host and address (issue 14), no secret
+            data["vps"] = machine_view(s, sv.id)
         return data
 
 

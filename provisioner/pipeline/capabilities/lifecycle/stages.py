@@ -20,6 +20,7 @@ from provisioner.domain.lifecycle import (
 )
 from provisioner.domain.policy import BrandPolicy, get_brand
 from provisioner.errors import StepFailed
+from provisioner.pipeline.capabilities import vps
 from provisioner.pipeline.capabilities.billing import send_once
 from provisioner.pipeline.capabilities.lifecycle.hold import service_row
 from provisioner.pipeline.capabilities.placement import account_and_node, spec_of, target_of
@@ -123,6 +124,10 @@ def step_shutdown(ctx: StepContext, step: Step) -> StepResult:
         if now_state != ServiceState.EXPIRED.value:  # paid while we were suspending it
             adapter.unsuspend(target_of(st.node), spec_of(st.account, policy)).raise_for_status(step.key)
             return StepResult(True, {"skipped": "renewed during the shutdown; unsuspended"})
+    elif st.service.kind == "vps" and (machine := vps.shutdown(ctx, st.service.id)) is not None:
+        if "skipped" in machine:  # renewed while it was being suspended: running again
+            return StepResult(True, machine)
+        manifest.update(machine)  # suspended on its VPS host: stopped, not started at boot
     else:
         manifest["note"] = "nothing runs on a node for this service"
     _finish_stage(ctx, st, "shutdown", None, manifest)
@@ -159,6 +164,8 @@ def step_delete_data(ctx: StepContext, step: Step) -> StepResult:
             assert row is not None
             row.state = "removed"
             row.updated_at = ctx.now()
+    elif st.service.kind == "vps" and (removed := vps.delete(ctx, st.service.id)) is not None:
+        manifest.update(removed)  # the machine's unit, disk and state, as its host removed them
     else:
         manifest["note"] = "no data on a node for this service"
     _finish_stage(ctx, st, "delete_data", ServiceState.DELETED, manifest)
@@ -221,6 +228,8 @@ def step_service_renew(ctx: StepContext, step: Step) -> StepResult:
             and account.state != "removed":
         ctx.heartbeat()
         ctx.adapters.hosting.unsuspend(target_of(node), spec_of(account, policy)).raise_for_status(step.key)
+    if was == ServiceState.EXPIRED.value and service.kind == "vps":
+        vps.unsuspend(ctx, service_id)  # the machine shut down for expiry runs again
     return StepResult(changed, {"expires_on": new_expiry.isoformat(), "was": was})
 
 
