@@ -1,6 +1,6 @@
 """The backup download on a throwaway node and a backup host (issue 17 item 9): a hosting
 account with a backup service made through the pipeline on the session's node, enrolled
-with a backup host of this module (restic over SFTP); the clock shuts it down, the day
+with the session's backup host (restic over SFTP); the clock shuts it down, the day
 after the customer gets the link; the page's POST fetches the snapshot from the node
 over SSH (``hosting-backup dump``), and the archive it streams holds the account's files,
 its mail and its database dump byte for byte as they are on the node, each listed with
@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import re
 import secrets
 import tarfile
@@ -38,7 +37,8 @@ from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Service
 from provisioner.timeutil import now_at
 from tests.browser import served
-from tests.e2e.test_backups import NodeEnv, playbook
+from tests.e2e.nodes import Enrolment
+from tests.e2e.test_backups import NodeEnv
 from tests.helpers import MemoryMailer, World, customer, make_settings, wire
 
 E = date(2027, 5, 31)
@@ -65,53 +65,41 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(hosts: Any, node: Any, node_host: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    bk_name = f"t-bd-{os.getpid()}"
+def env(node: Any, node_host: Any, enrolled_node: Enrolment, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Env]:
+    # the session's node, enrolled with the session's backup host (tests/e2e/conftest.py)
     work = tmp_path_factory.mktemp("backup-download")
-    try:
-        # the backup host, and the session's node enrolled with it (H2's playbooks)
-        backup = hosts.up(bk_name)
-        n = NodeEnv("nbd", node.info, node_host, secrets.token_urlsafe(32))
-        n.public_key = n.ok("key")["public_key"]
-        host_key = playbook("backup_host.yml", backup, {
-            "backup_host_nodes": [{"name": n.name, "authorized_keys": [n.public_key]}]})["host_key"]
-        playbook("hosting_node_backup.yml", node.info, {
-            "hosting_node_backup_repository": f"sftp:rn-{n.name}@{backup.address}:/repo",
-            "hosting_node_backup_password": n.password,
-            "hosting_node_backup_known_hosts": host_key,
-            "hosting_backup_result_file": ""})
-        # the product, wired by its composition root, reaching the node with its key
-        url = f"sqlite:///{work / 'bd.sqlite'}"
-        upgrade(url)
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        settings = make_settings(work, url, 1, line_kinds="hosting,backup", public_base_url=base,
-                                 node_ssh_key=str(node.info.ssh_key),
-                                 backup_download_dir=str(work / "downloads"))
-        app, queue = wire(settings, now=now_at(E - timedelta(days=40)), mailer=MemoryMailer())
-        world = World(app, queue)
-        with transaction(app.factory) as s:
-            add_node(s, node.info.name, node.info.address, capacity_accounts=100,
-                     capacity_disk_mb=1_000_000, throwaway=True)
-        order = world.order([f"hosting:mega:{DOMAIN}:12m", f"backup:{DOMAIN}:12m"], who=customer("sl"))
-        p = order["proforma"]
-        assert world.pay(p["number"], Decimal(p["gross"]), "bd-first").settled
-        world.run_queued()
-        with transaction(world.factory) as s:
-            services = s.execute(select(Service).where(Service.order_id == order["order"])).scalars().all()
-            assert {sv.state for sv in services} == {"active"}, [(sv.kind, sv.detail) for sv in services]
-            for sv in services:
-                sv.expires_on = E
-                sv.clock_on = E - timedelta(days=35)
-            hosting_id = next(sv.id for sv in services if sv.kind == "hosting")
-            account = s.execute(select(HostingAccount.username).where(
-                HostingAccount.service_id == hosting_id)).scalar_one()
-        api = create_app(settings, enqueue=queue)
-        api.state.api = dataclasses.replace(api.state.api, provisioner=app)
-        with served(api, port):
-            yield Env(world, n, account, hosting_id, base)
-    finally:
-        hosts.down(bk_name)
+    n = NodeEnv(enrolled_node.name, node.info, node_host, enrolled_node.password)
+    # the product, wired by its composition root, reaching the node with its key
+    url = f"sqlite:///{work / 'bd.sqlite'}"
+    upgrade(url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(work, url, 1, line_kinds="hosting,backup", public_base_url=base,
+                             node_ssh_key=str(node.info.ssh_key),
+                             backup_download_dir=str(work / "downloads"))
+    app, queue = wire(settings, now=now_at(E - timedelta(days=40)), mailer=MemoryMailer())
+    world = World(app, queue)
+    with transaction(app.factory) as s:
+        add_node(s, node.info.name, node.info.address, capacity_accounts=100,
+                 capacity_disk_mb=1_000_000, throwaway=True)
+    order = world.order([f"hosting:mega:{DOMAIN}:12m", f"backup:{DOMAIN}:12m"], who=customer("sl"))
+    p = order["proforma"]
+    assert world.pay(p["number"], Decimal(p["gross"]), "bd-first").settled
+    world.run_queued()
+    with transaction(world.factory) as s:
+        services = s.execute(select(Service).where(Service.order_id == order["order"])).scalars().all()
+        assert {sv.state for sv in services} == {"active"}, [(sv.kind, sv.detail) for sv in services]
+        for sv in services:
+            sv.expires_on = E
+            sv.clock_on = E - timedelta(days=35)
+        hosting_id = next(sv.id for sv in services if sv.kind == "hosting")
+        account = s.execute(select(HostingAccount.username).where(
+            HostingAccount.service_id == hosting_id)).scalar_one()
+    api = create_app(settings, enqueue=queue)
+    api.state.api = dataclasses.replace(api.state.api, provisioner=app)
+    with served(api, port):
+        yield Env(world, n, account, hosting_id, base)
 
 
 def _node_files(n: NodeEnv, account: str) -> dict[str, str]:

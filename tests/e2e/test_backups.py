@@ -1,8 +1,8 @@
 """Backups that survive the node: restic repositories on a separate backup host.
 
-Throwaway hosts: the session's ``node`` (A, restores onto it and most tests), a backup
-host of this module (roles/backup_host, booted from the base image) and a second node
-of this module (C) that is destroyed after its nightly backup. Driven through the
+Throwaway hosts of this module's own, booted at once: node A (restores onto it and most
+tests), a backup host (roles/backup_host, booted from the base image) and node C, which is
+destroyed after its nightly backup. Driven through the
 playbooks (roles/hosting_backup, backup_host.yml, hosting_node_backup.yml) and the node
 script over testinfra; compared with manifests (sha256 per file, the database's rows).
 """
@@ -14,7 +14,6 @@ import os
 import secrets
 import shlex
 import smtplib
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,10 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.adapters.hosting import Target, run_playbook
+from provisioner.adapters.hosting import Target
 from provisioner.adapters.hosting.accounts import AccountSpec, HostingAccounts, Secrets
 from provisioner.domain.catalog import DEFAULT_CATALOG as CATALOG
-from tests.e2e.nodes import infra_host, own_node
+from tests.e2e.nodes import BACKUP_SCRIPT as SCRIPT
+from tests.e2e.nodes import Enrolment, backup_key, infra_host, own_hosts, playbook, point_at
 from tests.servers import wait_for
 
 # The module's hosts (a backup host, a second node) are set up in the first test's
@@ -37,7 +37,6 @@ pytestmark = pytest.mark.timeout(1500)
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((ROOT / "roles/hosting_node/defaults/main.yml").read_text())
 RETENTION: dict[str, int] = DEFAULTS["hosting_node_backup_retention"]
-SCRIPT = "/usr/local/sbin/hosting-backup"
 RESTIC_ROOT = "/srv/restic"
 
 HOSTILE_NAMES = ["a;reboot", "../etc", "Root", "a" * 33, "$(id)", "-rf", "a/b"]
@@ -139,52 +138,31 @@ class World:
         return playbook("backup_host.yml", self.backup, {"backup_host_nodes": self.nodes_var(extra)})
 
     def enrol(self, node: NodeEnv) -> dict[str, Any]:
-        return playbook("hosting_node_backup.yml", node.info, {
-            "hosting_node_backup_repository": self.repository(node),
-            "hosting_node_backup_password": node.password,
-            "hosting_node_backup_known_hosts": self.host_key,
-            "hosting_backup_result_file": ""})
-
-
-def playbook(name: str, info: Any, extravars: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
-    """Run a playbook against one throwaway host; the JSON its role wrote (or {})."""
-    with tempfile.TemporaryDirectory(prefix="e2e-backup-") as private:
-        result = Path(private) / "result.json"
-        key = "backup_host_result_file" if name == "backup_host.yml" else "hosting_backup_result_file"
-        extravars = {key: str(result), **extravars}
-        run = run_playbook(name, [info.target()], extravars, ssh_key=Path(info.ssh_key), throwaway=True,
-                           timeout_s=900)
-        data = json.loads(result.read_text()) if result.is_file() else {}
-    if check:
-        assert run.ok, (run.status, run.errors, data)
-    data["_run"] = run
-    return data
+        return point_at(Enrolment(node.name, node.info, self.backup, self.host_key, node.password))
 
 
 @pytest.fixture(scope="module")
 def world(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    # Nodes of this module's own: a node is enrolled with one backup host for its life
-    # (the controller refuses a second), so the session's node, which other modules
-    # enrol with theirs, is not one of them.
-    bk_name, a_name, c_name = f"t-bk-{os.getpid()}", f"t-na-{os.getpid()}", f"t-nc-{os.getpid()}"
-    try:
-        backup = hosts.up(bk_name)
+    # Nodes of this module's own: C is destroyed, A restores C's account with C's
+    # repository and runs nightly runs over all its accounts, and the backup host is
+    # converged with A's key on C's account for a while; the session's node and backup
+    # host (tests/e2e/conftest.py) are for modules that only need "a node enrolled with a
+    # backup host". The three hosts boot at once, A and C converge in one Ansible run.
+    pid = os.getpid()
+    with own_hosts(hosts, "e2e.backups", nodes=[f"t-na-{pid}", f"t-nc-{pid}"], bare=[f"t-bk-{pid}"]) as own:
+        (a_info, c_info), (backup,) = own.nodes, own.bare
         bh = infra_host(backup, tmp_path_factory.mktemp("ssh-bk"))
-        with own_node(hosts, a_name, "e2e.backups.a") as a_info, \
-                own_node(hosts, c_name, "e2e.backups.c") as c_info:
-            a = NodeEnv("na", a_info, infra_host(a_info, tmp_path_factory.mktemp("ssh-a")),
-                        secrets.token_urlsafe(32))
-            c = NodeEnv("nc", c_info, infra_host(c_info, tmp_path_factory.mktemp("ssh-c")),
-                        secrets.token_urlsafe(32))
-            for n in (a, c):
-                n.public_key = n.ok("key")["public_key"]
-            w = World(hosts, backup, bh, a, c)
-            w.host_key = w.converge_backup_host()["host_key"]
-            for n in (a, c):
-                w.enrol(n)
-            yield w
-    finally:
-        hosts.down(bk_name)
+        a = NodeEnv("na", a_info, infra_host(a_info, tmp_path_factory.mktemp("ssh-a")),
+                    secrets.token_urlsafe(32))
+        c = NodeEnv("nc", c_info, infra_host(c_info, tmp_path_factory.mktemp("ssh-c")),
+                    secrets.token_urlsafe(32))
+        for n in (a, c):
+            n.public_key = backup_key(n.host)
+        w = World(hosts, backup, bh, a, c)
+        w.host_key = w.converge_backup_host()["host_key"]
+        for n in (a, c):
+            w.enrol(n)
+        yield w
 
 
 def make_live(n: NodeEnv, plan: str = "giga5") -> AccountSpec:

@@ -34,7 +34,7 @@ from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import HostingAccount, HostingNode, add_node
 from provisioner.store.models import BackupRepository, Service
 from provisioner.timeutil import now_at, utcnow
-from tests.e2e.nodes import infra_host, own_node
+from tests.e2e.nodes import infra_host, own_hosts
 from tests.helpers import ClockWorld, make_world
 
 
@@ -66,8 +66,10 @@ def env(hosts: Any, node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                        "PROVISIONER_NODE_SSH_KEY": str(node.info.ssh_key)})
     bk_name, b_name = f"t-bkc-{os.getpid()}", f"t-nbc-{os.getpid()}"
     try:
-        backup = hosts.up(bk_name)
-        with own_node(hosts, b_name, "e2e.backups_controller.b") as b_info:
+        # hosts of this module's own, booted at once: the controller converges the backup
+        # host from its database and authorises node B's key on A's repository there
+        with own_hosts(hosts, "e2e.backups_controller", nodes=[b_name], bare=[bk_name]) as own:
+            (b_info,), (backup,) = own.nodes, own.bare
             settings = load_settings()
             upgrade(settings.effective_database_url)
             world = make_world(settings, now=now_at(date(2026, 6, 1)))
@@ -87,7 +89,6 @@ def env(hosts: Any, node: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                       infra_host(b_info, tmp_path_factory.mktemp("ssh-b")), bh, backup.address, cw,
                       settings.sqlite_path)
     finally:
-        hosts.down(bk_name)
         for k in [k for k in os.environ if k.startswith("PROVISIONER_")]:
             del os.environ[k]
         os.environ.update(saved)

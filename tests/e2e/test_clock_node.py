@@ -9,9 +9,6 @@ then no free backups after the grace days, then backups again once back under.""
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -28,12 +25,11 @@ from provisioner.store.db import transaction, upgrade
 from provisioner.store.hosting import HostingAccount, add_node
 from provisioner.store.models import Service
 from provisioner.timeutil import iter_days, now_at
-from tests.e2e.nodes import infra_host, own_node
-from tests.e2e.test_backups import NodeEnv, playbook
+from tests.e2e.nodes import Enrolment
 from tests.helpers import ClockWorld, MemoryMailer, customer, make_settings, wire
 
-# The module's hosts (a backup host, a second node) are set up in the first test's
-# fixtures: on a loaded machine that alone can take minutes.
+# The session's node and backup host may be set up in the first test's fixtures (when
+# this module runs alone): on a loaded machine that alone can take minutes.
 pytestmark = pytest.mark.timeout(1500)
 
 E = date(2027, 3, 31)
@@ -75,37 +71,12 @@ class NodeClockWorld(ClockWorld):
         return str(out.stdout)
 
 
-@dataclass
-class _Node:
-    info: Any
-
-
 @pytest.fixture(scope="module")
-def world(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClockWorld]:
-    work = tmp_path_factory.mktemp("clocknode")
-    bk_name, n_name = f"t-bcn-{os.getpid()}", f"t-ncl-{os.getpid()}"
-    # a node of this module's own, enrolled with a backup host of its own (a node keeps
-    # one backup host for its life; other modules enrol the session's node with theirs)
-    with own_node(hosts, n_name, "e2e.clock.node") as info:
-        try:
-            yield _enrolled_world(hosts, bk_name, work, _Node(info),
-                                  infra_host(info, tmp_path_factory.mktemp("ssh-clock")))
-        finally:
-            hosts.down(bk_name)
-
-
-def _enrolled_world(hosts: Any, bk_name: str, work: Path, node: Any, node_host: Any) -> NodeClockWorld:
-    backup = hosts.up(bk_name)
-    n = NodeEnv("ncl", node.info, node_host, secrets.token_urlsafe(32))
-    n.public_key = n.ok("key")["public_key"]
-    host_key = playbook("backup_host.yml", backup, {
-        "backup_host_nodes": [{"name": n.name, "authorized_keys": [n.public_key]}]})["host_key"]
-    playbook("hosting_node_backup.yml", node.info, {
-        "hosting_node_backup_repository": f"sftp:rn-{n.name}@{backup.address}:/repo",
-        "hosting_node_backup_password": n.password,
-        "hosting_node_backup_known_hosts": host_key,
-        "hosting_backup_result_file": ""})
-    return _clock_world(work, node, node_host)
+def world(node: Any, node_host: Any, enrolled_node: Enrolment,
+          tmp_path_factory: pytest.TempPathFactory) -> NodeClockWorld:
+    # the session's node, enrolled with the session's backup host (tests/e2e/conftest.py):
+    # the accounts are this module's own (clock-*.example), nothing else of the node changes
+    return _clock_world(tmp_path_factory.mktemp("clocknode"), node, node_host)
 
 
 def _clock_world(work: Path, node: Any, node_host: Any) -> NodeClockWorld:

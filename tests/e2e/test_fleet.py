@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -18,7 +19,7 @@ from provisioner.devstack.hosts.node import up_node
 from provisioner.pipeline.usecases import fleet
 from provisioner.store.db import session_factory, transaction
 from provisioner.store.hosting import add_node
-from tests.e2e.nodes import infra_host
+from tests.e2e.nodes import in_parallel, infra_host
 from tests.helpers import make_settings
 
 IN_WINDOW = datetime(2027, 1, 12, 0, 30, tzinfo=UTC)  # 01:30 in Ljubljana
@@ -28,11 +29,11 @@ MARK = "# changed by hand on the node"
 
 @pytest.fixture(scope="module")
 def three(hosts: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[Any, Any]]]:
-    """Three nodes booted from the converged-node image (the rollout converges them)."""
+    """Three nodes booted at once from the converged-node image (the rollout converges them)."""
     names = [f"t-fleet-{x}-{os.getpid()}" for x in "abc"]
     ssh = tmp_path_factory.mktemp("fleet-ssh")
     try:
-        infos = [up_node(hosts, name) for name in names]
+        infos = in_parallel(*[partial(up_node, hosts, name) for name in names])
         yield [(info, infra_host(info, ssh)) for info in infos]
     finally:
         for name in names:

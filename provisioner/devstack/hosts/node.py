@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from provisioner.adapters.hosting.ansible import PLAYBOOKS_DIR, ROLES_DIR, RunResult
@@ -16,7 +17,7 @@ from provisioner.adapters.hosting.ansible import run_playbook as _run_playbook
 from provisioner.devstack.hosts.disk import attach_hosting_disk
 from provisioner.devstack.hosts.images import NODE, Layer, file_lock, run
 from provisioner.devstack.hosts.nspawn import HostInfo, NspawnHosts, _container_init
-from provisioner.errors import StepFailed
+from provisioner.errors import InvalidInput, StepFailed
 
 PLAYBOOK = "hosting_node.yml"
 BUILDER = "node-image-build"
@@ -39,8 +40,17 @@ def role_digest() -> str:
 def converge(host: HostInfo, *, timeout_s: float = 900, extravars: dict[str, object] | None = None
              ) -> RunResult:
     """Run the hosting_node playbook against one throwaway host."""
-    return _run_playbook(PLAYBOOK, [host.target()], dict(extravars or {}),
-                         timeout_s=timeout_s, ssh_key=Path(host.ssh_key), throwaway=True)
+    return converge_all([host], timeout_s=timeout_s, extravars=extravars)
+
+
+def converge_all(hosts: Sequence[HostInfo], *, timeout_s: float = 900,
+                 extravars: dict[str, object] | None = None) -> RunResult:
+    """Run the hosting_node playbook against several throwaway hosts (of one hosts dir, one
+    key) in one Ansible run: Ansible works on them at once (its forks)."""
+    if not hosts:
+        raise InvalidInput("converge_all needs at least one host")
+    return _run_playbook(PLAYBOOK, [h.target() for h in hosts], dict(extravars or {}),
+                         timeout_s=timeout_s, ssh_key=Path(hosts[0].ssh_key), throwaway=True)
 
 
 def node_layer(hosts: NspawnHosts) -> Layer:

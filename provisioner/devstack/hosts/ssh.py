@@ -8,15 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from provisioner.adapters.ssh import paramiko_module as _paramiko
-from provisioner.devstack.hosts.images import run
+from provisioner.devstack.hosts.images import file_lock, run
 from provisioner.errors import InvalidInput, TransientError
 
 
 def ensure_keypair(path: Path) -> Path:
-    """Create ``path`` (private) and ``path.pub`` once; return the private key path."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
+    """Create ``path`` (private) and ``path.pub`` once; return the private key path. Safe to
+    call from several threads or processes at once (hosts booted in parallel)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            return path
         tmp = path.with_name(path.name + ".tmp")
         for p in (tmp, tmp.with_name(tmp.name + ".pub")):
             p.unlink(missing_ok=True)
