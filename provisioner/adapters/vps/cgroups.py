@@ -16,6 +16,7 @@ Real nodes (systemd on cgroup v2) need none of this; it stays in this adapter.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -134,10 +135,15 @@ CPU_PERIOD_US = 100_000
 
 
 def apply_limits(name: str, *, cpu_percent: int | None = None, memory_bytes: int | None = None,
-                 tasks_max: int | None = None) -> None:
-    """Write the machine's CPU quota, memory limit and tasks limit to its own cgroups
-    (the host-side ones: nothing inside the machine can raise them)."""
+                 tasks_max: int | None = None, io_device: str | None = None,
+                 iops_read: int | None = None, iops_write: int | None = None) -> None:
+    """Write the machine's CPU quota, memory limit, tasks limit and IOPS caps to its own
+    cgroups (the host-side ones: nothing inside the machine can raise them). The IOPS caps
+    hold on ``io_device`` ("major:minor", the machine's loop device): a direct-IO request
+    is throttled where the machine's process submits it to that device."""
     v2 = mode() == "v2"
+    if io_device is not None:
+        _apply_iops(name, io_device, iops_read, iops_write, v2)
     if cpu_percent is not None:
         quota = max(1000, cpu_percent * CPU_PERIOD_US // 100)
         if v2:
@@ -155,6 +161,41 @@ def apply_limits(name: str, *, cpu_percent: int | None = None, memory_bytes: int
     if tasks_max is not None:
         d = (CGROUP_ROOT if v2 else CGROUP_ROOT / "pids") / "machines" / name
         _write(d / "pids.max", str(tasks_max))
+
+
+def _apply_iops(name: str, device: str, read: int | None, write: int | None, v2: bool) -> None:
+    if not re.fullmatch(r"[0-9]+:[0-9]+", device):
+        raise ValueError(f"bad block device number {device!r}")
+    if v2:
+        riops = "max" if read is None else str(read)
+        wiops = "max" if write is None else str(write)
+        _write(CGROUP_ROOT / "machines" / name / "io.max", f"{device} riops={riops} wiops={wiops}")
+        return
+    d = CGROUP_ROOT / "blkio" / "machines" / name
+    # v1 takes "major:minor 0" as "no cap on this device".
+    _write(d / "blkio.throttle.read_iops_device", f"{device} {read or 0}")
+    _write(d / "blkio.throttle.write_iops_device", f"{device} {write or 0}")
+
+
+def read_iops(name: str) -> dict[str, dict[str, int]]:
+    """The IOPS caps on the machine's cgroup per device ("major:minor"):
+    ``{"7:2": {"read": 300, "write": 150}}``; a direction without a cap is left out."""
+    out: dict[str, dict[str, int]] = {}
+    if mode() == "v2":
+        for line in _read(CGROUP_ROOT / "machines" / name / "io.max").splitlines():
+            dev, *kvs = line.split()
+            caps = dict(kv.partition("=")[::2] for kv in kvs)
+            for key, field in (("read", "riops"), ("write", "wiops")):
+                if caps.get(field, "").isdigit():
+                    out.setdefault(dev, {})[key] = int(caps[field])
+        return out
+    d = CGROUP_ROOT / "blkio" / "machines" / name
+    for key in ("read", "write"):
+        for line in _read(d / f"blkio.throttle.{key}_iops_device").splitlines():
+            dev, _, value = line.partition(" ")
+            if value.strip().isdigit() and int(value) > 0:
+                out.setdefault(dev, {})[key] = int(value)
+    return out
 
 
 def read_limits(name: str) -> dict[str, int | None]:

@@ -12,8 +12,11 @@ A VPS on an ``nspawn`` host is ``<state_dir>/vps-<id>/``:
   ``suspended``: it is suspended, and ``start`` refuses it.
 
 The machine runs under a unit of its own (units.py) with the plan's CPU quota, memory
-and tasks limits, on the host's VPS bridge with its own address. The root password goes
-to ``chpasswd`` on stdin and is stored hashed in the image only.
+and tasks limits and IOPS caps on its own disk's loop device, on the host's VPS bridge
+with its own address and its bandwidth shaped on the host side of its veth (shaping.py).
+The root password goes to ``chpasswd`` on stdin and is stored hashed in the image only.
+A plan change (``resize``) grows the disk (never shrinks it) and changes every limit in
+place; ``reinstall`` makes a fresh disk with new root access under the same identity.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from provisioner.adapters.vps import validate
+from provisioner.adapters.vps import shaping, validate
 from provisioner.adapters.vps.units import UnitManager, UnitSpec
 from provisioner.domain.catalog import VpsPlan
 from provisioner.errors import Conflict, InvalidInput, NotFound, StepFailed
@@ -47,16 +50,38 @@ class MachineSpec:
     memory_mb: int
     disk_mb: int
     tasks_max: int
+    iops_read: int | None = None  # caps on the machine's disk (None: none)
+    iops_write: int | None = None
+    bandwidth_mbit: int | None = None  # each direction, shaped on the host side (None: unshaped)
 
     @classmethod
     def for_plan(cls, plan: VpsPlan, *, vps_id: int, tag: str, hostname: str, address: str,
                  gateway: str, prefixlen: int) -> MachineSpec:
         return cls(vps_id, tag, hostname, address, gateway, prefixlen,
                    cpu_percent=plan.vcpus * 100, memory_mb=plan.memory_mb,
-                   disk_mb=plan.disk_gb * 1024, tasks_max=plan.tasks_max)
+                   disk_mb=plan.disk_gb * 1024, tasks_max=plan.tasks_max,
+                   iops_read=plan.iops_read, iops_write=plan.iops_write,
+                   bandwidth_mbit=plan.bandwidth_mbit)
+
+    def expected_limits(self) -> dict[str, int | None]:
+        """What ``NspawnDriver.limits`` reads back from a running machine made from this spec."""
+        return {"cpu_percent": self.cpu_percent, "memory_bytes": self.memory_mb * 1024 * 1024,
+                "tasks_max": self.tasks_max, "iops_read": self.iops_read, "iops_write": self.iops_write,
+                "bandwidth_down_mbit": self.bandwidth_mbit, "bandwidth_up_mbit": self.bandwidth_mbit,
+                "disk_bytes": self.disk_mb * 1024 * 1024}
+
+    def with_sizes(self, other: MachineSpec) -> MachineSpec:
+        """This machine with ``other``'s sizes and limits (a plan change); refused when
+        ``other`` names another machine."""
+        identity = ("vps_id", "tag", "hostname", "address", "gateway", "prefixlen")
+        changed = [k for k in identity if getattr(self, k) != getattr(other, k)]
+        if changed:
+            raise InvalidInput(f"a resize changes sizes only, not {', '.join(changed)}")
+        return other
 
     def validated(self) -> MachineSpec:
         validate.vps_id(self.vps_id)
+        validate.veth_name(self.vps_id)
         validate.tag(self.tag)
         validate.hostname(self.hostname)
         if len(self.hostname) > HOST_NAME_MAX:
@@ -69,6 +94,10 @@ class MachineSpec:
                                  ("disk_mb", self.disk_mb, 512), ("tasks_max", self.tasks_max, 16)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidInput(f"{name} must be an integer >= {low}, not {value!r}")
+        for name, opt, low in (("iops_read", self.iops_read, 10), ("iops_write", self.iops_write, 10),
+                               ("bandwidth_mbit", self.bandwidth_mbit, 1)):
+            if opt is not None and (not isinstance(opt, int) or isinstance(opt, bool) or opt < low):
+                raise InvalidInput(f"{name} must be an integer >= {low} or none, not {opt!r}")
         return self
 
 
@@ -108,6 +137,21 @@ class MachineInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ObservedMachine:
+    """A tagged machine on a VPS host and the limits the host holds it to now."""
+
+    info: MachineInfo
+    limits: dict[str, int | None]
+
+    def drift(self, spec: MachineSpec) -> dict[str, tuple[int | None, int | None]]:
+        """Where the machine differs from ``spec``: {limit: (wanted, found)}. A machine that
+        is not running holds no limit but its disk, so only the disk is compared then."""
+        want = spec.expected_limits()
+        keys = list(want) if self.info.running else ["disk_bytes"]
+        return {k: (want[k], self.limits.get(k)) for k in keys if want[k] != self.limits.get(k)}
+
+
 class VpsDriver(Protocol):
     """What the pipeline asks of a VPS host. Every act names the tag it expects and is
     refused when the machine carries another one."""
@@ -120,6 +164,9 @@ class VpsDriver(Protocol):
     def delete(self, vps_id: int, tag: str) -> dict[str, object]: ...
     def list_tagged(self) -> list[MachineInfo]: ...
     def limits(self, vps_id: int, tag: str) -> dict[str, int | None]: ...
+    def resize(self, spec: MachineSpec) -> MachineInfo: ...
+    def reinstall(self, vps_id: int, tag: str, access: RootAccess) -> MachineInfo: ...
+    def observe(self) -> list[ObservedMachine]: ...
 
 
 class NspawnDriver:
@@ -187,7 +234,34 @@ class NspawnDriver:
         return [self._info(i) for i in ids]
 
     def limits(self, vps_id: int, tag: str) -> dict[str, int | None]:
-        return self.units.limits(self._check_tag(vps_id, tag))
+        """The limits the VPS host holds the machine to now, read back from the kernel
+        (cgroups, tc) and the disk image: cpu_percent, memory_bytes, tasks_max, iops_read,
+        iops_write (on its own disk only), bandwidth_down_mbit, bandwidth_up_mbit,
+        disk_bytes. None: no such limit in force (a stopped machine has none but its disk)."""
+        name = self._check_tag(vps_id, tag)
+        out = dict(self.units.limits(name))
+        running = self.units.is_active(name)
+        out.update(shaping.rates(self.runner, vps_id) if running else
+                   {"bandwidth_down_mbit": None, "bandwidth_up_mbit": None})
+        out["disk_bytes"] = self._disk_bytes(vps_id)
+        return out
+
+    def observe(self) -> list[ObservedMachine]:
+        """Every tagged machine on this host with the limits the host holds it to now (for
+        a reconciler: compare with ``ObservedMachine.drift(spec)``). Read-only; a machine
+        whose tag is damaged is listed with no limits."""
+        out = []
+        for info in self.list_tagged():
+            try:
+                limits = self.limits(info.vps_id, info.tag)
+            except InvalidInput:
+                limits = {}
+            out.append(ObservedMachine(info, limits))
+        return out
+
+    def _disk_bytes(self, vps_id: int) -> int | None:
+        size = self.runner.run(["stat", "-c", "%s", "--", self.disk_path(vps_id)], check=False).stdout.strip()
+        return int(size) if size.isdigit() else None
 
     # -- create --------------------------------------------------------------------
     def create(self, spec: MachineSpec, access: RootAccess) -> MachineInfo:
@@ -226,19 +300,26 @@ class NspawnDriver:
                   f"--machine={name}", f"--hostname={spec.hostname}", "-D", root,
                   f"--network-bridge={self.bridge}", "--console=passive", "--resolv-conf=off",
                   "--timezone=off", "--link-journal=no")
+        shaped = spec.bandwidth_mbit is not None
         return UnitSpec(name=name, tag=spec.tag, exec_start=nspawn,
                         exec_start_pre=(("mount", "-o", "loop", disk, root),),
-                        exec_stop_post=(("umount", root),),
+                        exec_stop_post=(("umount", root),
+                                        *(shaping.stop_commands(spec.vps_id) if shaped else ())),
                         cpu_percent=spec.cpu_percent, memory_bytes=spec.memory_mb * 1024 * 1024,
-                        tasks_max=spec.tasks_max)
+                        tasks_max=spec.tasks_max, notify=True,
+                        exec_start_post=(shaping.start_commands(spec.vps_id, spec.bandwidth_mbit)
+                                         if spec.bandwidth_mbit is not None else ()),
+                        io_path=root if (spec.iops_read, spec.iops_write) != (None, None) else None,
+                        iops_read=spec.iops_read, iops_write=spec.iops_write)
 
-    def _build_disk(self, spec: MachineSpec, access: RootAccess, unit: UnitSpec) -> None:
+    def _build_disk(self, spec: MachineSpec, access: RootAccess, unit: UnitSpec,
+                    image_dir: str | None = None) -> None:
         disk, root = self.disk_path(spec.vps_id), self.root_path(spec.vps_id)
         self.runner.run(["umount", root], check=False)  # a crash may have left it mounted
         self.runner.run(["rm", "-f", "--", disk])
         self.runner.run(["truncate", "-s", f"{spec.disk_mb}M", disk])
         self.runner.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", unit.name[:16],
-                         "-d", f"{self.image_dir}/", disk], timeout=600)
+                         "-d", f"{image_dir or self.image_dir}/", disk], timeout=600)
         self.runner.run(["mount", "-o", "loop", disk, root])
         try:
             self._seed(spec, access, root)
@@ -367,6 +448,95 @@ class NspawnDriver:
         if len(digest) != len(hashlib.sha256().hexdigest()):
             raise StepFailed("vps.driver", f"sha256sum gave {out!r}")
         return digest
+
+    # -- plan changes and reinstall ------------------------------------------------
+    def resize(self, spec: MachineSpec) -> MachineInfo:
+        """Give a machine new sizes and limits (a plan change), running or not.
+
+        The disk only grows: a smaller disk is refused before any command runs. A larger
+        one is grown offline (the image file, ``e2fsck``, ``resize2fs``): a running machine
+        is stopped for it and started again, so the guest sees the new size at once.
+        (Online growth needs CAP_SYS_RESOURCE, which a VPS host in a container may lack; a
+        plan change runs in the maintenance window anyway.) CPU, memory, tasks and IOPS go
+        into the unit and, with no restart, onto the running machine's cgroups; the
+        bandwidth onto its tc qdiscs. Safe to run again after a crash: a ``resizing``
+        marker remembers an unfinished disk growth and whether the machine was running."""
+        spec = spec.validated()
+        name = self._check_tag(spec.vps_id, spec.tag)
+        current = self._spec(spec.vps_id)
+        spec = current.with_sizes(spec)
+        if spec.disk_mb < current.disk_mb:
+            raise InvalidInput(f"machine {name}: its disk is {current.disk_mb} MB; a plan with "
+                               f"{spec.disk_mb} MB would shrink it, and a disk is never shrunk: refused")
+        have = self._disk_bytes(spec.vps_id)
+        if have is None:
+            raise StepFailed("vps.resize", f"machine {name} has no disk image")
+        if have > spec.disk_mb * 1024 * 1024:
+            raise InvalidInput(f"machine {name}: its disk holds {have} bytes, more than the "
+                               f"{spec.disk_mb} MB asked for; a disk is never shrunk: refused")
+        mdir = self.machine_dir(spec.vps_id)
+        self.runner.write_file(f"{mdir}/machine.json", json.dumps(asdict(spec), indent=2).encode(),
+                               mode=0o600)
+        unit = self._unit_spec(spec)
+        self.units.install(unit)
+        marker = self._read(spec.vps_id, "resizing")
+        if have < spec.disk_mb * 1024 * 1024 or marker is not None:
+            running = marker == "running" if marker is not None else self.units.is_active(name)
+            self.runner.write_file(f"{mdir}/resizing", b"running" if running else b"stopped", mode=0o600)
+            if running:
+                self.units.stop(name)
+                self._release_loops(spec.vps_id)
+            self._grow_disk(spec)
+            if running:  # the new unit: every new limit from the start
+                self._ensure_shared_state_dir()
+                self._ensure_network(spec)
+                self.units.start(name)
+            self.runner.run(["rm", "-f", "--", f"{mdir}/resizing"])
+            return self._info(spec.vps_id)
+        self.units.set_limits(unit)
+        if self.units.is_active(name):
+            want = {"bandwidth_down_mbit": spec.bandwidth_mbit, "bandwidth_up_mbit": spec.bandwidth_mbit}
+            if shaping.rates(self.runner, spec.vps_id) != want:
+                shaping.run_all(self.runner, shaping.change_commands(spec.vps_id, spec.bandwidth_mbit))
+        return self._info(spec.vps_id)
+
+    def _grow_disk(self, spec: MachineSpec) -> None:
+        """The (unmounted) disk image and its ext4 to ``spec.disk_mb``; idempotent."""
+        disk, root = self.disk_path(spec.vps_id), self.root_path(spec.vps_id)
+        if self.runner.run(["mountpoint", "-q", root], check=False).rc == 0:
+            raise StepFailed("vps.resize", f"vps-{spec.vps_id}: its disk is still mounted after stop")
+        self.runner.run(["truncate", "-s", f"{spec.disk_mb}M", "--", disk])
+        fsck = self.runner.run(["e2fsck", "-f", "-p", disk], check=False, timeout=600)
+        if fsck.rc not in (0, 1):  # 1: errors fixed
+            raise StepFailed("vps.resize", f"vps-{spec.vps_id}: e2fsck exited {fsck.rc}: "
+                             f"{fsck.stdout.strip()[-300:]}")
+        self.runner.run(["resize2fs", disk], timeout=600)
+
+    def reinstall(self, vps_id: int, tag: str, access: RootAccess, *,
+                  image_dir: str | None = None) -> MachineInfo:
+        """A fresh disk from the image (``image_dir`` or the driver's), with new root
+        access; the same id, tag, host name, address, sizes and limits. Everything on the
+        old disk is gone. A suspended machine is refused (unsuspend it first)."""
+        name = self._check_tag(vps_id, tag)
+        access = access.validated()
+        if image_dir is not None and (not image_dir.startswith("/") or ".." in image_dir.split("/")):
+            raise InvalidInput(f"image directory {image_dir!r} must be an absolute path")
+        if self._read(vps_id, "suspended") is not None:
+            raise Conflict(f"machine {name} is suspended: unsuspend it first")
+        spec = self._spec(vps_id)
+        mdir = self.machine_dir(vps_id)
+        self.units.stop(name)
+        self._release_loops(vps_id)
+        self.runner.run(["rm", "-f", "--", f"{mdir}/ready"])  # half reinstalled is not whole
+        unit = self._unit_spec(spec)
+        self.units.install(unit)
+        self._build_disk(spec, access, unit, image_dir.rstrip("/") if image_dir else None)
+        self.units.enable(name)
+        self.runner.write_file(f"{mdir}/ready", b"", mode=0o600)
+        self._ensure_shared_state_dir()
+        self._ensure_network(spec)
+        self.units.start(name)
+        return self._info(vps_id)
 
     def delete(self, vps_id: int, tag: str) -> dict[str, object]:
         """Stop the machine and remove its unit, disk and state; returns what was removed."""

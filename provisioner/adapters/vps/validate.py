@@ -87,3 +87,21 @@ def bridge(value: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9]{0,14}", value):
         raise InvalidInput(f"bridge name {value!r} must match [a-z][a-z0-9]{{0,14}}")
     return value
+
+
+IFNAME_MAX = 15  # the kernel's IFNAMSIZ less its NUL
+
+
+def veth_name(value: int) -> str:
+    """The host side of the machine's veth as systemd-nspawn names it for --network-bridge
+    (``vb-<machine>``). nspawn shortens a longer name with a hash of its own, which we
+    could not find again, so a VPS id whose name would not fit is refused."""
+    name = f"vb-{machine_name(value)}"
+    if len(name) > IFNAME_MAX:
+        raise InvalidInput(f"VPS id {value} is too long for its network device name {name!r}")
+    return name
+
+
+def ifb_name(value: int) -> str:
+    """The machine's ifb device: its upload is redirected there to be shaped."""
+    return "vi-" + veth_name(value).removeprefix("vb-")
