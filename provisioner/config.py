@@ -155,6 +155,9 @@ class Settings:
     vps_state_dir: str = ""
     vps_bridge: str = "provvps0"
     vps_access_key: str = ""
+    # Fair use (issue 14 item 6): every live VPS's usage counters are sampled this often;
+    # `provisioner vps usage` averages them (a gap longer than 3 intervals is not counted).
+    vps_usage_minutes: int = 15
 
     @property
     def vps_dir(self) -> Path:

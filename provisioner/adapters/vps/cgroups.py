@@ -249,3 +249,64 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def usage_counters(name: str, io_device: str | None = None) -> dict[str, int | None]:
+    """The machine's cumulative counters from its own cgroups (for fair-use metering):
+    ``cpu_ns`` (CPU time used since its cgroup was made, i.e. since it started),
+    ``memory_bytes`` (in use now), and ``io_read_bytes``/``io_write_bytes``/
+    ``io_read_ops``/``io_write_ops`` on ``io_device`` ("major:minor", its own disk) only;
+    None where the kernel gives nothing (no cgroup: the machine is not running, or no
+    device is known)."""
+    out: dict[str, int | None] = dict.fromkeys(
+        ("cpu_ns", "memory_bytes", "io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops"))
+    if io_device is not None and not re.fullmatch(r"[0-9]+:[0-9]+", io_device):
+        raise ValueError(f"bad block device number {io_device!r}")
+    if mode() == "v2":
+        d = CGROUP_ROOT / "machines" / name
+        if not d.is_dir():
+            return out
+        for line in _read(d / "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec" and value.isdigit():
+                out["cpu_ns"] = int(value) * 1000
+        mem = _read(d / "memory.current")
+        out["memory_bytes"] = int(mem) if mem.isdigit() else None
+        if io_device is not None:
+            out.update(dict.fromkeys(("io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops"), 0))
+            for line in _read(d / "io.stat").splitlines():
+                dev, *kvs = line.split()
+                if dev != io_device:
+                    continue
+                stat = dict(kv.partition("=")[::2] for kv in kvs)
+                for key, field in (("io_read_bytes", "rbytes"), ("io_write_bytes", "wbytes"),
+                                   ("io_read_ops", "rios"), ("io_write_ops", "wios")):
+                    if stat.get(field, "").isdigit():
+                        out[key] = int(stat[field])
+        return out
+    cpu = CGROUP_ROOT / "cpuacct" / "machines" / name
+    if not cpu.is_dir():
+        return out
+    raw = _read(cpu / "cpuacct.usage")
+    out["cpu_ns"] = int(raw) if raw.isdigit() else None
+    mem = _read(CGROUP_ROOT / "memory" / "machines" / name / "memory.usage_in_bytes")
+    out["memory_bytes"] = int(mem) if mem.isdigit() else None
+    if io_device is not None:
+        blkio = CGROUP_ROOT / "blkio" / "machines" / name
+        for leaf, kind in (("blkio.throttle.io_service_bytes", "bytes"),
+                           ("blkio.throttle.io_serviced", "ops")):
+            # v1 lists "major:minor Read|Write|Sync|Async|Discard|Total value" per device;
+            # the _recursive file counts the whole tree (systemd inside makes sub-cgroups).
+            recursive = blkio / f"{leaf}_recursive"
+            counts = _device_counts(_read(recursive if recursive.exists() else blkio / leaf), io_device)
+            out[f"io_read_{kind}"], out[f"io_write_{kind}"] = counts.get("Read", 0), counts.get("Write", 0)
+    return out
+
+
+def _device_counts(text: str, device: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == device and parts[2].isdigit():
+            counts[parts[1]] = counts.get(parts[1], 0) + int(parts[2])
+    return counts

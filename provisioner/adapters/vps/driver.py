@@ -24,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from provisioner.adapters.vps import shaping, validate
-from provisioner.adapters.vps.units import UnitManager, UnitSpec
+from provisioner.adapters.vps import cgroups, shaping, validate
+from provisioner.adapters.vps.units import SystemdUnits, UnitManager, UnitSpec
 from provisioner.domain.catalog import VpsPlan
 from provisioner.errors import Conflict, InvalidInput, NotFound, StepFailed
 
@@ -152,6 +153,45 @@ class ObservedMachine:
         return {k: (want[k], self.limits.get(k)) for k in keys if want[k] != self.limits.get(k)}
 
 
+@dataclass(frozen=True)
+class UsageCounters:
+    """A machine's cumulative counters as its VPS host reads them now (fair-use metering).
+
+    ``cpu_ns``: CPU time used since the machine last started (its cgroup is new on every
+    start, so the counter falls back to zero after a restart); ``memory_bytes``: in use
+    now; ``io_*``: bytes and operations read and written since it started. None: the host
+    gives no such number (a stopped machine has none)."""
+
+    running: bool
+    cpu_ns: int | None = None
+    memory_bytes: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    io_read_ops: int | None = None
+    io_write_ops: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+#: ``systemctl show`` properties -> UsageCounters fields (SystemdUnits).
+SYSTEMD_USAGE = {"CPUUsageNSec": "cpu_ns", "MemoryCurrent": "memory_bytes",
+                 "IOReadBytes": "io_read_bytes", "IOWriteBytes": "io_write_bytes",
+                 "IOReadOperations": "io_read_ops", "IOWriteOperations": "io_write_ops"}
+_UINT64_MAX = (1 << 64) - 1  # systemd's "not known"
+
+
+def parse_systemd_usage(text: str) -> dict[str, int | None]:
+    """``systemctl show -p CPUUsageNSec -p MemoryCurrent ...`` output as UsageCounters
+    fields; ``[not set]``, an empty value or UINT64_MAX (accounting off, unit stopped) is None."""
+    out: dict[str, int | None] = dict.fromkeys(SYSTEMD_USAGE.values())
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key in SYSTEMD_USAGE and value.isdigit() and int(value) != _UINT64_MAX:
+            out[SYSTEMD_USAGE[key]] = int(value)
+    return out
+
+
 class VpsDriver(Protocol):
     """What the pipeline asks of a VPS host. Every act names the tag it expects and is
     refused when the machine carries another one."""
@@ -167,6 +207,7 @@ class VpsDriver(Protocol):
     def resize(self, spec: MachineSpec) -> MachineInfo: ...
     def reinstall(self, vps_id: int, tag: str, access: RootAccess) -> MachineInfo: ...
     def observe(self) -> list[ObservedMachine]: ...
+    def usage(self, vps_id: int, tag: str) -> UsageCounters: ...
 
 
 class NspawnDriver:
@@ -258,6 +299,26 @@ class NspawnDriver:
                 limits = {}
             out.append(ObservedMachine(info, limits))
         return out
+
+    def usage(self, vps_id: int, tag: str) -> UsageCounters:
+        """The machine's cumulative usage counters, read from its VPS host now (see
+        UsageCounters). Under systemd: ``systemctl show`` of its unit (CPU, memory and IO
+        accounting; IO over the unit's devices, i.e. its own disk). Under PlainUnits (this
+        machine): its own cgroups, IO on its mounted disk's device only. Read-only."""
+        name = self._check_tag(vps_id, tag)
+        running = self.units.is_active(name)
+        if not running:
+            return UsageCounters(running=False)
+        if isinstance(self.units, SystemdUnits):
+            out = self.runner.run(["systemctl", "show", *(a for p in SYSTEMD_USAGE for a in ("-p", p)),
+                                   f"{name}.service"]).stdout
+            return UsageCounters(running=True, **parse_systemd_usage(out))
+        root = self.root_path(vps_id)
+        device = None
+        if os.path.ismount(root):
+            st = os.stat(root)
+            device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        return UsageCounters(running=True, **cgroups.usage_counters(name, device))
 
     def _disk_bytes(self, vps_id: int) -> int | None:
         size = self.runner.run(["stat", "-c", "%s", "--", self.disk_path(vps_id)], check=False).stdout.strip()

@@ -8,6 +8,7 @@ from provisioner.store import lifecycle as _lifecycle  # noqa: F401 - lifecycle 
 from provisioner.store import tls as _tls  # noqa: F401 - TLS tables for autogenerate
 from provisioner.store import vps as _vps  # noqa: F401 - VPS hosts, machines, address leases
 from provisioner.store import vps_access as _vps_access  # noqa: F401 - VPS root access, sealed
+from provisioner.store import vps_usage as _vps_usage  # noqa: F401 - VPS usage samples
 from provisioner.store import webhooks as _webhooks  # noqa: F401 - PayPal transmission ids
 from provisioner.store.db import engine_for
 from provisioner.store.models import Base
