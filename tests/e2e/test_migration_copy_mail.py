@@ -333,3 +333,37 @@ def test_no_file_of_the_job_is_left_after_the_cleanup(setup: Setup) -> None:
     secret = setup.old_secret.mailboxes["ana"]
     found = setup.node_host.run("grep -rlF -- %s /run/hosting-migrate /var/lib/hosting/migrate /tmp", secret)
     assert found.stdout.strip() == ""
+
+
+def test_a_folder_prefix_keeps_the_second_mailbox_apart_and_reruns_clean(setup: Setup, first: First) -> None:
+    """mailbox2 into info@ (which already holds mailbox1's mail) under a top-level folder
+    named after its old address: info@'s own folders are untouched, the second mailbox's
+    folders arrive under the prefix as at the old provider, a re-run copies nothing and
+    verify compares within the prefixed folders. Last in the module: it adds folders to info@."""
+    job_id = f"mq{uuid.uuid4().hex[:8]}"
+    address = f"ana@{setup.old_domain}"
+    top = address.replace(".", "_")  # '.' is our hierarchy separator
+
+    def job(mode: str = "copy") -> dict[str, Any]:
+        return {**setup.job(job_id, 2, "info", mode=mode), "folder_prefix": address}
+
+    before = setup.here("info")
+    jobs = NodeJobs()
+    try:
+        copied = jobs.run_part(setup.access, job())
+        again = jobs.run_part(setup.access, job())
+        verified = jobs.run_part(setup.access, job("verify"))
+    finally:
+        jobs.cleanup(setup.access, job_id)
+    labels = {f"{top}.INBOX": 2, f"{top}.{SUB}": 1}
+    assert (copied.state, copied.items) == ("done", 3) and copied.counts["target"] == labels
+    assert [n["kind"] for n in copied.named] == ["renamed"]
+    assert f"under the folder '{top}'" in copied.named[0]["reason"] and copied.named[0]["name"] == address
+    assert (again.state, again.items, again.counts["already_there"]) == ("done", 0, 3)
+    assert verified.counts["differences"] == [] and verified.counts["target"] == labels
+    here = setup.here("info")
+    assert here.get(top, {}) == {}  # the prefix itself holds no mail
+    mine = {k: v for k, v in here.items() if k != top and not k.startswith(f"{top}.")}
+    assert mine == before and len(mine["INBOX"]) == 2  # info@'s INBOX: only mailbox1's messages
+    theirs = {k.removeprefix(f"{top}."): v for k, v in here.items() if k.startswith(f"{top}.")}
+    assert theirs == setup.old("ana")

@@ -234,6 +234,25 @@ def test_the_data_is_there_on_our_node(migrated: Migrated, node_host: Any, old: 
     assert str(node_host.check_output("stat -c %%U %s/public_html/css/site.css", home)).strip() == db
 
 
+def _subjects(node_host: Any, mailbox: str, folder: str) -> list[str]:
+    out = str(node_host.check_output("doveadm fetch -u %s hdr.subject mailbox %s", mailbox, folder))
+    return sorted(line.split(":", 1)[1].strip() for line in out.splitlines()
+                  if line.startswith("hdr.subject:"))
+
+
+def test_the_second_mailbox_lands_under_its_old_address(migrated: Migrated, old: Old, node_host: Any) -> None:
+    """Both source mailboxes go to info@ (the account's one mailbox): the second one under a
+    top-level folder named after its old address ('.' is Dovecot's separator: '_'), so the
+    two INBOXes stay apart; the report says where it went."""
+    ours, top = f"info@{old.domain}", f"ana@{old.domain}".replace(".", "_")
+    assert _subjects(node_host, ours, "INBOX") == ["Pozdrav", "Tretje"]
+    assert _subjects(node_host, ours, FOLDER) == ["Račun 1"]
+    assert _subjects(node_host, ours, f"{top}.INBOX") == ["Za Ano"]
+    assert f"{top}.INBOX" in migrated.row.reconciliation["parts"]["mailbox2"]["target"]
+    mails = [m for m in migrated.mailer.sent if "je končana in preverjena" in m["subject"]]
+    assert f"under the folder '{top}'" in mails[0]["text"]
+
+
 def test_the_report_lists_every_count_and_is_mailed_once(migrated: Migrated) -> None:
     parts = migrated.row.reconciliation["parts"]
     for name in ("mailbox1", "mailbox2"):

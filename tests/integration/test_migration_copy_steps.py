@@ -247,6 +247,13 @@ def test_the_whole_chain_copies_in_order_verifies_reports_and_wipes(
     assert db_job["source"]["db_password"] == SECRETS[1] and db_job["source"]["files_user"] == "olduser"
     assert db_job["collation_map"] == {"utf8mb4_0900_ai_ci": "utf8mb4_unicode_520_ci"}
     assert _copy_runs(copier, "mailbox2")[0]["source"]["mail2_password"] == SECRETS[3]
+    # both land in info@: mailbox1 in its folders, mailbox2 under its old address (copy and verify)
+    boxes = [(j["part"], j["mode"], j["account"]["mailbox"], j.get("folder_prefix"))
+             for j in copier.jobs if j["part"].startswith("mailbox")]
+    assert sorted(set(boxes)) == [("mailbox1", "copy", "info@shop.si", None),
+                                  ("mailbox1", "verify", "info@shop.si", None),
+                                  ("mailbox2", "copy", "info@shop.si", FORM["mail2_user"]),
+                                  ("mailbox2", "verify", "info@shop.si", FORM["mail2_user"])]
     row = _row(world, sid)
     assert row.migration_used_at is not None
     assert row.reconciliation is not None and row.reconciliation["verified"] is True

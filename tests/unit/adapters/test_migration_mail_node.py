@@ -152,3 +152,43 @@ def test_a_batch_is_one_multiappend_with_non_synchronising_literals(mail: Any) -
     assert ours.append_many("Ra&AQ0-uni 2024", msgs) == ("OK", [b"TAG7"])
     assert sent == [b'TAG7 APPEND "Ra&AQ0-uni 2024" (\\Seen $Work) "05-Mar-2024 10:30:00 +0000" {4+}\r\n'
                     b"a\r\nb {3+}\r\nxyz\r\n"]
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("ana@example.si", ("ana@example_si", True)),  # '.' is our hierarchy separator
+    ("ana+racuni@example-shop.si", ("ana+racuni@example-shop_si", True)),
+    ("ana_b@x", ("ana_b@x", False)),
+    ("../a/b@x", ("___a_b@x", True)),  # a separator of either kind, a path climb
+    ("~a%*&-\nINBOX", ("_a___-_INBOX", True)),  # Dovecot's '~', LIST wildcards, mUTF-7 '&', control
+    ("Ana ž@x", ("Ana__@x", True)),  # not ASCII: not sent as modified UTF-7, replaced
+    ("inbox", ("inbox_", True)),  # a login named like our INBOX lands beside it, not in it
+])
+def test_the_folder_prefix_is_one_safe_level(mail: Any, address: str, expected: tuple[str, bool]) -> None:
+    assert mail.prefix_level(address) == expected
+    assert len(mail.prefix_level("a" * 300)[0]) == mail.PREFIX_MAX
+
+
+class _Listing:
+    """An old mailbox's NAMESPACE and LIST answers (only what `source_folders` asks)."""
+
+    capabilities = ("IMAP4REV1", "NAMESPACE")
+
+    def namespace(self) -> tuple[str, list[bytes]]:
+        return "OK", [b'(("INBOX." ".")) NIL NIL']
+
+    def list(self) -> tuple[str, list[bytes]]:
+        return "OK", [b'(\\HasNoChildren) "." INBOX', b'(\\HasNoChildren) "." "INBOX.Ra&AQ0-uni 2024"',
+                      b'(\\HasNoChildren) "." "INBOX.a/b"', b'(\\Noselect) "." "INBOX.Arhiv"']
+
+
+def test_a_prefixed_mailbox_keeps_its_folders_under_the_prefix_inbox_included(mail: Any) -> None:
+    top, _ = mail.prefix_level("ana@example.si")
+    assert mail.source_folders(_Listing(), ".", top) == [
+        ("INBOX", "ana@example_si.INBOX", "ana@example_si.INBOX", False),
+        ("INBOX.Ra&AQ0-uni 2024", "ana@example_si.Ra&AQ0-uni 2024", "ana@example_si.Računi 2024", False),
+        ("INBOX.a/b", "ana@example_si.a_b", "ana@example_si.a_b", True)]
+    # without a prefix (mailbox1): the root, INBOX first, as before
+    assert [f[1] for f in mail.source_folders(_Listing(), ".")] == ["INBOX", "Ra&AQ0-uni 2024", "a_b"]
+    # a hostile prefix cannot add a level or climb out: one level under the root
+    hostile, renamed = mail.prefix_level("x.y/../INBOX@z")
+    assert renamed and mail.under(hostile, "INBOX", ".").split(".") == ["x_y____INBOX@z", "INBOX"]

@@ -31,6 +31,14 @@ over ``max_message_bytes`` is never fetched and is named (``item`` over_limit, f
 and subject). The byte cap is checked before each message is fetched; the deadline is a
 timer that interrupts whatever is blocking. ``verify`` lists both sides the same way and
 names each message of the source that is not here (over-limit ones excluded).
+
+``folder_prefix`` (the job's; absent or empty: the root): the old mailbox's folders land
+under one top-level folder of ours named after it (the second source mailbox, so that two
+people's INBOXes are not merged into one), its INBOX included (``<prefix>/INBOX``). Copy
+and verify both list, compare and deduplicate within the prefixed folders. The prefix is
+one level: a character that is not a letter, digit, ``@``, ``+``, ``-`` or ``_`` (our
+hierarchy separator ``.``, ``/``, Dovecot's ``~``, the LIST wildcards, ``&`` of modified
+UTF-7, control characters) becomes ``_``, and the change is named (``item`` renamed).
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ _LIST = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"(?:\\.|[^"\\])*"|NIL) (?P
 _NAMESPACE = re.compile(rb'^\(\("((?:\\.|[^"\\])*)" (?:"(?:\\.|[^"\\])*"|NIL)')
 _FLAG_OK = re.compile(r"^\\?[^\s(){%*\"\\\]]+$")
 _EXISTS = re.compile(rb"^(\d+)$")
+_PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9@+_-]")
+PREFIX_MAX = 128
 _CRLF = re.compile(rb"\r\n|\r(?!\n)|\n(?<!\r)")  # imaplib's MapCRLF
 
 
@@ -183,6 +193,23 @@ def target_name(raw: str, delim: str | None, prefix: str, our_delim: str) -> tup
     if fixed[0].upper() == "INBOX":
         fixed[0] = "INBOX"
     return our_delim.join(fixed), renamed
+
+
+def prefix_level(address: str) -> tuple[str, bool]:
+    """The top-level folder a mailbox lands under (``folder_prefix``): one level, ASCII
+    letters, digits and ``@+-_`` only (so it is the same in modified UTF-7), anything else
+    ``_``; returns (level, renamed). ``ana@example.si`` -> ``ana@example_si`` (``.`` is our
+    hierarchy separator); a login ``INBOX`` (any case) becomes ``INBOX_``, never our INBOX."""
+    level = _PREFIX_UNSAFE.sub("_", address[:PREFIX_MAX]) or "_"
+    if level.upper() == "INBOX":
+        level += "_"
+    return level, level != address
+
+
+def under(top: str, name: str, our_delim: str) -> str:
+    """Our folder ``name`` (already ours: INBOX, levels joined by ``our_delim``) moved under
+    the top-level folder ``top`` ("" = the root: unchanged)."""
+    return f"{top}{our_delim}{name}" if top else name
 
 
 @dataclass
@@ -336,8 +363,9 @@ def list_folder(imap: imaplib.IMAP4, name: str, *, full: bool) -> list[Message]:
     return sorted(parse_messages(data), key=lambda msg: msg.uid)
 
 
-def source_folders(imap: imaplib.IMAP4, our_delim: str) -> list[tuple[str, str, str, bool]]:
-    """The old mailbox's selectable folders: (raw, ours raw, shown name, renamed)."""
+def source_folders(imap: imaplib.IMAP4, our_delim: str, top: str = "") -> list[tuple[str, str, str, bool]]:
+    """The old mailbox's selectable folders: (raw, ours raw, shown name, renamed); under
+    the top-level folder ``top`` of ours when one is given (see `prefix_level`)."""
     prefix = ""
     if "NAMESPACE" in imap.capabilities:
         typ, data = imap.namespace()
@@ -350,8 +378,10 @@ def source_folders(imap: imaplib.IMAP4, our_delim: str) -> list[tuple[str, str, 
         if not selectable:
             continue
         ours, renamed = target_name(raw, delim, prefix, our_delim)
+        ours = under(top, ours, our_delim)
         out.append((raw, ours, shown(decode_mutf7(ours)), renamed))
-    out.sort(key=lambda f: (f[1] != "INBOX", f[1]))
+    inbox = under(top, "INBOX", our_delim)
+    out.sort(key=lambda f: (f[1] != inbox, f[1]))
     return out
 
 
@@ -457,6 +487,11 @@ class Run:
         self.over = 0
         self.there = 0
         self.delim = "."  # our hierarchy separator (from our LIST)
+        wanted = job.get("folder_prefix") or ""
+        if not isinstance(wanted, str):
+            fail("invalid", "folder_prefix is not text")
+        self.prefix_wanted = wanted
+        self.top, self.top_renamed = prefix_level(wanted) if wanted else ("", False)
 
     def item(self, kind: str, folder: str, msg: Message | None, reason: str, **extra: Any) -> None:
         name = f"{folder}: {msg.subject or '(no subject)'}" if msg is not None else folder
@@ -466,7 +501,13 @@ class Run:
     def copy(self, src: imaplib.IMAP4, ours: Ours) -> tuple[str, str | None]:
         """Returns (state, error)."""
         plans = []
-        for raw, name, label, renamed in source_folders(src, self.delim):
+        if self.top:  # where this mailbox's mail goes: one line in the report
+            changed = (" (a character that cannot be in one of our folder names: '_' instead)"
+                       if self.top_renamed else "")
+            self.item("renamed", shown(self.prefix_wanted), None,
+                      f"its folders are in {self.job['account']['mailbox']} under the folder "
+                      f"{shown(self.top)!r}{changed}, its INBOX as {shown(self.top)}/INBOX")
+        for raw, name, label, renamed in source_folders(src, self.delim, self.top):
             if renamed:
                 self.item("renamed", label, None, f"the old name {shown(decode_mutf7(raw))!r} holds a "
                           f"character our folders cannot ({self.delim!r} or '/'): '_' instead")
@@ -546,7 +587,7 @@ class Run:
         differences = []
         typ, data = ours.list('""', '"*"')
         here = {name for name, _, selectable in parse_list(data if typ == "OK" else []) if selectable}
-        for raw, name, label, _ in source_folders(src, self.delim):
+        for raw, name, label, _ in source_folders(src, self.delim, self.top):
             source = list_folder(src, raw, full=True)
             self.source_counts[label] = len(source)
             if name not in here:

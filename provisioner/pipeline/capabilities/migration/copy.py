@@ -148,7 +148,7 @@ class Destination:
         out = {"user": self.user, "home": self.home, "docroot": self.docroot, "database": self.database}
         if part.startswith("mailbox"):
             # the account's mailbox (the hosting plan's first): both source mailboxes land in it,
-            # each keeping its folders (the mail program never copies a message twice)
+            # mailbox1 in its folders, mailbox2 under a top-level folder of its own (`build_job`)
             out["mailbox"] = f"{MAILBOXES[0]}@{self.domain}"
         return out
 
@@ -205,7 +205,15 @@ def build_job(settings: Settings, service_id: int, part: str, mode: str, dest: D
         "deadline_s": max(float(deadline_s), 0.0),
         "collation_map": dict(collations),
         "max_message_bytes": settings.migration_max_message_bytes,
+        **({"folder_prefix": mailbox2_folder(source)} if part == "mailbox2" else {}),
     }
+
+
+def mailbox2_folder(source: Source) -> str:
+    """The top-level folder the second source mailbox lands under in ours, named after its
+    old address (the login), so that two people's INBOXes are not merged into one; the mail
+    program makes it a folder name (characters it cannot hold become ``_``, named)."""
+    return str(source.values.get("mail2_user") or "mailbox2")
 
 
 def outcome_json(outcome: PartOutcome) -> dict[str, Any]:
