@@ -57,6 +57,7 @@ from provisioner.pipeline.engine.ports import Adapters
 from provisioner.pipeline.engine.runner import Enqueue, Handler, Runner
 from provisioner.pipeline.outbox import Outbox
 from provisioner.pipeline.usecases import backups as backup_jobs
+from provisioner.pipeline.usecases import vps_reconcile
 from provisioner.pipeline.usecases.payments import Confirm, process_pending, reprocess_stored
 from provisioner.store.backups import backup_fernet
 from provisioner.store.db import session_factory, transaction
@@ -276,7 +277,7 @@ def check_handlers(handlers: Mapping[str, Handler]) -> None:
 DAILY_LEASE_S = 3600.0
 DAILY_BEAT_TASKS = ("sweep", "quota", "purge_links", "wipe_migrations", "backups_check",
                     "backups_drill")
-HOURLY_BEAT_TASKS = ("backups_nightly", "breaches")  # slot: the UTC hour
+HOURLY_BEAT_TASKS = ("backups_nightly", "breaches", "vps_reconcile")  # slot: the UTC hour
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,19 @@ class Provisioner:
         """The weekly restore drill of a random account per repository."""
         return backup_jobs.drill(self.factory, self.adapters.backups, self.adapters.alert,
                                  now or self.runner.now())
+
+    # -- the VPS reconciler (issue 14 item 5) ----------------------------------------------
+    def vps_reconcile(self, now: datetime | None = None, *, alert: bool = True) -> dict[str, Any]:
+        """The VPS hosts' tagged machines against our records (read-only); with ``alert``,
+        ops are e-mailed the findings once per distinct set per day."""
+        hosts = self.adapters.vps
+        if hosts is None:
+            raise ConfigurationError("VPS hosts are not configured here (the setting vps_enabled)")
+        report = vps_reconcile.reconcile(self.factory, hosts, now=now or self.runner.now())
+        alerted = alert and vps_reconcile.alert_ops(
+            report, Outbox(self.factory, self.adapters.mailer, self.settings.mail_from, self.runner.now),
+            self.settings.ops_email)
+        return {**report.as_dict(), "alerted": alerted}
 
     def backup_fernet(self) -> MultiFernet:
         """The key that seals the repositories' passwords (``backup_password_key``)."""

@@ -19,7 +19,9 @@ from provisioner.errors import TransientError
 from provisioner.keyfiles import make_private_dir
 from provisioner.pipeline.capabilities.hosting import purge_expired_links
 from provisioner.pipeline.capabilities.migration.sources import wipe_abandoned
+from provisioner.pipeline.engine import beat
 from provisioner.pipeline.usecases import breach
+from provisioner.pipeline.usecases import vps_usage as vps_usage_uc
 from provisioner.timeutil import utcnow
 
 log = logging.getLogger("provisioner.tasks")
@@ -79,6 +81,12 @@ def make_celery(settings: Settings) -> Celery:
             # Migration sources untouched for migration_abandon_days: wiped (audited).
             "wipe_migrations": {"task": "provisioner.wipe_migrations",
                                 "schedule": crontab(minute=35, hour=0)},
+            # The VPS reconciler (issue 14): tagged machines vs our records, hourly, read-only;
+            # ops are mailed once per distinct set of findings per day.
+            "vps_reconcile": {"task": "provisioner.vps_reconcile", "schedule": crontab(minute=50)},
+            # Fair use (issue 14 item 6): every live VPS's usage counters, read from its host.
+            "vps_usage": {"task": "provisioner.vps_usage",
+                          "schedule": max(settings.vps_usage_minutes, 1) * 60.0},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         timezone="UTC",
@@ -172,6 +180,29 @@ def breaches() -> dict[str, Any]:
     return p.on_beat("breaches", lambda: {"reminded": breach.remind_ops(
         p.factory, p.adapters.mailer, p.settings.mail_from, p.settings.ops_email,
         p.settings.breach_reminder_hours)})
+
+
+@app.task(name="provisioner.vps_usage", acks_late=True)
+def vps_usage() -> dict[str, Any]:
+    """One sample of every live VPS's counters, once per interval however many beats send
+    it (its slot is the interval, not the re-drive's)."""
+    p = provisioner()
+    hosts = p.adapters.vps
+    if hosts is None:
+        return {"skipped": True, "reason": "vps_enabled is false"}
+    interval = max(p.settings.vps_usage_minutes, 1) * 60
+    at = p.runner.now()
+    return beat.once_per_slot(p.factory, "vps_usage", str(int(at.timestamp() // interval)),
+                              lambda: vps_usage_uc.sample_all(p.factory, hosts, at),
+                              now=p.runner.now, lease_s=float(interval))
+
+
+@app.task(name="provisioner.vps_reconcile", acks_late=True)
+def vps_reconcile() -> dict[str, Any]:
+    p = provisioner()
+    if p.adapters.vps is None:
+        return {"skipped": True, "reason": "vps_enabled is false"}
+    return p.on_beat("vps_reconcile", p.vps_reconcile)
 
 
 def enqueue_step(step_key: str) -> None:

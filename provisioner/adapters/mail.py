@@ -61,6 +61,7 @@ OPS_TEMPLATES: tuple[str, ...] = ("ops_alert", "ops_lapsed_payment", "ops_refund
 OPS_TEMPLATES += ("ops_breach",)  # an open personal-data breach (issue 17, item 10)
 OPS_TEMPLATES += ("ops_migration_over_cap",)  # a migration stopped at its survey (issue 13)
 OPS_TEMPLATES += ("ops_migration_stopped",)  # a migration's copy stopped at a cap (issue 13)
+OPS_TEMPLATES += ("ops_vps_reconcile",)  # the VPS reconciler's findings (issue 14)
 TEMPLATES = CUSTOMER_TEMPLATES + SERVICE_TEMPLATES + OPS_TEMPLATES
 
 SMTP_TIMEOUT_S = 10.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, table
+from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, settings, table, wired
 from provisioner.pipeline.usecases import vps as vps_reads
+from provisioner.pipeline.usecases import vps_usage
 from provisioner.store.db import transaction
 from provisioner.store.vps import add_host
 from provisioner.timeutil import utcnow
@@ -64,3 +66,48 @@ def show(vps_id: Annotated[int, typer.Argument(help="the VPS id")], as_json: Jso
     """One VPS: its record, host, address and the ssh command (never a password)."""
     row = guarded(lambda: vps_reads.show_machine(factory(), vps_id, actor()))
     emit(row, as_json, lambda r: typer.echo("\n".join(f"{k}: {v}" for k, v in r.items())))
+
+
+USAGE_COLUMNS = ["vps_id", "hostname", "plan", "host", "cpu_pct", "memory_pct", "io_pct", "coverage_pct",
+                 "samples", "over"]
+
+
+@app.command("usage")
+def usage(
+    days: Annotated[int, typer.Option("--days", help="the window, days back from now")] = 30,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fair use: each live VPS's average CPU, memory and IO over the window as a percent of
+    its plan, from the sampled counters; rows above 50 % are flagged (RULES: fair use)."""
+    cfg = settings()
+    rows = guarded(lambda: vps_usage.report(factory(cfg), utcnow(), days=days,
+                                            interval=timedelta(minutes=max(cfg.vps_usage_minutes, 1))))
+
+    def render(r: list[dict[str, Any]]) -> None:
+        table([{**x, "over": ",".join(x["over"]) or "-"} for x in r], USAGE_COLUMNS, "VPS usage")
+        typer.echo(vps_usage.ops_report(r, days))
+
+    emit(rows, as_json, render)
+
+
+RECONCILE_COLUMNS = ["kind", "host", "machine", "service_id", "tag", "detail"]
+EXIT_FOUND = 3  # like `provisioner nodes drift`
+
+
+@app.command("reconcile")
+def reconcile(as_json: JsonOpt = False) -> None:
+    """Every VPS host's tagged machines against our records: orphans (a tagged machine with
+    no live record), missing machines, drifted limits, states that differ. Read-only:
+    nothing is changed or deleted, an untagged machine is never listed. Exit status: 0
+    clean, 1 it could not run, 2 bad input, 3 something found."""
+    report = guarded(lambda: wired(settings(), enqueue=lambda key: None).vps_reconcile(alert=False))
+
+    def render(r: dict[str, Any]) -> None:
+        hosts = ", ".join(f"{h['host']} ({h['machines']} machine(s))" for h in r["hosts"]) or "no VPS host"
+        if r["clean"]:
+            typer.echo(f"VPS reconcile: clean ({hosts})")
+        else:
+            table(r["findings"], RECONCILE_COLUMNS, f"VPS reconcile: {hosts}")
+
+    emit(report, as_json, render)
+    raise typer.Exit(0 if report["clean"] else EXIT_FOUND)
