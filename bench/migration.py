@@ -45,12 +45,19 @@ from provisioner.devstack.hosts.disk import attach_hosting_disk  # noqa: E402
 from provisioner.devstack.hosts.node import ensure_node_image  # noqa: E402
 from provisioner.domain.catalog import DEFAULT_CATALOG  # noqa: E402
 from provisioner.domain.migration_survey import build_report  # noqa: E402
+from provisioner.pipeline.capabilities.migration.copy import (  # noqa: E402
+    NODE_ROOT,
+    Destination,
+    build_job,
+    job_id,
+    parts_of,
+)
+from provisioner.pipeline.capabilities.migration.intake import Source, validate  # noqa: E402
 from provisioner.pipeline.capabilities.migration.survey import limits_from  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "migration.json"
 OLD_USER = "benchold"
 KEY = "/root/.ssh/bench_old"
-PARTS = ("files", "database", "mailbox1", "mailbox2")
 
 MAKE_FILES = r"""
 import os, sys
@@ -114,7 +121,7 @@ def main() -> int:
         old, node = Host(old_info), Host(node_info)
         source, old_spec = _old_provider(old, old_info, args, result)
         spec = AccountSpec("benchnew", (old_spec.domains[0],), DEFAULT_CATALOG.hosting_plan("giga15"),
-                           mailboxes=("info", "ana", "floor"))
+                           mailboxes=("info", "floor1", "floor2"))
         HostingAccounts(ssh_key=Path(node_info.ssh_key)).create(
             node_info.target(), spec, Secrets.generate(spec.mailboxes)).raise_for_status("bench.node")
         result["floor"] = _floors(old, node, old_info, source, old_spec)
@@ -156,16 +163,18 @@ def _old_provider(old: Host, info: Any, args: argparse.Namespace,
     result["generate_mail_s"] = time.monotonic() - started
     old.sh("sync")
     domain = spec.domains[0]
-    source = {
-        "files_protocol": "sftp", "files_host": info.address, "files_port": 22, "files_user": OLD_USER,
-        "files_key": key_pem, "files_password": "", "files_path": "public_html",
-        "db_via": "ssh", "db_host": "", "db_port": 3306, "db_name": spec.name, "db_user": spec.name,
-        "db_password": secret.database,
-        "mail1_host": info.address, "mail1_port": 993, "mail1_user": f"info@{domain}",
+    # the intake form as the customer fills it in, validated as the page validates it
+    form = {
+        "files_protocol": "sftp", "files_host": info.address, "files_user": OLD_USER,
+        "files_key": key_pem, "files_path": "public_html",
+        "db_via": "ssh", "db_name": spec.name, "db_user": spec.name, "db_password": secret.database,
+        "mail1_host": info.address, "mail1_user": f"info@{domain}",
         "mail1_password": secret.mailboxes["info"],
-        "mail2_host": info.address, "mail2_port": 993, "mail2_user": f"ana@{domain}",
+        "mail2_host": info.address, "mail2_user": f"ana@{domain}",
         "mail2_password": secret.mailboxes["ana"],
+        "skip_cert_verify": "1",  # the throwaway host's self-signed IMAPS certificate
     }
+    source = validate(form).values
     return source, spec
 
 
@@ -193,10 +202,11 @@ def _floors(old: Host, node: Host, old_info: Any, source: dict[str, Any], old_sp
                  "ssl_client_require_valid_cert": "no", "imapc_features": "rfc822.size fetch-headers",
                  "mail_prefetch_count": "20"}
         options = " ".join(f"-o {k}={shlex.quote(v)}" for k, v in imapc.items())
-        t, _ = node.timed(f"doveadm {options} backup -R -u floor@{old_spec.domains[0]} imapc:")
+        t, _ = node.timed(f"doveadm {options} backup -R -u floor{i}@{old_spec.domains[0]} imapc:")
         floor["mail_s"] += t
     node.sh(f"rm -rf /var/tmp/floor-files {KEY} && mysql -e 'DROP DATABASE floordb' && "
-            f"doveadm expunge -u floor@{old_spec.domains[0]} mailbox '*' all")
+            f"doveadm expunge -u floor1@{old_spec.domains[0]} mailbox '*' all && "
+            f"doveadm expunge -u floor2@{old_spec.domains[0]} mailbox '*' all")
     old.sh(f"rm -f /home/{OLD_USER}/.my.cnf")
     floor["total_s"] = floor["files_s"] + floor["database_s"] + floor["mail_s"]
     return floor
@@ -208,28 +218,26 @@ def _migration(node_info: Any, source: dict[str, Any], old: Host, spec: AccountS
     limits = limits_from(settings)
     survey_s, measures = timed(OldProvider().measure, source, allow_plain_ftp=False, skip_cert_verify=True,
                                limits=limits)
-    host_key = old.sh("cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub").strip()
-    access = NodeAccess(node_info.name, node_info.address, Path(node_info.ssh_key), throwaway=True)
-    jobs = NodeJobs()
-    job_id = f"bench-{secrets.token_hex(4)}"
-    domain = spec.domains[0]
-    account = {"user": spec.name, "home": f"/srv/hosting/{spec.name}",
-               "docroot": f"/srv/hosting/{spec.name}/public_html", "database": spec.name}
     report = build_report(measures, limits, survey_s).to_json()
     out: dict[str, Any] = {"survey_s": survey_s, "survey_fits": report["fits"],
                            "survey_total_bytes": report["total_bytes"],
                            "survey_projected_s": report["projected_seconds"], "parts": {}}
+    # the jobs exactly as the migration.copy step builds them (copy.build_job)
+    home = f"{NODE_ROOT}/{spec.name}"
+    dest = Destination(node_info.target(), node_info.address, spec.name, home, f"{home}/public_html",
+                       spec.name, spec.domains[0])
+    sealed = Source(source, allow_plain_ftp=False, skip_cert_verify=True)
+    access = NodeAccess(node_info.name, node_info.address, Path(node_info.ssh_key), throwaway=True)
+    jobs = NodeJobs()
+    service_id = 900_000 + secrets.randbelow(99_999)
     left = settings.migration_cap_bytes
     copy_s = verify_s = 0.0
     try:
-        for part in PARTS:
-            fields = _fields(source, part)
-            job = {"job": job_id, "part": part, "account": {**account, "mailbox": _mailbox(part, domain)},
-                   "source": fields, "flags": {"allow_plain_ftp": False, "skip_cert_verify": True},
-                   "source_host_key": host_key, "cap_bytes": left, "deadline_s": settings.migration_cap_s,
-                   "collation_map": {}, "max_message_bytes": settings.migration_max_message_bytes}
-            t_copy, copied = timed(jobs.run_part, access, {**job, "mode": "copy"})
-            t_verify, verified = timed(jobs.run_part, access, {**job, "mode": "verify"})
+        for part in parts_of(sealed):
+            jobs_of = {mode: build_job(settings, service_id, part, mode, dest, sealed, report, left,
+                                       settings.migration_cap_s) for mode in ("copy", "verify")}
+            t_copy, copied = timed(jobs.run_part, access, jobs_of["copy"])
+            t_verify, verified = timed(jobs.run_part, access, jobs_of["verify"])
             left -= copied.bytes
             copy_s += t_copy
             verify_s += t_verify
@@ -237,24 +245,10 @@ def _migration(node_info: Any, source: dict[str, Any], old: Host, spec: AccountS
                                   "verify_state": verified.state,
                                   "differences": (verified.counts.get("differences") or [])[:10]}
     finally:
-        out["cleanup"] = jobs.cleanup(access, job_id)
+        out["cleanup"] = jobs.cleanup(access, job_id(service_id))
     out["copy_s"], out["verify_s"] = copy_s, verify_s
     out["total_s"] = survey_s + copy_s + verify_s
     return out
-
-
-def _fields(source: dict[str, Any], part: str) -> dict[str, Any]:
-    files = {k: v for k, v in source.items() if k.startswith("files_")}
-    if part == "files":
-        return files
-    if part == "database":
-        return {**{k: v for k, v in source.items() if k.startswith("db_")}, **files}
-    i = part[-1]
-    return {**{k: v for k, v in source.items() if k.startswith(f"mail{i}_")}, "index": int(i)}
-
-
-def _mailbox(part: str, domain: str) -> str | None:
-    return {"mailbox1": f"info@{domain}", "mailbox2": f"ana@{domain}"}.get(part)
 
 
 def _shown(outcome: PartOutcome) -> dict[str, Any]:
