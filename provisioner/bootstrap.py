@@ -50,6 +50,7 @@ from provisioner.pipeline.capabilities import (
     quota,
     refunds,
     vps,
+    vps_ops,
 )
 from provisioner.pipeline.engine import beat
 from provisioner.pipeline.engine.plan import LinePlanner, Planner, PlanOptions
@@ -238,7 +239,8 @@ def build_vps_hosts(settings: Settings) -> NspawnHosts:
 
 
 # The installed capabilities: each module lists its step handlers and line planners.
-CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds, backup_download, vps)
+CAPABILITIES = (billing, hosting, dns_tls, domains, lifecycle, migration, refunds, backup_download, vps,
+                vps_ops)
 
 
 def handlers() -> dict[str, Handler]:

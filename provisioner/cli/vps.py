@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.common import JsonOpt, actor, emit, factory, guarded, settings, table, wired
+from provisioner.cli.common import JsonOpt, actor, emit, err, factory, guarded, out, settings, table, wired
 from provisioner.pipeline.usecases import vps as vps_reads
-from provisioner.pipeline.usecases import vps_usage
+from provisioner.pipeline.usecases import vps_ops, vps_usage
+from provisioner.pipeline.usecases.maintenance import EXIT_OUTSIDE_WINDOW
 from provisioner.store.db import transaction
 from provisioner.store.vps import add_host
 from provisioner.timeutil import utcnow
@@ -111,3 +112,57 @@ def reconcile(as_json: JsonOpt = False) -> None:
 
     emit(report, as_json, render)
     raise typer.Exit(0 if report["clean"] else EXIT_FOUND)
+
+
+@app.command("resize")
+def resize(
+    service_id: Annotated[int, typer.Argument(help="the VPS service")],
+    plan: Annotated[str, typer.Option("--plan", help="the VPS plan to move to (see `catalog list`)")],
+    force_window: Annotated[str | None, typer.Option(
+        "--force-window", metavar="REASON",
+        help="Resize now, outside the maintenance window (audited).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a VPS to another plan: its disk grows (never shrinks: a smaller disk is refused)
+    and its limits change. The machine restarts, so outside the maintenance window
+    (23:00-05:00 Europe/Ljubljana) the command exits 4 and changes nothing, unless
+    --force-window gives a reason."""
+    cfg = settings()
+
+    def run() -> tuple[Any, dict[str, Any] | None]:
+        p = wired(cfg)
+        gate, data = vps_ops.request_resize(cfg, p.factory, service_id, plan, actor(),
+                                            force_reason=force_window)
+        if data is not None:
+            p.runner.dispatch(data["order"])
+        return gate, data
+
+    gate, data = guarded(run)
+    if data is None:
+        err.print(f"[bold red]outside the maintenance window[/] ({gate.window}): service {service_id} "
+                  f"not resized; it opens {gate.next_opening.isoformat()} (or --force-window REASON)")
+        raise typer.Exit(EXIT_OUTSIDE_WINDOW)
+    emit(data, as_json, lambda d: out.print(
+        f"service {service_id}: {d['from']} -> {d['to']} queued as {d['step']}"
+        + (" (forced outside the window)" if d["forced"] else "")))
+
+
+@app.command("reinstall")
+def reinstall(
+    service_id: Annotated[int, typer.Argument(help="the VPS service")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Reinstall a VPS from its image: everything on its disk is gone; a new root password
+    goes to the customer by a new one-time link, and the old one stops working."""
+
+    def run() -> dict[str, Any]:
+        cfg = settings()
+        p = wired(cfg)
+        data = vps_ops.request_reinstall(cfg, p.factory, service_id, actor())
+        p.runner.dispatch(data["order"])
+        return data
+
+    data = guarded(run)
+    emit(data, as_json, lambda d: out.print(
+        f"service {service_id}: VPS {d['vps_id']} reinstall queued as {d['step']}; the new access "
+        f"data go out by {d['notify']}"))

@@ -73,6 +73,17 @@ def mark_issued(s: Session, vps_id: int, now: datetime) -> None:
         row.sealed, row.issued_at = WIPED, now
 
 
+def reseal(s: Session, vps_id: int, fernet: MultiFernet, now: datetime) -> None:
+    """A reinstall: a new root password, made and sealed now (the machine's earlier one
+    stops mattering with its old disk), until the reinstall's link holds it."""
+    row = s.get(VpsRootAccess, vps_id)
+    sealed = fernet.encrypt(new_password().encode())
+    if row is None:
+        s.add(VpsRootAccess(vps_id=vps_id, sealed=sealed, created_at=now, issued_at=None))
+    else:
+        row.sealed, row.created_at, row.issued_at = sealed, now, None
+
+
 def issued(s: Session, vps_id: int) -> bool:
     row = s.get(VpsRootAccess, vps_id)
     return row is not None and row.issued_at is not None
